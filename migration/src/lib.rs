@@ -1,0 +1,18 @@
+//! Database schema of the billing service, as ordered `sea-orm-migration`
+//! migrations. Every timestamp column holds UTC microseconds since the Unix
+//! epoch (`BIGINT`) and every money column integer micros, so both backends
+//! (SQLite and PostgreSQL) compare and sum them exactly.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_core;
+
+/// The service's migrations, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_core::Migration)]
+    }
+}

@@ -1,0 +1,162 @@
+//! Startup as a value: [`Application::build`] connects and migrates the
+//! database and binds the listener (port 0 in tests); [`Application::run_until_stopped`]
+//! serves until a shutdown signal, then drains in-flight RPCs and closes the
+//! database. `main` and the tests share this path.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::clock::Clock;
+use crate::grpc::logging::RpcLogLayer;
+use crate::grpc::pb::call_service_server::CallServiceServer;
+use crate::grpc::pb::customer_service_server::CustomerServiceServer;
+use crate::grpc::{CallApi, CustomerApi, pb};
+use crate::storage::Store;
+
+/// Everything `serve` needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    /// The service's clock.
+    pub clock: Clock,
+}
+
+/// A startup failure, with what was being attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open database: {0}")]
+    Database(#[source] sea_orm::DbErr),
+    #[error("cannot migrate database: {0}")]
+    Migration(#[source] sea_orm::DbErr),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build reflection service: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// A migrated database and a bound listener, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    store: Store,
+    clock: Clock,
+}
+
+impl Application {
+    /// Connects to and migrates the database, then binds the listener.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let store = Store::connect(&config.database_url)
+            .await
+            .map_err(StartupError::Database)?;
+        store.migrate().await.map_err(StartupError::Migration)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartupError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Application {
+            listener,
+            store,
+            clock: config.clock,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The application's database (tests use it to check stored state).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` resolves; then reports `NOT_SERVING`, stops
+    /// accepting, finishes in-flight RPCs and closes the database.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Application {
+            listener,
+            store,
+            clock,
+        } = self;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&health_reporter, ServingStatus::Serving).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(StartupError::Reflection)?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(StartupError::Reflection)?;
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "serving");
+        let reporter = health_reporter.clone();
+        let drain = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight RPCs");
+            set_health(&reporter, ServingStatus::NotServing).await;
+        };
+        let served = Server::builder()
+            .layer(RpcLogLayer)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(CustomerServiceServer::new(CustomerApi::new(
+                store.clone(),
+                clock,
+            )))
+            .add_service(CallServiceServer::new(CallApi::new(store.clone(), clock)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+            .await;
+        if let Err(err) = store.close().await {
+            tracing::warn!(error = %err, "closing the database failed");
+        }
+        tracing::info!("stopped");
+        served.map_err(StartupError::Serve)
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <CustomerServiceServer<CustomerApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    reporter
+        .set_service_status(
+            <CallServiceServer<CallApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}

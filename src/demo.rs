@@ -1,0 +1,135 @@
+//! `billing demo-data`: a small, realistic data set so a new user can try
+//! every RPC at once. Goes through the same validation, rating and storage
+//! paths as the API.
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::domain::model::{CallRecord, NewCall, NewCustomer, NewPlan, PlanKind, TopUpRequest};
+use crate::domain::rating;
+use crate::error::{AppError, AppResult};
+use crate::storage::Store;
+
+/// What `fill` created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoSummary {
+    pub plans: usize,
+    pub operators: usize,
+    pub customers: usize,
+    pub calls: usize,
+}
+
+/// Fills an empty database: three plans (one of each kind), two operators,
+/// five customers linked to them, top-ups for the prepaid customers and a
+/// few hundred calls over the three months before `now`.
+pub async fn fill(store: &Store, now: DateTime<Utc>) -> AppResult<DemoSummary> {
+    if !store.list_plans().await?.is_empty() {
+        return Err(AppError::FailedPrecondition(
+            "the database already holds data; demo-data fills only an empty database".into(),
+        ));
+    }
+    let since = now - TimeDelta::days(92);
+    let plan = |name: &str, kind, fee, per_minute, increment, included| NewPlan {
+        name: name.into(),
+        kind,
+        currency_code: "USD".into(),
+        monthly_fee_micros: fee,
+        per_minute_micros: per_minute,
+        billing_increment_seconds: increment,
+        included_minutes: included,
+    };
+    let plans = [
+        plan(
+            "Postpaid 100",
+            PlanKind::Postpaid,
+            9_990_000,
+            120_000,
+            60,
+            100,
+        ),
+        plan("Prepaid per second", PlanKind::Prepaid, 0, 90_000, 1, 0),
+        plan("Unlimited fixed", PlanKind::Fixed, 29_000_000, 0, 60, 0),
+    ];
+    let mut plan_ids = Vec::new();
+    for new in plans {
+        plan_ids.push(store.create_plan(new, since).await?.id);
+    }
+    let north = store
+        .create_operator("North Telecom".into(), since)
+        .await?
+        .id;
+    let south = store
+        .create_operator("South Mobile".into(), since)
+        .await?
+        .id;
+    let people = [
+        ("Ada Lovelace", "+14155550101", plan_ids[0], vec![north]),
+        (
+            "Alan Turing",
+            "+14155550102",
+            plan_ids[1],
+            vec![north, south],
+        ),
+        ("Grace Hopper", "+14155550103", plan_ids[2], vec![south]),
+        ("Edsger Dijkstra", "+31205550104", plan_ids[0], vec![south]),
+        ("Barbara Liskov", "+16175550105", plan_ids[1], vec![north]),
+    ];
+    let mut customers = Vec::new();
+    for (name, phone, plan_id, operator_ids) in people {
+        let new = NewCustomer {
+            name: name.into(),
+            phone_number: phone.into(),
+            plan_id,
+            operator_ids,
+        };
+        customers.push(store.create_customer(new, since).await?);
+    }
+    let mut calls = Vec::new();
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |bound: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % bound
+    };
+    for customer in &customers {
+        let plan = store.plan(customer.plan_id).await?;
+        if plan.kind == PlanKind::Prepaid {
+            let top_up = TopUpRequest {
+                customer_id: customer.id,
+                amount_micros: 20_000_000,
+                request_id: format!("demo-top-up-{}", customer.id),
+            };
+            store.top_up(top_up, since + TimeDelta::hours(1)).await?;
+        }
+        for n in 0..60 {
+            let offset = i64::try_from(next(91 * 24 * 3600)).unwrap_or(0);
+            let started_at = since + TimeDelta::days(1) + TimeDelta::seconds(offset);
+            let duration_seconds = i64::try_from(5 + next(900)).unwrap_or(60);
+            let record = CallRecord {
+                customer_id: customer.id,
+                duration_seconds,
+                started_at: Some(started_at),
+                call_id: Some(format!("demo-{}-{n}", customer.id)),
+                caller_number: customer.phone_number.clone(),
+                callee_number: format!("+1202555{:04}", next(10_000)),
+            };
+            calls.push(NewCall {
+                rating: rating::rate(duration_seconds, &plan),
+                record,
+                started_at,
+                received_at: started_at + TimeDelta::seconds(duration_seconds),
+                plan_kind: plan.kind,
+            });
+        }
+    }
+    let call_count = calls.len();
+    for outcome in store.store_calls(calls).await? {
+        outcome?;
+    }
+    Ok(DemoSummary {
+        plans: plan_ids.len(),
+        operators: 2,
+        customers: customers.len(),
+        calls: call_count,
+    })
+}

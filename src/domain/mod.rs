@@ -1,0 +1,8 @@
+//! The billing rules: pure functions and plain types, no I/O. Nothing here
+//! imports tonic or sea_orm; the gRPC layer converts into these types and the
+//! storage layer persists them.
+
+pub mod model;
+pub mod paging;
+pub mod rating;
+pub mod validation;

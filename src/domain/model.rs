@@ -1,0 +1,186 @@
+//! The billing domain's types: plans, operators, customers and calls.
+
+use chrono::{DateTime, Utc};
+
+/// How a plan charges its customers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanKind {
+    /// Monthly fee plus rated usage, billed in arrears.
+    Postpaid,
+    /// Usage debited from a balance paid in advance.
+    Prepaid,
+    /// A fixed monthly amount; calls cost nothing.
+    Fixed,
+}
+
+impl PlanKind {
+    /// The stored name of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanKind::Postpaid => "postpaid",
+            PlanKind::Prepaid => "prepaid",
+            PlanKind::Fixed => "fixed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(stored: &str) -> Option<Self> {
+        match stored {
+            "postpaid" => Some(PlanKind::Postpaid),
+            "prepaid" => Some(PlanKind::Prepaid),
+            "fixed" => Some(PlanKind::Fixed),
+            _ => None,
+        }
+    }
+}
+
+/// A validated request to create a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPlan {
+    pub name: String,
+    pub kind: PlanKind,
+    pub currency_code: String,
+    pub monthly_fee_micros: i64,
+    pub per_minute_micros: i64,
+    pub billing_increment_seconds: i32,
+    pub included_minutes: i64,
+}
+
+/// A stored, immutable billing plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub id: i64,
+    pub name: String,
+    pub kind: PlanKind,
+    pub currency_code: String,
+    pub monthly_fee_micros: i64,
+    pub per_minute_micros: i64,
+    pub billing_increment_seconds: i32,
+    pub included_minutes: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    pub id: i64,
+    pub name: String,
+}
+
+/// A validated request to create a customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCustomer {
+    pub name: String,
+    pub phone_number: String,
+    pub plan_id: i64,
+    /// Distinct operator ids, ascending.
+    pub operator_ids: Vec<i64>,
+}
+
+/// A stored customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    pub id: i64,
+    pub name: String,
+    pub phone_number: String,
+    pub plan_id: i64,
+    /// Linked operators, ascending.
+    pub operator_ids: Vec<i64>,
+    pub balance_micros: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A validated prepaid credit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopUpRequest {
+    pub customer_id: i64,
+    pub amount_micros: i64,
+    pub request_id: String,
+}
+
+/// What a top-up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopUpOutcome {
+    pub balance_micros: i64,
+    /// The request id had been applied before; nothing was credited.
+    pub duplicate: bool,
+}
+
+/// A validated call record as a switch reported it, before rating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub customer_id: i64,
+    pub duration_seconds: i64,
+    /// When the call started; `None` means "now minus the duration".
+    pub started_at: Option<DateTime<Utc>>,
+    pub call_id: Option<String>,
+    pub caller_number: String,
+    pub callee_number: String,
+}
+
+impl CallRecord {
+    /// Whether a retry of this record describes `stored`: same customer,
+    /// duration and numbers, and the same start when the record gives one.
+    pub fn describes(&self, stored: &Call) -> bool {
+        self.customer_id == stored.customer_id
+            && self.duration_seconds == stored.duration_seconds
+            && self.caller_number == stored.caller_number
+            && self.callee_number == stored.callee_number
+            && self.started_at.is_none_or(|at| at == stored.started_at)
+    }
+}
+
+/// The price of one call under the plan in force when it was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rating {
+    pub billed_seconds: i64,
+    pub cost_micros: i64,
+    /// The per-minute rate applied (0 on fixed plans).
+    pub per_minute_micros: i64,
+    pub billing_increment_seconds: i32,
+}
+
+/// A rated call ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCall {
+    pub record: CallRecord,
+    pub started_at: DateTime<Utc>,
+    pub rating: Rating,
+    pub received_at: DateTime<Utc>,
+    /// The customer's plan kind: prepaid calls debit the balance.
+    pub plan_kind: PlanKind,
+}
+
+/// A stored call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub id: i64,
+    pub call_id: Option<String>,
+    pub customer_id: i64,
+    pub started_at: DateTime<Utc>,
+    pub duration_seconds: i64,
+    pub billed_seconds: i64,
+    pub cost_micros: i64,
+    pub per_minute_micros: i64,
+    pub billing_increment_seconds: i32,
+    pub caller_number: String,
+    pub callee_number: String,
+    pub received_at: DateTime<Utc>,
+    pub invoice_id: Option<i64>,
+}
+
+/// What storing a call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredCall {
+    /// Newly stored (and debited, on a prepaid plan).
+    Inserted(Call),
+    /// Its `call_id` was stored before with the same content; nothing changed.
+    Duplicate(Call),
+}
+
+/// A half-open time range `[start, end)`; either side may be open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,99 @@
+//! Rating: what a call costs under a plan. The only place call prices are
+//! computed; integer micros throughout.
+
+use super::model::{Plan, PlanKind, Rating};
+
+/// Rates a call of `duration_seconds` (validated: 1..=86 400) under `plan`.
+///
+/// `billed_seconds` is the duration rounded up to whole billing increments;
+/// the cost is `billed_seconds * per_minute_micros / 60`, rounded half up,
+/// and 0 on fixed plans.
+pub fn rate(duration_seconds: i64, plan: &Plan) -> Rating {
+    let increment = i64::from(plan.billing_increment_seconds.max(1));
+    let billed_seconds = (duration_seconds + increment - 1) / increment * increment;
+    let per_minute_micros = match plan.kind {
+        PlanKind::Fixed => 0,
+        PlanKind::Postpaid | PlanKind::Prepaid => plan.per_minute_micros,
+    };
+    Rating {
+        billed_seconds,
+        cost_micros: cost_of(billed_seconds, per_minute_micros),
+        per_minute_micros,
+        billing_increment_seconds: plan.billing_increment_seconds,
+    }
+}
+
+/// The price of `billed_seconds` at `per_minute_micros`, rounded half up to
+/// the micro. Saturates rather than wrapping for absurd inputs.
+pub fn cost_of(billed_seconds: i64, per_minute_micros: i64) -> i64 {
+    let exact_times_60 = i128::from(billed_seconds) * i128::from(per_minute_micros);
+    let rounded = (exact_times_60 + 30).div_euclid(60);
+    i64::try_from(rounded).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    fn plan(kind: PlanKind, per_minute_micros: i64, increment: i32) -> Plan {
+        Plan {
+            id: 1,
+            name: "test".into(),
+            kind,
+            currency_code: "USD".into(),
+            monthly_fee_micros: 0,
+            per_minute_micros,
+            billing_increment_seconds: increment,
+            included_minutes: 0,
+            created_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn per_second_billing_charges_exact_seconds() {
+        let r = rate(61, &plan(PlanKind::Postpaid, 60_000, 1));
+        assert_eq!(r.billed_seconds, 61);
+        assert_eq!(r.cost_micros, 61_000);
+    }
+
+    #[test]
+    fn six_second_increments_round_up_each_started_block() {
+        let p = plan(PlanKind::Postpaid, 100_000, 6);
+        assert_eq!(rate(1, &p).billed_seconds, 6);
+        assert_eq!(rate(6, &p).billed_seconds, 6);
+        assert_eq!(rate(7, &p).billed_seconds, 12);
+        assert_eq!(rate(7, &p).cost_micros, 20_000);
+    }
+
+    #[test]
+    fn minute_increments_bill_every_started_minute_whole() {
+        let p = plan(PlanKind::Prepaid, 250_000, 60);
+        assert_eq!(rate(1, &p).billed_seconds, 60);
+        assert_eq!(rate(60, &p).cost_micros, 250_000);
+        assert_eq!(rate(61, &p).billed_seconds, 120);
+        assert_eq!(rate(61, &p).cost_micros, 500_000);
+    }
+
+    #[test]
+    fn fractional_micros_round_half_up() {
+        // 1 s at 90 micros/min = 1.5 micros -> 2; 1 s at 89 = 1.48 -> 1.
+        assert_eq!(cost_of(1, 90), 2);
+        assert_eq!(cost_of(1, 89), 1);
+        assert_eq!(cost_of(1, 29), 0);
+        assert_eq!(cost_of(1, 30), 1);
+    }
+
+    #[test]
+    fn fixed_plans_rate_calls_at_zero() {
+        let r = rate(600, &plan(PlanKind::Fixed, 1_000_000, 60));
+        assert_eq!(r.billed_seconds, 600);
+        assert_eq!(r.cost_micros, 0);
+        assert_eq!(r.per_minute_micros, 0);
+    }
+
+    #[test]
+    fn the_largest_inputs_do_not_overflow() {
+        assert_eq!(cost_of(86_400, i64::MAX), i64::MAX);
+    }
+}

@@ -1,0 +1,308 @@
+//! Input rules shared by every entry point. Each check names the proto field
+//! it guards, so a client learns exactly what to fix.
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::model::{CallRecord, PlanKind};
+use crate::error::{AppError, AppResult};
+
+/// The longest call accepted: 24 hours.
+pub const MAX_CALL_SECONDS: i64 = 24 * 60 * 60;
+/// How far in the future a call may claim to have started (clock skew).
+pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::minutes(5);
+/// The default billing increment in seconds.
+pub const DEFAULT_INCREMENT_SECONDS: i32 = 60;
+/// The largest amount accepted in any money field: 10^9 currency units.
+pub const MAX_AMOUNT_MICROS: i64 = 1_000_000_000_000_000;
+/// The longest idempotency key or name accepted.
+pub const MAX_KEY_LEN: usize = 128;
+const MAX_NAME_LEN: usize = 200;
+/// The most minutes a plan may include per month.
+const MAX_INCLUDED_MINUTES: i64 = 1_000_000;
+
+/// A required, trimmed, printable name of at most 200 characters.
+pub fn name(field: &str, value: &str) -> AppResult<String> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(AppError::invalid(field, "is required"));
+    }
+    if trimmed.chars().count() > MAX_NAME_LEN {
+        return Err(AppError::invalid(field, "is longer than 200 characters"));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(AppError::invalid(field, "contains control characters"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// An ISO 4217 code: three ASCII letters, upper-cased; empty means `USD`.
+pub fn currency_code(value: &str) -> AppResult<String> {
+    if value.is_empty() {
+        return Ok("USD".to_owned());
+    }
+    if value.len() == 3 && value.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(value.to_ascii_uppercase())
+    } else {
+        Err(AppError::invalid(
+            "currency_code",
+            format!("{value:?} is not an ISO 4217 code (three letters, e.g. USD)"),
+        ))
+    }
+}
+
+/// A money amount from 0 to [`MAX_AMOUNT_MICROS`].
+pub fn non_negative_micros(field: &str, value: i64) -> AppResult<i64> {
+    if !(0..=MAX_AMOUNT_MICROS).contains(&value) {
+        return Err(AppError::invalid(
+            field,
+            format!("must be between 0 and {MAX_AMOUNT_MICROS} micros, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A strictly positive money amount up to [`MAX_AMOUNT_MICROS`].
+pub fn positive_micros(field: &str, value: i64) -> AppResult<i64> {
+    if !(1..=MAX_AMOUNT_MICROS).contains(&value) {
+        return Err(AppError::invalid(
+            field,
+            format!("must be more than 0 and at most {MAX_AMOUNT_MICROS} micros, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A billing increment of 1..=3600 seconds; 0 means the default, 60.
+pub fn billing_increment_seconds(value: i32) -> AppResult<i32> {
+    match value {
+        0 => Ok(DEFAULT_INCREMENT_SECONDS),
+        1..=3600 => Ok(value),
+        _ => Err(AppError::invalid(
+            "billing_increment_seconds",
+            format!("must be between 1 and 3600 seconds, got {value}"),
+        )),
+    }
+}
+
+/// Included minutes: zero or more, and only on postpaid plans.
+pub fn included_minutes(kind: PlanKind, value: i64) -> AppResult<i64> {
+    if !(0..=MAX_INCLUDED_MINUTES).contains(&value) {
+        return Err(AppError::invalid(
+            "included_minutes",
+            format!("must be between 0 and {MAX_INCLUDED_MINUTES}, got {value}"),
+        ));
+    }
+    if value > 0 && kind != PlanKind::Postpaid {
+        return Err(AppError::invalid(
+            "included_minutes",
+            "only postpaid plans include minutes",
+        ));
+    }
+    Ok(value)
+}
+
+/// A resource id: more than zero.
+pub fn id(field: &str, value: i64) -> AppResult<i64> {
+    if value <= 0 {
+        return Err(AppError::invalid(
+            field,
+            format!("must be a positive id, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// An optional filter id: 0 means "no filter", otherwise a positive id.
+pub fn optional_id(field: &str, value: i64) -> AppResult<Option<i64>> {
+    match value {
+        0 => Ok(None),
+        _ => id(field, value).map(Some),
+    }
+}
+
+/// A subscriber number in E.164 form: `+`, then 1 to 15 digits, the first
+/// not 0.
+pub fn phone_number(field: &str, value: &str) -> AppResult<String> {
+    let digits = value.strip_prefix('+').unwrap_or("");
+    let ok = (1..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if !ok {
+        return Err(AppError::invalid(
+            field,
+            format!("{value:?} is not an E.164 number (+ and up to 15 digits, e.g. +14155550100)"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// An optional number on a call record: empty, an E.164 number, or a short
+/// code of 1 to 15 digits (e.g. `112`).
+pub fn dialled_number(field: &str, value: &str) -> AppResult<String> {
+    if value.is_empty() || (value.len() <= 15 && value.bytes().all(|b| b.is_ascii_digit())) {
+        return Ok(value.to_owned());
+    }
+    phone_number(field, value)
+}
+
+/// An optional idempotency key: empty means none; at most 128 printable
+/// characters.
+pub fn optional_key(field: &str, value: &str) -> AppResult<Option<String>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    required_key(field, value).map(Some)
+}
+
+/// A required idempotency key of at most 128 printable characters.
+pub fn required_key(field: &str, value: &str) -> AppResult<String> {
+    if value.is_empty() {
+        return Err(AppError::invalid(field, "is required"));
+    }
+    if value.chars().count() > MAX_KEY_LEN {
+        return Err(AppError::invalid(field, "is longer than 128 characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(AppError::invalid(field, "contains control characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// A call duration in seconds: more than 0, at most 24 hours.
+pub fn duration_seconds(field: &str, seconds: i64) -> AppResult<i64> {
+    if seconds <= 0 || seconds > MAX_CALL_SECONDS {
+        return Err(AppError::invalid(
+            field,
+            format!("must be more than 0 and at most 24 hours, got {seconds} seconds"),
+        ));
+    }
+    Ok(seconds)
+}
+
+/// A call duration given in whole minutes, as seconds.
+pub fn duration_minutes(minutes: i64) -> AppResult<i64> {
+    if minutes <= 0 || minutes > MAX_CALL_SECONDS / 60 {
+        return Err(AppError::invalid(
+            "minutes",
+            format!("must be more than 0 and at most 1440 (24 hours), got {minutes}"),
+        ));
+    }
+    Ok(minutes * 60)
+}
+
+/// When the call started: as given (at most five minutes ahead of `now`), or
+/// `now` minus the duration.
+pub fn call_start(record: &CallRecord, now: DateTime<Utc>) -> AppResult<DateTime<Utc>> {
+    match record.started_at {
+        Some(at) if at > now + MAX_FUTURE_SKEW => Err(AppError::invalid(
+            "started_at",
+            format!("{} is more than 5 minutes in the future", at.to_rfc3339()),
+        )),
+        Some(at) => Ok(at),
+        None => Ok(now - TimeDelta::seconds(record.duration_seconds)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(err: AppError) -> String {
+        match err {
+            AppError::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn e164_numbers_are_accepted_and_others_rejected_naming_the_field() {
+        assert!(phone_number("phone_number", "+14155550100").is_ok());
+        assert!(phone_number("phone_number", "+4930123456789").is_ok());
+        for bad in [
+            "",
+            "14155550100",
+            "+",
+            "+0123",
+            "+1415555010012345",
+            "+1 415",
+            "+1a",
+        ] {
+            assert_eq!(
+                field_of(phone_number("phone_number", bad).unwrap_err()),
+                "phone_number"
+            );
+        }
+    }
+
+    #[test]
+    fn dialled_numbers_allow_short_codes() {
+        assert_eq!(dialled_number("callee_number", "112").unwrap(), "112");
+        assert_eq!(dialled_number("callee_number", "").unwrap(), "");
+        assert!(dialled_number("callee_number", "+4912345").is_ok());
+        assert!(dialled_number("callee_number", "call me").is_err());
+    }
+
+    #[test]
+    fn increments_default_to_60_and_must_lie_in_1_to_3600() {
+        assert_eq!(billing_increment_seconds(0).unwrap(), 60);
+        assert_eq!(billing_increment_seconds(1).unwrap(), 1);
+        assert_eq!(billing_increment_seconds(3600).unwrap(), 3600);
+        assert!(billing_increment_seconds(3601).is_err());
+        assert!(billing_increment_seconds(-6).is_err());
+    }
+
+    #[test]
+    fn durations_must_be_positive_and_at_most_a_day() {
+        assert!(duration_seconds("duration_seconds", 0).is_err());
+        assert!(duration_seconds("duration_seconds", -1).is_err());
+        assert!(duration_seconds("duration_seconds", 86_401).is_err());
+        assert_eq!(
+            duration_seconds("duration_seconds", 86_400).unwrap(),
+            86_400
+        );
+        assert_eq!(duration_minutes(3).unwrap(), 180);
+        assert_eq!(field_of(duration_minutes(1441).unwrap_err()), "minutes");
+    }
+
+    #[test]
+    fn currency_codes_default_to_usd_and_are_upper_cased() {
+        assert_eq!(currency_code("").unwrap(), "USD");
+        assert_eq!(currency_code("eur").unwrap(), "EUR");
+        assert!(currency_code("EURO").is_err());
+        assert!(currency_code("U$D").is_err());
+    }
+
+    #[test]
+    fn included_minutes_belong_to_postpaid_plans_only() {
+        assert_eq!(included_minutes(PlanKind::Postpaid, 100).unwrap(), 100);
+        assert!(included_minutes(PlanKind::Prepaid, 100).is_err());
+        assert!(included_minutes(PlanKind::Fixed, 1).is_err());
+        assert_eq!(included_minutes(PlanKind::Fixed, 0).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_call_start_defaults_to_now_minus_duration_and_rejects_the_far_future() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut record = CallRecord {
+            customer_id: 1,
+            duration_seconds: 90,
+            started_at: None,
+            call_id: None,
+            caller_number: String::new(),
+            callee_number: String::new(),
+        };
+        assert_eq!(
+            call_start(&record, now).unwrap(),
+            now - TimeDelta::seconds(90)
+        );
+        record.started_at = Some(now + TimeDelta::minutes(5));
+        assert!(call_start(&record, now).is_ok());
+        record.started_at = Some(now + TimeDelta::minutes(5) + TimeDelta::seconds(1));
+        assert_eq!(
+            field_of(call_start(&record, now).unwrap_err()),
+            "started_at"
+        );
+    }
+}

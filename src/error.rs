@@ -1,0 +1,48 @@
+//! The service's one error type. Every layer returns it; only `grpc::status`
+//! turns it into a gRPC status. Client mistakes are named precisely; anything
+//! else is `Internal`, logged with its source chain and never shown to clients.
+
+use std::error::Error as StdError;
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The request is malformed; `field` names the offending proto field.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    /// A referenced resource does not exist.
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: i64 },
+    /// The request conflicts with stored state (a unique value already taken,
+    /// an idempotency key reused with a different request).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request is valid but the system is not in a state to perform it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The database is momentarily unable to serve (busy or out of
+    /// connections); the client may retry.
+    #[error("service temporarily unavailable")]
+    Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// A fault of the service, not of the client.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl AppError {
+    /// An `InvalidArgument` naming `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        AppError::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An `Internal` error from any source.
+    pub fn internal(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        AppError::Internal(source.into())
+    }
+}
+
+/// The result type of the service's operations.
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,251 @@
+//! `billing.v1.CallService`: rated call ingestion (single and streamed) and
+//! call listings.
+
+use std::collections::HashMap;
+
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::customers::page_of;
+use super::pb::{self, call_service_server::CallService};
+use super::status::{code_of, message_of};
+use crate::clock::Clock;
+use crate::domain::model::{Call, CallRecord, NewCall, Plan, StoredCall};
+use crate::domain::paging::{self, TokenScope};
+use crate::domain::{rating, validation as valid};
+use crate::error::{AppError, AppResult};
+use crate::storage::{CallFilter, Store};
+
+/// Records of a stream written per transaction: large enough to amortise the
+/// commit, small enough to bound memory and lock hold time.
+const INGEST_BATCH: usize = 500;
+
+/// The CallService implementation.
+#[derive(Debug, Clone)]
+pub struct CallApi {
+    store: Store,
+    clock: Clock,
+}
+
+impl CallApi {
+    /// A service over `store`, reading time from `clock`.
+    pub fn new(store: Store, clock: Clock) -> Self {
+        CallApi { store, clock }
+    }
+
+    /// Validates and rates one record. `plans` caches each customer's plan
+    /// for the length of one request (a customer's plan never changes).
+    async fn prepare(
+        &self,
+        request: pb::AddCallRequest,
+        plans: &mut HashMap<i64, Plan>,
+    ) -> AppResult<NewCall> {
+        let record = CallRecord::try_from(request)?;
+        let plan = match plans.get(&record.customer_id) {
+            Some(plan) => plan.clone(),
+            None => {
+                let plan = self.store.plan_of_customer(record.customer_id).await?;
+                plans.insert(record.customer_id, plan.clone());
+                plan
+            }
+        };
+        let now = self.clock.now();
+        let started_at = valid::call_start(&record, now)?;
+        let rating = rating::rate(record.duration_seconds, &plan);
+        Ok(NewCall {
+            record,
+            started_at,
+            rating,
+            received_at: now,
+            plan_kind: plan.kind,
+        })
+    }
+}
+
+/// Running totals of one IngestCalls stream.
+#[derive(Default)]
+struct IngestTally {
+    accepted: i64,
+    duplicates: i64,
+    errors: Vec<pb::IngestError>,
+}
+
+impl IngestTally {
+    fn reject(&mut self, index: i64, call_id: String, err: &AppError) {
+        self.errors.push(pb::IngestError {
+            index,
+            call_id,
+            code: code_of(err) as i32,
+            message: message_of(err),
+        });
+    }
+
+    /// Writes a batch and counts its outcomes.
+    async fn flush(&mut self, store: &Store, batch: &mut Vec<(i64, NewCall)>) -> AppResult<()> {
+        let (indexes, calls): (Vec<i64>, Vec<NewCall>) = std::mem::take(batch).into_iter().unzip();
+        let call_ids: Vec<String> = calls
+            .iter()
+            .map(|c| c.record.call_id.clone().unwrap_or_default())
+            .collect();
+        let outcomes = store.store_calls(calls).await?;
+        for ((index, call_id), outcome) in indexes.into_iter().zip(call_ids).zip(outcomes) {
+            match outcome {
+                Ok(StoredCall::Inserted(_)) => self.accepted += 1,
+                Ok(StoredCall::Duplicate(_)) => self.duplicates += 1,
+                Err(err) => self.reject(index, call_id, &err),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl CallService for CallApi {
+    async fn add_call(
+        &self,
+        request: Request<pb::AddCallRequest>,
+    ) -> Result<Response<pb::AddCallResponse>, Status> {
+        let new = self
+            .prepare(request.into_inner(), &mut HashMap::new())
+            .await?;
+        let outcome = self
+            .store
+            .store_calls(vec![new])
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::internal("store_calls returned no outcome"))??;
+        let (call, duplicate) = match outcome {
+            StoredCall::Inserted(call) => (call, false),
+            StoredCall::Duplicate(call) => (call, true),
+        };
+        Ok(Response::new(pb::AddCallResponse {
+            call: Some(call.into()),
+            duplicate,
+        }))
+    }
+
+    async fn ingest_calls(
+        &self,
+        request: Request<Streaming<pb::AddCallRequest>>,
+    ) -> Result<Response<pb::IngestCallsResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut plans = HashMap::new();
+        let mut tally = IngestTally::default();
+        let mut batch = Vec::with_capacity(INGEST_BATCH);
+        let mut index: i64 = 0;
+        while let Some(record) = stream.message().await? {
+            let call_id = record.call_id.clone();
+            match self.prepare(record, &mut plans).await {
+                Ok(new) => batch.push((index, new)),
+                Err(err) => tally.reject(index, call_id, &err),
+            }
+            if batch.len() >= INGEST_BATCH {
+                tally.flush(&self.store, &mut batch).await?;
+            }
+            index += 1;
+        }
+        tally.flush(&self.store, &mut batch).await?;
+        tally.errors.sort_by_key(|e| e.index);
+        let rejected = i64::try_from(tally.errors.len()).unwrap_or(i64::MAX);
+        Ok(Response::new(pb::IngestCallsResponse {
+            accepted: tally.accepted,
+            duplicates: tally.duplicates,
+            rejected,
+            errors: tally.errors,
+        }))
+    }
+
+    async fn get_call_history(
+        &self,
+        request: Request<pb::GetCallHistoryRequest>,
+    ) -> Result<Response<pb::GetCallHistoryResponse>, Status> {
+        let pb::GetCallHistoryRequest {
+            customer_id,
+            start_time,
+            end_time,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let customer_id = valid::id("customer_id", customer_id)?;
+        let (calls, next_page_token) = self
+            .page_of_calls(
+                CallFilter::Customer(customer_id),
+                "call_history",
+                vec![customer_id],
+                (start_time, end_time, page_size, page_token),
+            )
+            .await?;
+        Ok(Response::new(pb::GetCallHistoryResponse {
+            calls,
+            next_page_token,
+        }))
+    }
+
+    async fn list_calls(
+        &self,
+        request: Request<pb::ListCallsRequest>,
+    ) -> Result<Response<pb::ListCallsResponse>, Status> {
+        let pb::ListCallsRequest {
+            operator_id,
+            start_time,
+            end_time,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let operator_id = valid::optional_id("operator_id", operator_id)?;
+        let filter = operator_id.map_or(CallFilter::All, CallFilter::Operator);
+        let (calls, next_page_token) = self
+            .page_of_calls(
+                filter,
+                "calls",
+                vec![operator_id.unwrap_or(0)],
+                (start_time, end_time, page_size, page_token),
+            )
+            .await?;
+        Ok(Response::new(pb::ListCallsResponse {
+            calls,
+            next_page_token,
+        }))
+    }
+}
+
+/// The paging fields shared by both call listings:
+/// `(start_time, end_time, page_size, page_token)`.
+type CallPaging = (
+    Option<prost_types::Timestamp>,
+    Option<prost_types::Timestamp>,
+    i32,
+    String,
+);
+
+impl CallApi {
+    /// One page of calls in `(started_at, id)` order, and the next token. The
+    /// token is bound to the listing, its filter ids and its time range.
+    async fn page_of_calls(
+        &self,
+        filter: CallFilter,
+        listing: &'static str,
+        mut filters: Vec<i64>,
+        (start_time, end_time, page_size, page_token): CallPaging,
+    ) -> AppResult<(Vec<pb::Call>, String)> {
+        let range = convert::time_range(start_time.as_ref(), end_time.as_ref())?;
+        let limit = paging::page_size(page_size)?;
+        filters.push(range.start.map_or(i64::MIN, |at| at.timestamp_micros()));
+        filters.push(range.end.map_or(i64::MAX, |at| at.timestamp_micros()));
+        let scope = TokenScope { listing, filters };
+        let after = paging::decode_token(&scope, &page_token, 2)?.map(|keys| (keys[0], keys[1]));
+        match filter {
+            CallFilter::All => {}
+            CallFilter::Customer(id) => self.store.ensure_customer(id).await?,
+            CallFilter::Operator(id) => self.store.ensure_operator(id).await?,
+        }
+        let calls = self
+            .store
+            .list_calls(filter, range, after, limit + 1)
+            .await?;
+        let (calls, token) = page_of(calls, limit, |last: &Call| {
+            paging::encode_token(&scope, &[last.started_at.timestamp_micros(), last.id])
+        });
+        Ok((calls.into_iter().map(Into::into).collect(), token))
+    }
+}

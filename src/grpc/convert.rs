@@ -1,0 +1,237 @@
+//! Conversions between protobuf messages and domain types. Requests are
+//! destructured field by field, so a new proto field fails to compile until
+//! it is handled; validation errors name the proto field.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use super::pb;
+use crate::domain::model::{
+    Call, CallRecord, Customer, NewCustomer, NewPlan, Operator, Plan, PlanKind, TimeRange,
+    TopUpRequest,
+};
+use crate::domain::validation as valid;
+use crate::error::{AppError, AppResult};
+
+/// An optional protobuf timestamp as an instant, truncated to microseconds
+/// (the stored precision).
+pub fn instant(field: &str, ts: Option<&Timestamp>) -> AppResult<Option<DateTime<Utc>>> {
+    let Some(ts) = ts else { return Ok(None) };
+    let nanos = u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .ok_or_else(|| AppError::invalid(field, "nanos must be in 0..999999999"))?;
+    let at = DateTime::from_timestamp(ts.seconds, nanos - nanos % 1000)
+        .filter(|at| (1970..=9999).contains(&chrono::Datelike::year(at)))
+        .ok_or_else(|| AppError::invalid(field, "must lie between 1970 and 9999"))?;
+    Ok(Some(at))
+}
+
+/// An instant as a protobuf timestamp.
+pub fn timestamp(at: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A `[start_time, end_time)` filter.
+pub fn time_range(start: Option<&Timestamp>, end: Option<&Timestamp>) -> AppResult<TimeRange> {
+    let range = TimeRange {
+        start: instant("start_time", start)?,
+        end: instant("end_time", end)?,
+    };
+    if let (Some(start), Some(end)) = (range.start, range.end)
+        && end < start
+    {
+        return Err(AppError::invalid(
+            "end_time",
+            "must not be before start_time",
+        ));
+    }
+    Ok(range)
+}
+
+fn plan_kind(value: i32) -> AppResult<PlanKind> {
+    match pb::PlanKind::try_from(value) {
+        Ok(pb::PlanKind::Postpaid) => Ok(PlanKind::Postpaid),
+        Ok(pb::PlanKind::Prepaid) => Ok(PlanKind::Prepaid),
+        Ok(pb::PlanKind::Fixed) => Ok(PlanKind::Fixed),
+        Ok(pb::PlanKind::Unspecified) | Err(_) => Err(AppError::invalid(
+            "kind",
+            "must be PLAN_KIND_POSTPAID, PLAN_KIND_PREPAID or PLAN_KIND_FIXED",
+        )),
+    }
+}
+
+impl TryFrom<pb::CreatePlanRequest> for NewPlan {
+    type Error = AppError;
+
+    fn try_from(req: pb::CreatePlanRequest) -> AppResult<Self> {
+        let pb::CreatePlanRequest {
+            name,
+            kind,
+            currency_code,
+            monthly_fee_micros,
+            per_minute_micros,
+            billing_increment_seconds,
+            included_minutes,
+        } = req;
+        let kind = plan_kind(kind)?;
+        Ok(NewPlan {
+            name: valid::name("name", &name)?,
+            kind,
+            currency_code: valid::currency_code(&currency_code)?,
+            monthly_fee_micros: valid::non_negative_micros(
+                "monthly_fee_micros",
+                monthly_fee_micros,
+            )?,
+            per_minute_micros: valid::non_negative_micros("per_minute_micros", per_minute_micros)?,
+            billing_increment_seconds: valid::billing_increment_seconds(billing_increment_seconds)?,
+            included_minutes: valid::included_minutes(kind, included_minutes)?,
+        })
+    }
+}
+
+impl TryFrom<pb::CreateCustomerRequest> for NewCustomer {
+    type Error = AppError;
+
+    fn try_from(req: pb::CreateCustomerRequest) -> AppResult<Self> {
+        let pb::CreateCustomerRequest {
+            name,
+            phone_number,
+            plan_id,
+            operator_ids,
+        } = req;
+        let mut operator_ids = operator_ids
+            .into_iter()
+            .map(|id| valid::id("operator_ids", id))
+            .collect::<AppResult<Vec<_>>>()?;
+        operator_ids.sort_unstable();
+        operator_ids.dedup();
+        Ok(NewCustomer {
+            name: valid::name("name", &name)?,
+            phone_number: valid::phone_number("phone_number", &phone_number)?,
+            plan_id: valid::id("plan_id", plan_id)?,
+            operator_ids,
+        })
+    }
+}
+
+impl TryFrom<pb::TopUpRequest> for TopUpRequest {
+    type Error = AppError;
+
+    fn try_from(req: pb::TopUpRequest) -> AppResult<Self> {
+        let pb::TopUpRequest {
+            customer_id,
+            amount_micros,
+            request_id,
+        } = req;
+        Ok(TopUpRequest {
+            customer_id: valid::id("customer_id", customer_id)?,
+            amount_micros: valid::positive_micros("amount_micros", amount_micros)?,
+            request_id: valid::required_key("request_id", &request_id)?,
+        })
+    }
+}
+
+impl TryFrom<pb::AddCallRequest> for CallRecord {
+    type Error = AppError;
+
+    fn try_from(req: pb::AddCallRequest) -> AppResult<Self> {
+        let pb::AddCallRequest {
+            customer_id,
+            duration,
+            started_at,
+            call_id,
+            caller_number,
+            callee_number,
+        } = req;
+        let duration_seconds = match duration {
+            Some(pb::add_call_request::Duration::DurationSeconds(seconds)) => {
+                valid::duration_seconds("duration_seconds", seconds)?
+            }
+            Some(pb::add_call_request::Duration::Minutes(minutes)) => {
+                valid::duration_minutes(minutes)?
+            }
+            None => {
+                return Err(AppError::invalid(
+                    "duration",
+                    "is required: set duration_seconds or minutes",
+                ));
+            }
+        };
+        Ok(CallRecord {
+            customer_id: valid::id("customer_id", customer_id)?,
+            duration_seconds,
+            started_at: instant("started_at", started_at.as_ref())?,
+            call_id: valid::optional_key("call_id", &call_id)?,
+            caller_number: valid::dialled_number("caller_number", &caller_number)?,
+            callee_number: valid::dialled_number("callee_number", &callee_number)?,
+        })
+    }
+}
+
+impl From<Plan> for pb::Plan {
+    fn from(plan: Plan) -> Self {
+        let kind = match plan.kind {
+            PlanKind::Postpaid => pb::PlanKind::Postpaid,
+            PlanKind::Prepaid => pb::PlanKind::Prepaid,
+            PlanKind::Fixed => pb::PlanKind::Fixed,
+        };
+        pb::Plan {
+            id: plan.id,
+            name: plan.name,
+            kind: kind.into(),
+            currency_code: plan.currency_code,
+            monthly_fee_micros: plan.monthly_fee_micros,
+            per_minute_micros: plan.per_minute_micros,
+            billing_increment_seconds: plan.billing_increment_seconds,
+            included_minutes: plan.included_minutes,
+            created_at: Some(timestamp(plan.created_at)),
+        }
+    }
+}
+
+impl From<Operator> for pb::Operator {
+    fn from(operator: Operator) -> Self {
+        pb::Operator {
+            id: operator.id,
+            name: operator.name,
+        }
+    }
+}
+
+impl From<Customer> for pb::Customer {
+    fn from(customer: Customer) -> Self {
+        pb::Customer {
+            id: customer.id,
+            name: customer.name,
+            phone_number: customer.phone_number,
+            plan_id: customer.plan_id,
+            operator_ids: customer.operator_ids,
+            balance_micros: customer.balance_micros,
+            created_at: Some(timestamp(customer.created_at)),
+        }
+    }
+}
+
+impl From<Call> for pb::Call {
+    fn from(call: Call) -> Self {
+        pb::Call {
+            id: call.id,
+            call_id: call.call_id.unwrap_or_default(),
+            customer_id: call.customer_id,
+            started_at: Some(timestamp(call.started_at)),
+            duration_seconds: call.duration_seconds,
+            billed_seconds: call.billed_seconds,
+            cost_micros: call.cost_micros,
+            caller_number: call.caller_number,
+            callee_number: call.callee_number,
+            received_at: Some(timestamp(call.received_at)),
+            invoice_id: call.invoice_id.unwrap_or(0),
+            per_minute_micros: call.per_minute_micros,
+            billing_increment_seconds: call.billing_increment_seconds,
+        }
+    }
+}

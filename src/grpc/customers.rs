@@ -1,0 +1,165 @@
+//! `billing.v1.CustomerService`: plans, operators, customers, top-ups.
+
+use tonic::{Request, Response, Status};
+
+use super::pb::{self, customer_service_server::CustomerService};
+use crate::clock::Clock;
+use crate::domain::model::{NewCustomer, NewPlan, TopUpRequest};
+use crate::domain::paging::{self, TokenScope};
+use crate::domain::validation as valid;
+use crate::storage::Store;
+
+/// The CustomerService implementation.
+#[derive(Debug, Clone)]
+pub struct CustomerApi {
+    store: Store,
+    clock: Clock,
+}
+
+impl CustomerApi {
+    /// A service over `store`, reading time from `clock`.
+    pub fn new(store: Store, clock: Clock) -> Self {
+        CustomerApi { store, clock }
+    }
+}
+
+#[tonic::async_trait]
+impl CustomerService for CustomerApi {
+    async fn create_plan(
+        &self,
+        request: Request<pb::CreatePlanRequest>,
+    ) -> Result<Response<pb::Plan>, Status> {
+        let new = NewPlan::try_from(request.into_inner())?;
+        let plan = self.store.create_plan(new, self.clock.now()).await?;
+        Ok(Response::new(plan.into()))
+    }
+
+    async fn list_plans(
+        &self,
+        _request: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        let plans = self.store.list_plans().await?;
+        Ok(Response::new(pb::ListPlansResponse {
+            plans: plans.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn create_operator(
+        &self,
+        request: Request<pb::CreateOperatorRequest>,
+    ) -> Result<Response<pb::Operator>, Status> {
+        let pb::CreateOperatorRequest { name } = request.into_inner();
+        let name = valid::name("name", &name)?;
+        let operator = self.store.create_operator(name, self.clock.now()).await?;
+        Ok(Response::new(operator.into()))
+    }
+
+    async fn list_operators(
+        &self,
+        _request: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        let operators = self.store.list_operators().await?;
+        Ok(Response::new(pb::ListOperatorsResponse {
+            operators: operators.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn create_customer(
+        &self,
+        request: Request<pb::CreateCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let new = NewCustomer::try_from(request.into_inner())?;
+        let customer = self.store.create_customer(new, self.clock.now()).await?;
+        Ok(Response::new(customer.into()))
+    }
+
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let pb::GetCustomerRequest { customer_id } = request.into_inner();
+        let customer = self
+            .store
+            .customer(valid::id("customer_id", customer_id)?)
+            .await?;
+        Ok(Response::new(customer.into()))
+    }
+
+    async fn list_customers(
+        &self,
+        request: Request<pb::ListCustomersRequest>,
+    ) -> Result<Response<pb::ListCustomersResponse>, Status> {
+        let pb::ListCustomersRequest {
+            operator_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let operator_id = valid::optional_id("operator_id", operator_id)?;
+        let limit = paging::page_size(page_size)?;
+        let scope = TokenScope {
+            listing: "customers",
+            filters: vec![operator_id.unwrap_or(0)],
+        };
+        let after_id = paging::decode_token(&scope, &page_token, 1)?.map(|keys| keys[0]);
+        if let Some(operator_id) = operator_id {
+            self.store.ensure_operator(operator_id).await?;
+        }
+        let customers = self
+            .store
+            .list_customers(operator_id, after_id, limit + 1)
+            .await?;
+        let (customers, next_page_token) = page_of(customers, limit, |last| {
+            paging::encode_token(&scope, &[last.id])
+        });
+        Ok(Response::new(pb::ListCustomersResponse {
+            customers: customers.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn link_operator(
+        &self,
+        request: Request<pb::LinkOperatorRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let pb::LinkOperatorRequest {
+            customer_id,
+            operator_id,
+        } = request.into_inner();
+        let customer = self
+            .store
+            .link_operator(
+                valid::id("customer_id", customer_id)?,
+                valid::id("operator_id", operator_id)?,
+            )
+            .await?;
+        Ok(Response::new(customer.into()))
+    }
+
+    async fn top_up(
+        &self,
+        request: Request<pb::TopUpRequest>,
+    ) -> Result<Response<pb::TopUpResponse>, Status> {
+        let top_up = TopUpRequest::try_from(request.into_inner())?;
+        let outcome = self.store.top_up(top_up, self.clock.now()).await?;
+        Ok(Response::new(pb::TopUpResponse {
+            balance_micros: outcome.balance_micros,
+            duplicate: outcome.duplicate,
+        }))
+    }
+}
+
+/// Splits a fetch of `limit + 1` rows into the page and the token of the
+/// next page (empty when this is the last page).
+pub(super) fn page_of<T>(
+    mut rows: Vec<T>,
+    limit: u64,
+    token_after: impl Fn(&T) -> String,
+) -> (Vec<T>, String) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() <= limit {
+        return (rows, String::new());
+    }
+    rows.truncate(limit);
+    let token = rows.last().map(&token_after).unwrap_or_default();
+    (rows, token)
+}

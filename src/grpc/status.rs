@@ -1,0 +1,50 @@
+//! The one mapping from [`AppError`] to a gRPC status.
+
+use tonic::{Code, Status};
+
+use crate::error::AppError;
+
+/// The status code a client gets for `err`.
+pub fn code_of(err: &AppError) -> Code {
+    match err {
+        AppError::InvalidArgument { .. } => Code::InvalidArgument,
+        AppError::NotFound { .. } => Code::NotFound,
+        AppError::AlreadyExists(_) => Code::AlreadyExists,
+        AppError::FailedPrecondition(_) => Code::FailedPrecondition,
+        AppError::Unavailable(_) => Code::Unavailable,
+        AppError::Internal(_) => Code::Internal,
+    }
+}
+
+/// The message a client gets for `err`: the error itself for client
+/// mistakes; for faults of the service only a generic text, while the full
+/// source chain goes to the log.
+pub fn message_of(err: &AppError) -> String {
+    match err {
+        AppError::Internal(source) | AppError::Unavailable(source) => {
+            tracing::error!(error = %err, source = %chain(source.as_ref()), "request failed");
+            err.to_string()
+        }
+        AppError::InvalidArgument { .. }
+        | AppError::NotFound { .. }
+        | AppError::AlreadyExists(_)
+        | AppError::FailedPrecondition(_) => err.to_string(),
+    }
+}
+
+impl From<AppError> for Status {
+    fn from(err: AppError) -> Self {
+        Status::new(code_of(&err), message_of(&err))
+    }
+}
+
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,10 @@
+//! The phone billing service: a gRPC API over a SQLite or PostgreSQL
+//! database. See `ARCHITECTURE.md` for the layers.
+
+pub mod app;
+pub mod clock;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod storage;

@@ -1,0 +1,136 @@
+//! The `billing` command: `serve`, `migrate` and `demo-data`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use billing::app::{Application, Config};
+use billing::clock::Clock;
+use billing::storage::Store;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Phone billing gRPC service.
+#[derive(Debug, Parser)]
+#[command(name = "billing", version, about)]
+struct Cli {
+    /// Database URL: `sqlite://FILE` (created on first start) or
+    /// `postgres://USER@HOST/DB`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://billing.db",
+        global = true
+    )]
+    database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server (migrations run at startup).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "BILLING_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Start the service clock at this RFC 3339 instant and let it run on
+        /// in real time (for rehearsing a month end and for tests).
+        #[arg(long, env = "BILLING_CLOCK_START")]
+        clock_start: Option<DateTime<Utc>>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Fill an empty database with demo plans, operators, customers and calls.
+    DemoData,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            clock_start,
+        } => serve(listen, cli.database_url, clock_start).await,
+        Command::Migrate => migrate(&cli.database_url).await,
+        Command::DemoData => demo_data(&cli.database_url).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("billing: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn serve(
+    listen: SocketAddr,
+    database_url: String,
+    clock_start: Option<DateTime<Utc>>,
+) -> CliResult {
+    let clock = clock_start.map_or_else(Clock::system, Clock::starting_at);
+    let app = Application::build(Config {
+        listen,
+        database_url,
+        clock,
+    })
+    .await?;
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn migrate(database_url: &str) -> CliResult {
+    let store = Store::connect(database_url).await?;
+    store.migrate().await?;
+    store.close().await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn demo_data(database_url: &str) -> CliResult {
+    let store = Store::connect(database_url).await?;
+    store.migrate().await?;
+    let summary = billing::demo::fill(&store, Clock::system().now()).await?;
+    store.close().await?;
+    println!(
+        "demo data: {} plans, {} operators, {} customers, {} calls",
+        summary.plans, summary.operators, summary.customers, summary.calls
+    );
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,201 @@
+//! Rated calls: idempotent batch storage with prepaid debits, and keyset
+//! listings ordered by `(started_at, id)`.
+
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, Condition, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
+    TryInsertResult,
+};
+
+use super::entities::{call, customer, customer_operator};
+use super::{Store, instant, micros};
+use crate::domain::model::{Call, NewCall, PlanKind, StoredCall, TimeRange};
+use crate::error::{AppError, AppResult};
+
+/// Whose calls a listing returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFilter {
+    /// Every call.
+    All,
+    /// One customer's calls.
+    Customer(i64),
+    /// The calls of every customer linked to one operator.
+    Operator(i64),
+}
+
+impl Store {
+    /// Stores a batch of rated calls in one transaction and debits prepaid
+    /// balances in that same transaction.
+    ///
+    /// Each call's outcome is reported in order: newly inserted, a duplicate
+    /// of the call stored under its `call_id`, or `ALREADY_EXISTS` when that
+    /// `call_id` holds a different call. Uniqueness of `call_id` is a
+    /// database constraint, so concurrent duplicates store exactly one row
+    /// and debit once. An `Err` means nothing of the batch was stored.
+    pub async fn store_calls(&self, batch: Vec<NewCall>) -> AppResult<Vec<AppResult<StoredCall>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.begin_write().await?;
+        let mut debits: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for new in batch {
+            let inserted = call::Entity::insert(active_call(&new))
+                .on_conflict_do_nothing_on([call::Column::CallId])
+                .exec(&txn)
+                .await?;
+            let outcome = match inserted {
+                TryInsertResult::Inserted(result) => {
+                    if new.plan_kind == PlanKind::Prepaid && new.rating.cost_micros != 0 {
+                        *debits.entry(new.record.customer_id).or_default() +=
+                            new.rating.cost_micros;
+                    }
+                    Ok(StoredCall::Inserted(call_from_new(
+                        result.last_insert_id,
+                        new,
+                    )))
+                }
+                TryInsertResult::Conflicted | TryInsertResult::Empty => {
+                    let call_id = new.record.call_id.clone().unwrap_or_default();
+                    let stored = call::Entity::find()
+                        .filter(call::Column::CallId.eq(call_id.as_str()))
+                        .one(&txn)
+                        .await?
+                        .map(call_from)
+                        .ok_or_else(|| AppError::internal("conflicting call vanished"))?;
+                    if new.record.describes(&stored) {
+                        Ok(StoredCall::Duplicate(stored))
+                    } else {
+                        Err(AppError::AlreadyExists(format!(
+                            "call_id {call_id:?} is already stored with different content (call {})",
+                            stored.id
+                        )))
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        for (customer_id, debit_micros) in debits {
+            customer::Entity::update_many()
+                .col_expr(
+                    customer::Column::BalanceMicros,
+                    Expr::col(customer::Column::BalanceMicros).sub(debit_micros),
+                )
+                .filter(customer::Column::Id.eq(customer_id))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Up to `limit` calls matching `filter` that started within `range`,
+    /// after the `(started_at, id)` position `after`, in that order.
+    pub async fn list_calls(
+        &self,
+        filter: CallFilter,
+        range: TimeRange,
+        after: Option<(i64, i64)>,
+        limit: u64,
+    ) -> AppResult<Vec<Call>> {
+        let mut query = call::Entity::find()
+            .order_by_asc(call::Column::StartedAt)
+            .order_by_asc(call::Column::Id)
+            .limit(limit);
+        query = match filter {
+            CallFilter::All => query,
+            CallFilter::Customer(customer_id) => {
+                query.filter(call::Column::CustomerId.eq(customer_id))
+            }
+            CallFilter::Operator(operator_id) => query.filter(
+                call::Column::CustomerId.in_subquery(
+                    Query::select()
+                        .column(customer_operator::Column::CustomerId)
+                        .from(customer_operator::Entity)
+                        .and_where(customer_operator::Column::OperatorId.eq(operator_id))
+                        .to_owned(),
+                ),
+            ),
+        };
+        if let Some(start) = range.start {
+            query = query.filter(call::Column::StartedAt.gte(micros(start)));
+        }
+        if let Some(end) = range.end {
+            query = query.filter(call::Column::StartedAt.lt(micros(end)));
+        }
+        if let Some((started_at, id)) = after {
+            query = query.filter(
+                Condition::any()
+                    .add(call::Column::StartedAt.gt(started_at))
+                    .add(
+                        Condition::all()
+                            .add(call::Column::StartedAt.eq(started_at))
+                            .add(call::Column::Id.gt(id)),
+                    ),
+            );
+        }
+        Ok(query
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(call_from)
+            .collect())
+    }
+}
+
+fn active_call(new: &NewCall) -> call::ActiveModel {
+    call::ActiveModel {
+        id: NotSet,
+        call_id: Set(new.record.call_id.clone()),
+        customer_id: Set(new.record.customer_id),
+        started_at: Set(micros(new.started_at)),
+        duration_seconds: Set(new.record.duration_seconds),
+        billed_seconds: Set(new.rating.billed_seconds),
+        per_minute_micros: Set(new.rating.per_minute_micros),
+        billing_increment_seconds: Set(new.rating.billing_increment_seconds),
+        cost_micros: Set(new.rating.cost_micros),
+        caller_number: Set(new.record.caller_number.clone()),
+        callee_number: Set(new.record.callee_number.clone()),
+        received_at: Set(micros(new.received_at)),
+        invoice_id: Set(None),
+    }
+}
+
+fn call_from_new(id: i64, new: NewCall) -> Call {
+    Call {
+        id,
+        call_id: new.record.call_id,
+        customer_id: new.record.customer_id,
+        started_at: new.started_at,
+        duration_seconds: new.record.duration_seconds,
+        billed_seconds: new.rating.billed_seconds,
+        cost_micros: new.rating.cost_micros,
+        per_minute_micros: new.rating.per_minute_micros,
+        billing_increment_seconds: new.rating.billing_increment_seconds,
+        caller_number: new.record.caller_number,
+        callee_number: new.record.callee_number,
+        received_at: new.received_at,
+        invoice_id: None,
+    }
+}
+
+fn call_from(model: call::Model) -> Call {
+    Call {
+        id: model.id,
+        call_id: model.call_id,
+        customer_id: model.customer_id,
+        started_at: instant(model.started_at),
+        duration_seconds: model.duration_seconds,
+        billed_seconds: model.billed_seconds,
+        cost_micros: model.cost_micros,
+        per_minute_micros: model.per_minute_micros,
+        billing_increment_seconds: model.billing_increment_seconds,
+        caller_number: model.caller_number,
+        callee_number: model.callee_number,
+        received_at: instant(model.received_at),
+        invoice_id: model.invoice_id,
+    }
+}

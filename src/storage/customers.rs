@@ -1,0 +1,366 @@
+//! Plans, operators, customers, their operator links and prepaid top-ups.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
+};
+
+use super::entities::{customer, customer_operator, operator, plan, top_up};
+use super::{Store, instant, is_unique_violation, micros};
+use crate::domain::model::{
+    Customer, NewCustomer, NewPlan, Operator, Plan, PlanKind, TopUpOutcome, TopUpRequest,
+};
+use crate::error::{AppError, AppResult};
+
+impl Store {
+    /// Stores a new plan.
+    pub async fn create_plan(&self, new: NewPlan, now: DateTime<Utc>) -> AppResult<Plan> {
+        let row = plan::ActiveModel {
+            id: NotSet,
+            name: Set(new.name),
+            kind: Set(new.kind.as_str().to_owned()),
+            currency_code: Set(new.currency_code),
+            monthly_fee_micros: Set(new.monthly_fee_micros),
+            per_minute_micros: Set(new.per_minute_micros),
+            billing_increment_seconds: Set(new.billing_increment_seconds),
+            included_minutes: Set(new.included_minutes),
+            created_at: Set(micros(now)),
+        };
+        let model = plan::Entity::insert(row)
+            .exec_with_returning(&self.db)
+            .await?;
+        plan_from(model)
+    }
+
+    /// Every plan, oldest first.
+    pub async fn list_plans(&self) -> AppResult<Vec<Plan>> {
+        plan::Entity::find()
+            .order_by_asc(plan::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(plan_from)
+            .collect()
+    }
+
+    /// One plan, or `NOT_FOUND`.
+    pub async fn plan(&self, plan_id: i64) -> AppResult<Plan> {
+        let model = plan::Entity::find_by_id(plan_id)
+            .one(&self.db)
+            .await?
+            .ok_or(AppError::NotFound {
+                resource: "plan",
+                id: plan_id,
+            })?;
+        plan_from(model)
+    }
+
+    /// The plan of a customer, or `NOT_FOUND` for an unknown customer. Plans
+    /// and a customer's plan never change, so the answer may be cached.
+    pub async fn plan_of_customer(&self, customer_id: i64) -> AppResult<Plan> {
+        let plan_id = self.customer_row(customer_id).await?.plan_id;
+        self.plan(plan_id).await
+    }
+
+    /// Stores a new operator; its name must be unused.
+    pub async fn create_operator(&self, name: String, now: DateTime<Utc>) -> AppResult<Operator> {
+        let row = operator::ActiveModel {
+            id: NotSet,
+            name: Set(name.clone()),
+            created_at: Set(micros(now)),
+        };
+        match operator::Entity::insert(row)
+            .exec_with_returning(&self.db)
+            .await
+        {
+            Ok(model) => Ok(Operator {
+                id: model.id,
+                name: model.name,
+            }),
+            Err(err) if is_unique_violation(&err) => Err(AppError::AlreadyExists(format!(
+                "operator name {name:?} is already in use"
+            ))),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Every operator, oldest first.
+    pub async fn list_operators(&self) -> AppResult<Vec<Operator>> {
+        Ok(operator::Entity::find()
+            .order_by_asc(operator::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| Operator {
+                id: m.id,
+                name: m.name,
+            })
+            .collect())
+    }
+
+    /// `NOT_FOUND` unless the operator exists.
+    pub async fn ensure_operator(&self, operator_id: i64) -> AppResult<()> {
+        operator::Entity::find_by_id(operator_id)
+            .one(&self.db)
+            .await?
+            .map(|_| ())
+            .ok_or(AppError::NotFound {
+                resource: "operator",
+                id: operator_id,
+            })
+    }
+
+    /// Stores a customer and its operator links in one transaction.
+    pub async fn create_customer(
+        &self,
+        new: NewCustomer,
+        now: DateTime<Utc>,
+    ) -> AppResult<Customer> {
+        // Plans and operators are never deleted, so checking them first is
+        // sound and gives a precise NOT_FOUND; the foreign keys still guard.
+        self.plan(new.plan_id).await?;
+        for &operator_id in &new.operator_ids {
+            self.ensure_operator(operator_id).await?;
+        }
+        let txn = self.begin_write().await?;
+        let row = customer::ActiveModel {
+            id: NotSet,
+            name: Set(new.name),
+            phone_number: Set(new.phone_number.clone()),
+            plan_id: Set(new.plan_id),
+            balance_micros: Set(0),
+            created_at: Set(micros(now)),
+        };
+        let model = match customer::Entity::insert(row)
+            .exec_with_returning(&txn)
+            .await
+        {
+            Ok(model) => model,
+            Err(err) if is_unique_violation(&err) => {
+                return Err(AppError::AlreadyExists(format!(
+                    "phone number {} is already in use",
+                    new.phone_number
+                )));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if !new.operator_ids.is_empty() {
+            let links =
+                new.operator_ids
+                    .iter()
+                    .map(|&operator_id| customer_operator::ActiveModel {
+                        customer_id: Set(model.id),
+                        operator_id: Set(operator_id),
+                    });
+            customer_operator::Entity::insert_many(links)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(customer_from(model, new.operator_ids))
+    }
+
+    /// One customer, or `NOT_FOUND`.
+    pub async fn customer(&self, customer_id: i64) -> AppResult<Customer> {
+        let model = self.customer_row(customer_id).await?;
+        let mut links = self.operator_links(&[customer_id]).await?;
+        Ok(customer_from(
+            model,
+            links.remove(&customer_id).unwrap_or_default(),
+        ))
+    }
+
+    /// Up to `limit` customers with an id above `after_id`, in id order,
+    /// optionally only those linked to `operator_id`.
+    pub async fn list_customers(
+        &self,
+        operator_id: Option<i64>,
+        after_id: Option<i64>,
+        limit: u64,
+    ) -> AppResult<Vec<Customer>> {
+        let mut query = customer::Entity::find()
+            .filter(customer::Column::Id.gt(after_id.unwrap_or(0)))
+            .order_by_asc(customer::Column::Id)
+            .limit(limit);
+        if let Some(operator_id) = operator_id {
+            query = query.filter(
+                customer::Column::Id.in_subquery(
+                    Query::select()
+                        .column(customer_operator::Column::CustomerId)
+                        .from(customer_operator::Entity)
+                        .and_where(customer_operator::Column::OperatorId.eq(operator_id))
+                        .to_owned(),
+                ),
+            );
+        }
+        let models = query.all(&self.db).await?;
+        let ids: Vec<i64> = models.iter().map(|m| m.id).collect();
+        let mut links = self.operator_links(&ids).await?;
+        Ok(models
+            .into_iter()
+            .map(|m| {
+                let operator_ids = links.remove(&m.id).unwrap_or_default();
+                customer_from(m, operator_ids)
+            })
+            .collect())
+    }
+
+    /// Links a customer to an operator; linking twice changes nothing.
+    pub async fn link_operator(&self, customer_id: i64, operator_id: i64) -> AppResult<Customer> {
+        self.customer_row(customer_id).await?;
+        self.ensure_operator(operator_id).await?;
+        let link = customer_operator::ActiveModel {
+            customer_id: Set(customer_id),
+            operator_id: Set(operator_id),
+        };
+        customer_operator::Entity::insert(link)
+            .on_conflict_do_nothing()
+            .exec_without_returning(&self.db)
+            .await?;
+        self.customer(customer_id).await
+    }
+
+    /// Credits a prepaid balance once per `request_id`. The top-up row and the
+    /// balance change commit together, so a retry never credits twice.
+    pub async fn top_up(
+        &self,
+        request: TopUpRequest,
+        now: DateTime<Utc>,
+    ) -> AppResult<TopUpOutcome> {
+        let plan = self.plan_of_customer(request.customer_id).await?;
+        if plan.kind != PlanKind::Prepaid {
+            return Err(AppError::FailedPrecondition(format!(
+                "customer {} is on a {} plan; only prepaid customers can top up",
+                request.customer_id,
+                plan.kind.as_str()
+            )));
+        }
+        let txn = self.begin_write().await?;
+        let row = top_up::ActiveModel {
+            id: NotSet,
+            request_id: Set(request.request_id.clone()),
+            customer_id: Set(request.customer_id),
+            amount_micros: Set(request.amount_micros),
+            created_at: Set(micros(now)),
+            invoice_id: Set(None),
+        };
+        let inserted = top_up::Entity::insert(row)
+            .on_conflict_do_nothing_on([top_up::Column::RequestId])
+            .exec_without_returning(&txn)
+            .await?;
+        let duplicate = match inserted {
+            TryInsertResult::Inserted(_) => {
+                customer::Entity::update_many()
+                    .col_expr(
+                        customer::Column::BalanceMicros,
+                        Expr::col(customer::Column::BalanceMicros).add(request.amount_micros),
+                    )
+                    .filter(customer::Column::Id.eq(request.customer_id))
+                    .exec(&txn)
+                    .await?;
+                false
+            }
+            TryInsertResult::Conflicted | TryInsertResult::Empty => {
+                let earlier = top_up::Entity::find()
+                    .filter(top_up::Column::RequestId.eq(request.request_id.as_str()))
+                    .one(&txn)
+                    .await?
+                    .ok_or_else(|| AppError::internal("conflicting top-up vanished"))?;
+                if earlier.customer_id != request.customer_id
+                    || earlier.amount_micros != request.amount_micros
+                {
+                    return Err(AppError::AlreadyExists(format!(
+                        "request_id {:?} was already used for a different top-up",
+                        request.request_id
+                    )));
+                }
+                true
+            }
+        };
+        let balance_micros = customer::Entity::find_by_id(request.customer_id)
+            .one(&txn)
+            .await?
+            .map(|c| c.balance_micros)
+            .ok_or(AppError::NotFound {
+                resource: "customer",
+                id: request.customer_id,
+            })?;
+        txn.commit().await?;
+        Ok(TopUpOutcome {
+            balance_micros,
+            duplicate,
+        })
+    }
+
+    /// `NOT_FOUND` unless the customer exists.
+    pub async fn ensure_customer(&self, customer_id: i64) -> AppResult<()> {
+        self.customer_row(customer_id).await.map(|_| ())
+    }
+
+    async fn customer_row(&self, customer_id: i64) -> AppResult<customer::Model> {
+        customer::Entity::find_by_id(customer_id)
+            .one(&self.db)
+            .await?
+            .ok_or(AppError::NotFound {
+                resource: "customer",
+                id: customer_id,
+            })
+    }
+
+    /// The operator ids of each of `customer_ids`, ascending, in one query.
+    async fn operator_links(&self, customer_ids: &[i64]) -> AppResult<BTreeMap<i64, Vec<i64>>> {
+        if customer_ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let rows = customer_operator::Entity::find()
+            .filter(customer_operator::Column::CustomerId.is_in(customer_ids.iter().copied()))
+            .order_by_asc(customer_operator::Column::CustomerId)
+            .order_by_asc(customer_operator::Column::OperatorId)
+            .all(&self.db)
+            .await?;
+        let mut links: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        for row in rows {
+            links
+                .entry(row.customer_id)
+                .or_default()
+                .push(row.operator_id);
+        }
+        Ok(links)
+    }
+}
+
+fn plan_from(model: plan::Model) -> AppResult<Plan> {
+    let kind = PlanKind::parse(&model.kind).ok_or_else(|| {
+        AppError::internal(format!(
+            "plan {} has unknown kind {:?}",
+            model.id, model.kind
+        ))
+    })?;
+    Ok(Plan {
+        id: model.id,
+        name: model.name,
+        kind,
+        currency_code: model.currency_code,
+        monthly_fee_micros: model.monthly_fee_micros,
+        per_minute_micros: model.per_minute_micros,
+        billing_increment_seconds: model.billing_increment_seconds,
+        included_minutes: model.included_minutes,
+        created_at: instant(model.created_at),
+    })
+}
+
+fn customer_from(model: customer::Model, operator_ids: Vec<i64>) -> Customer {
+    Customer {
+        id: model.id,
+        name: model.name,
+        phone_number: model.phone_number,
+        plan_id: model.plan_id,
+        operator_ids,
+        balance_micros: model.balance_micros,
+        created_at: instant(model.created_at),
+    }
+}

@@ -1,0 +1,9 @@
+//! SeaORM entities, one per table. Timestamps are UTC microseconds since the
+//! epoch; money is integer micros.
+
+pub mod call;
+pub mod customer;
+pub mod customer_operator;
+pub mod operator;
+pub mod plan;
+pub mod top_up;

@@ -1,0 +1,21 @@
+//! The `top_ups` table: prepaid credits, unique by `request_id`.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "top_ups")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    #[sea_orm(unique)]
+    pub request_id: String,
+    pub customer_id: i64,
+    pub amount_micros: i64,
+    pub created_at: i64,
+    pub invoice_id: Option<i64>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
