@@ -5,8 +5,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -28,6 +31,9 @@ pub struct Config {
     pub database_url: String,
     /// The service's clock.
     pub clock: Clock,
+    /// How long in-flight RPCs may run on after a shutdown signal before the
+    /// remaining connections are closed (long-lived streams never end alone).
+    pub shutdown_grace: Duration,
 }
 
 /// A startup failure, with what was being attempted.
@@ -54,6 +60,7 @@ pub struct Application {
     listener: TcpListener,
     store: Store,
     clock: Clock,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -74,6 +81,7 @@ impl Application {
             listener,
             store,
             clock: config.clock,
+            shutdown_grace: config.shutdown_grace,
         })
     }
 
@@ -95,7 +103,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves; then reports `NOT_SERVING`, stops
-    /// accepting, finishes in-flight RPCs and closes the database.
+    /// accepting, lets in-flight RPCs finish (for at most the shutdown grace)
+    /// and closes the database.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -104,6 +113,7 @@ impl Application {
             listener,
             store,
             clock,
+            shutdown_grace,
         } = self;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&health_reporter, ServingStatus::Serving).await;
@@ -117,15 +127,19 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(StartupError::Reflection)?;
-        let addr = listener.local_addr().ok();
-        tracing::info!(?addr, "serving");
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving");
+        }
         let reporter = health_reporter.clone();
+        let draining = Arc::new(Notify::new());
+        let drain_started = Arc::clone(&draining);
         let drain = async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight RPCs");
             set_health(&reporter, ServingStatus::NotServing).await;
+            drain_started.notify_one();
         };
-        let served = Server::builder()
+        let server = Server::builder()
             .layer(RpcLogLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -135,8 +149,18 @@ impl Application {
                 clock,
             )))
             .add_service(CallServiceServer::new(CallApi::new(store.clone(), clock)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
-            .await;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+        let grace_over = async {
+            draining.notified().await;
+            tokio::time::sleep(shutdown_grace).await;
+        };
+        let served = tokio::select! {
+            served = server => served,
+            () = grace_over => {
+                tracing::warn!(?shutdown_grace, "closing RPCs still running after the shutdown grace");
+                Ok(())
+            }
+        };
         if let Err(err) = store.close().await {
             tracing::warn!(error = %err, "closing the database failed");
         }

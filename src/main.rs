@@ -1,7 +1,9 @@
 //! The `billing` command: `serve`, `migrate` and `demo-data`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use billing::app::{Application, Config};
 use billing::clock::Clock;
@@ -38,6 +40,10 @@ enum Command {
         /// in real time (for rehearsing a month end and for tests).
         #[arg(long, env = "BILLING_CLOCK_START")]
         clock_start: Option<DateTime<Utc>>,
+        /// Seconds in-flight RPCs may run on after SIGINT/SIGTERM before the
+        /// server closes them.
+        #[arg(long, env = "BILLING_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+        shutdown_grace_seconds: u64,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -52,13 +58,23 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve {
             listen,
             clock_start,
-        } => serve(listen, cli.database_url, clock_start).await,
+            shutdown_grace_seconds,
+        } => {
+            serve(
+                listen,
+                cli.database_url,
+                clock_start,
+                shutdown_grace_seconds,
+            )
+            .await
+        }
         Command::Migrate => migrate(&cli.database_url).await,
         Command::DemoData => demo_data(&cli.database_url).await,
     };
@@ -78,12 +94,14 @@ async fn serve(
     listen: SocketAddr,
     database_url: String,
     clock_start: Option<DateTime<Utc>>,
+    shutdown_grace_seconds: u64,
 ) -> CliResult {
     let clock = clock_start.map_or_else(Clock::system, Clock::starting_at);
     let app = Application::build(Config {
         listen,
         database_url,
         clock,
+        shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
     })
     .await?;
     app.run_until_stopped(shutdown_signal()).await?;

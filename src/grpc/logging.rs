@@ -73,14 +73,14 @@ struct PendingLog {
 impl PendingLog {
     fn emit(self, fallback: Code) {
         let code = self.status.unwrap_or(fallback);
-        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let latency = self.started.elapsed();
         if matches!(
             code,
             Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable
         ) {
-            tracing::warn!(method = %self.method, code = ?code, latency_ms, "rpc");
+            tracing::warn!(method = %self.method, code = ?code, latency = ?latency, "rpc");
         } else {
-            tracing::info!(method = %self.method, code = ?code, latency_ms, "rpc");
+            tracing::info!(method = %self.method, code = ?code, latency = ?latency, "rpc");
         }
     }
 }

@@ -253,7 +253,7 @@ impl Store {
             .exec_without_returning(&txn)
             .await?;
         let duplicate = match inserted {
-            TryInsertResult::Inserted(_) => {
+            TryInsertResult::Inserted(rows) if rows > 0 => {
                 customer::Entity::update_many()
                     .col_expr(
                         customer::Column::BalanceMicros,
@@ -264,7 +264,7 @@ impl Store {
                     .await?;
                 false
             }
-            TryInsertResult::Conflicted | TryInsertResult::Empty => {
+            TryInsertResult::Inserted(_) | TryInsertResult::Conflicted | TryInsertResult::Empty => {
                 let earlier = top_up::Entity::find()
                     .filter(top_up::Column::RequestId.eq(request.request_id.as_str()))
                     .one(&txn)

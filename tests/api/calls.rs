@@ -1,0 +1,408 @@
+//! CallService: AddCall rating, idempotency, validation and listings.
+
+use billing::grpc::pb::{self, PlanKind, add_call_request::Duration};
+use tonic::Code;
+
+use crate::helpers::{assert_status, call, spawn_app, spawn_app_at, ts};
+
+#[tokio::test]
+async fn calls_are_rated_in_increments_of_1_6_and_60_seconds() {
+    let app = spawn_app().await;
+    // (increment, duration, expected billed seconds, expected cost) at 0.10/min.
+    let cases = [
+        (1, 61, 61, 101_667),
+        (1, 1, 1, 1_667),
+        (6, 7, 12, 20_000),
+        (6, 6, 6, 10_000),
+        (60, 61, 120, 200_000),
+        (60, 1, 60, 100_000),
+    ];
+    for (n, (increment, duration, billed, cost)) in cases.into_iter().enumerate() {
+        let plan = app.plan(PlanKind::Postpaid, 100_000, increment).await;
+        let customer = app
+            .customer(plan.id, u32::try_from(n).unwrap(), vec![])
+            .await;
+        let stored = app
+            .calls
+            .clone()
+            .add_call(call(customer.id, duration))
+            .await
+            .unwrap()
+            .into_inner();
+        let c = stored.call.unwrap();
+        assert!(!stored.duplicate);
+        assert_eq!(
+            (c.duration_seconds, c.billed_seconds, c.cost_micros),
+            (duration, billed, cost),
+            "increment {increment}"
+        );
+        assert_eq!(c.per_minute_micros, 100_000);
+        assert_eq!(c.billing_increment_seconds, increment);
+        assert_eq!(c.invoice_id, 0);
+    }
+}
+
+#[tokio::test]
+async fn minutes_are_accepted_as_the_original_api_did() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Postpaid, 120_000, 60).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let request = pb::AddCallRequest {
+        customer_id: customer.id,
+        duration: Some(Duration::Minutes(3)),
+        ..Default::default()
+    };
+    let c = app
+        .calls
+        .clone()
+        .add_call(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .call
+        .unwrap();
+    assert_eq!(c.duration_seconds, 180);
+    assert_eq!(c.cost_micros, 360_000);
+}
+
+#[tokio::test]
+async fn a_call_without_start_started_its_duration_before_it_was_received() {
+    let app = spawn_app_at(
+        chrono::DateTime::parse_from_rfc3339("2026-03-10T12:00:00Z")
+            .unwrap()
+            .to_utc(),
+    )
+    .await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let c = app
+        .calls
+        .clone()
+        .add_call(call(customer.id, 95))
+        .await
+        .unwrap()
+        .into_inner()
+        .call
+        .unwrap();
+    let started = c.started_at.unwrap();
+    let received = c.received_at.unwrap();
+    assert_eq!(received.seconds - started.seconds, 95);
+    assert_eq!(received.nanos, started.nanos);
+    assert!(received.seconds >= ts("2026-03-10T12:00:00Z").seconds);
+    assert!(received.seconds < ts("2026-03-10T12:05:00Z").seconds);
+}
+
+#[tokio::test]
+async fn fixed_plan_calls_cost_nothing() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Fixed, 0, 60).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let c = app
+        .calls
+        .clone()
+        .add_call(call(customer.id, 600))
+        .await
+        .unwrap()
+        .into_inner()
+        .call
+        .unwrap();
+    assert_eq!(c.billed_seconds, 600);
+    assert_eq!(c.cost_micros, 0);
+}
+
+#[tokio::test]
+async fn prepaid_calls_debit_the_balance_which_may_go_negative() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Prepaid, 600_000, 60).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    app.customers
+        .clone()
+        .top_up(pb::TopUpRequest {
+            customer_id: customer.id,
+            amount_micros: 1_000_000,
+            request_id: "t".into(),
+        })
+        .await
+        .unwrap();
+    let mut request = call(customer.id, 90);
+    request.call_id = "c-1".into();
+    let first = app
+        .calls
+        .clone()
+        .add_call(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.call.unwrap().cost_micros, 1_200_000);
+    assert_eq!(app.get_customer(customer.id).await.balance_micros, -200_000);
+    let retry = app
+        .calls
+        .clone()
+        .add_call(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.duplicate);
+    assert_eq!(app.get_customer(customer.id).await.balance_micros, -200_000);
+}
+
+#[tokio::test]
+async fn the_same_call_id_is_a_duplicate_and_different_content_is_already_exists() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let mut request = call(customer.id, 30);
+    request.call_id = "switch-7/123".into();
+    request.started_at = Some(ts("2026-01-05T10:00:00.123456Z"));
+    request.callee_number = "+12025550100".into();
+    let mut client = app.calls.clone();
+    let first = client.add_call(request.clone()).await.unwrap().into_inner();
+    let again = client.add_call(request.clone()).await.unwrap().into_inner();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(again.call, first.call);
+
+    let mut different = request.clone();
+    different.duration = Some(Duration::DurationSeconds(31));
+    assert_status(
+        client.add_call(different).await,
+        Code::AlreadyExists,
+        "switch-7/123",
+    );
+    let mut elsewhere = request;
+    elsewhere.started_at = Some(ts("2026-01-05T10:00:01Z"));
+    assert_status(
+        client.add_call(elsewhere).await,
+        Code::AlreadyExists,
+        "switch-7/123",
+    );
+    assert_eq!(app.history(customer.id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_store_one_call_and_debit_once() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let mut request = call(customer.id, 100);
+    request.call_id = "race".into();
+    request.started_at = Some(ts("2026-01-05T10:00:00Z"));
+    let attempts = (0..24).map(|_| {
+        let mut client = app.calls.clone();
+        let request = request.clone();
+        tokio::spawn(async move { client.add_call(request).await.map(|r| r.into_inner()) })
+    });
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut inserted = 0;
+    for outcome in outcomes {
+        let response = outcome.unwrap().unwrap();
+        ids.insert(response.call.unwrap().id);
+        if !response.duplicate {
+            inserted += 1;
+        }
+    }
+    assert_eq!(inserted, 1);
+    assert_eq!(ids.len(), 1, "every attempt returns the one stored call");
+    assert_eq!(app.history(customer.id).await.len(), 1);
+    assert_eq!(app.get_customer(customer.id).await.balance_micros, -100_000);
+}
+
+#[tokio::test]
+async fn bad_call_records_are_rejected_naming_the_field() {
+    let app = spawn_app_at(
+        chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
+            .unwrap()
+            .to_utc(),
+    )
+    .await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let mut client = app.calls.clone();
+    let with = |change: &dyn Fn(&mut pb::AddCallRequest)| {
+        let mut request = call(customer.id, 60);
+        change(&mut request);
+        request
+    };
+    let cases: Vec<(pb::AddCallRequest, Code, &str)> = vec![
+        (
+            with(&|r| r.duration = None),
+            Code::InvalidArgument,
+            "duration",
+        ),
+        (
+            with(&|r| r.duration = Some(Duration::DurationSeconds(0))),
+            Code::InvalidArgument,
+            "duration_seconds",
+        ),
+        (
+            with(&|r| r.duration = Some(Duration::DurationSeconds(-5))),
+            Code::InvalidArgument,
+            "duration_seconds",
+        ),
+        (
+            with(&|r| r.duration = Some(Duration::DurationSeconds(86_401))),
+            Code::InvalidArgument,
+            "duration_seconds",
+        ),
+        (
+            with(&|r| r.duration = Some(Duration::Minutes(0))),
+            Code::InvalidArgument,
+            "minutes",
+        ),
+        (
+            with(&|r| r.started_at = Some(ts("2026-06-01T00:10:00Z"))),
+            Code::InvalidArgument,
+            "started_at",
+        ),
+        (
+            with(&|r| r.caller_number = "not a number".into()),
+            Code::InvalidArgument,
+            "caller_number",
+        ),
+        (
+            with(&|r| r.callee_number = "+0123".into()),
+            Code::InvalidArgument,
+            "callee_number",
+        ),
+        (
+            with(&|r| r.call_id = "x".repeat(129)),
+            Code::InvalidArgument,
+            "call_id",
+        ),
+        (
+            with(&|r| r.customer_id = 0),
+            Code::InvalidArgument,
+            "customer_id",
+        ),
+        (
+            with(&|r| r.customer_id = 4242),
+            Code::NotFound,
+            "customer 4242",
+        ),
+    ];
+    for (request, code, field) in cases {
+        assert_status(client.add_call(request).await, code, field);
+    }
+    // Within the five-minute skew a future start is accepted.
+    client
+        .add_call(with(&|r| r.started_at = Some(ts("2026-06-01T00:04:00Z"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        app.history(customer.id).await.len(),
+        1,
+        "only the valid call was stored"
+    );
+}
+
+#[tokio::test]
+async fn call_history_returns_one_customers_calls_within_the_range_in_start_order() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let ada = app.customer(plan.id, 1, vec![]).await;
+    let bob = app.customer(plan.id, 2, vec![]).await;
+    let mut client = app.calls.clone();
+    for (customer, start) in [
+        (ada.id, "2026-02-01T00:00:00Z"),
+        (ada.id, "2026-01-31T23:59:59Z"),
+        (bob.id, "2026-01-15T00:00:00Z"),
+        (ada.id, "2026-01-01T00:00:00Z"),
+        (ada.id, "2026-01-15T12:00:00Z"),
+    ] {
+        let mut request = call(customer, 10);
+        request.started_at = Some(ts(start));
+        client.add_call(request).await.unwrap();
+    }
+    let january = client
+        .get_call_history(pb::GetCallHistoryRequest {
+            customer_id: ada.id,
+            start_time: Some(ts("2026-01-01T00:00:00Z")),
+            end_time: Some(ts("2026-02-01T00:00:00Z")),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let starts: Vec<i64> = january
+        .calls
+        .iter()
+        .map(|c| c.started_at.unwrap().seconds)
+        .collect();
+    assert_eq!(
+        starts,
+        vec![
+            ts("2026-01-01T00:00:00Z").seconds,
+            ts("2026-01-15T12:00:00Z").seconds,
+            ts("2026-01-31T23:59:59Z").seconds
+        ]
+    );
+    assert!(january.calls.iter().all(|c| c.customer_id == ada.id));
+    assert_eq!(app.history(ada.id).await.len(), 4);
+    assert_status(
+        client
+            .get_call_history(pb::GetCallHistoryRequest {
+                customer_id: 999,
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "customer 999",
+    );
+    assert_status(
+        client
+            .get_call_history(pb::GetCallHistoryRequest {
+                customer_id: ada.id,
+                start_time: Some(ts("2026-02-01T00:00:00Z")),
+                end_time: Some(ts("2026-01-01T00:00:00Z")),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "end_time",
+    );
+}
+
+#[tokio::test]
+async fn list_calls_returns_all_calls_or_one_operators_customers() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let north = app.operator("North").await;
+    let south = app.operator("South").await;
+    let both = app.customer(plan.id, 1, vec![north.id, south.id]).await;
+    let only_south = app.customer(plan.id, 2, vec![south.id]).await;
+    let nobody = app.customer(plan.id, 3, vec![]).await;
+    let mut client = app.calls.clone();
+    for customer in [both.id, only_south.id, nobody.id, both.id] {
+        client.add_call(call(customer, 10)).await.unwrap();
+    }
+    let list = |operator_id: i64| pb::ListCallsRequest {
+        operator_id,
+        ..Default::default()
+    };
+    let all = client.list_calls(list(0)).await.unwrap().into_inner().calls;
+    assert_eq!(all.len(), 4);
+    let of_north = client
+        .list_calls(list(north.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .calls;
+    assert_eq!(
+        of_north.iter().map(|c| c.customer_id).collect::<Vec<_>>(),
+        vec![both.id, both.id]
+    );
+    let of_south = client
+        .list_calls(list(south.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .calls;
+    assert_eq!(of_south.len(), 3);
+    assert!(of_south.iter().all(|c| c.customer_id != nobody.id));
+    assert_status(
+        client.list_calls(list(77)).await,
+        Code::NotFound,
+        "operator 77",
+    );
+}

@@ -1,0 +1,261 @@
+//! `spawn_app()`: the real application on port 0 with a fresh database, and
+//! typed clients for it.
+//!
+//! The database is a new SQLite file per test, or, when
+//! `TEST_DATABASE_URL` names a PostgreSQL server, a new database created on
+//! it per test. Logs stay silent unless `TEST_LOG` is set.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use billing::app::{Application, Config};
+use billing::clock::Clock;
+use billing::grpc::pb;
+use billing::grpc::pb::call_service_client::CallServiceClient;
+use billing::grpc::pb::customer_service_client::CustomerServiceClient;
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, Database};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var_os("TEST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_test_writer()
+            .init();
+    }
+});
+
+/// A running application and clients connected to it.
+pub struct TestApp {
+    pub customers: CustomerServiceClient<Channel>,
+    pub calls: CallServiceClient<Channel>,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The application on the system clock.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with_clock(Clock::system()).await
+}
+
+/// The application with its clock started at `start`.
+pub async fn spawn_app_at(start: DateTime<Utc>) -> TestApp {
+    spawn_app_with_clock(Clock::starting_at(start)).await
+}
+
+async fn spawn_app_with_clock(clock: Clock) -> TestApp {
+    LazyLock::force(&TRACING);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let database_url = fresh_database_url(&dir).await;
+    let app = Application::build(Config {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database_url,
+        clock,
+        shutdown_grace: Duration::from_secs(2),
+    })
+    .await
+    .expect("application starts");
+    let addr = app.local_addr();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.run_until_stopped(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("client connects");
+    TestApp {
+        customers: CustomerServiceClient::new(channel.clone()),
+        calls: CallServiceClient::new(channel.clone()),
+        channel,
+        shutdown: Some(shutdown),
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+async fn fresh_database_url(dir: &tempfile::TempDir) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(admin_url) if admin_url.starts_with("postgres") => {
+            let name = format!(
+                "billing_test_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let admin = Database::connect(&admin_url)
+                .await
+                .expect("admin connection");
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+                .await
+                .expect("drop test database");
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create test database");
+            admin.close().await.expect("close admin connection");
+            let base = admin_url
+                .rsplit_once('/')
+                .map_or(admin_url.as_str(), |(base, _)| base);
+            format!("{base}/{name}")
+        }
+        _ => format!("sqlite://{}", dir.path().join("billing.db").display()),
+    }
+}
+
+impl TestApp {
+    /// Triggers a graceful shutdown (if not begun) and waits for the server
+    /// to stop; panics if it stopped with an error.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task");
+        }
+    }
+
+    /// Triggers a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// A plan of `kind` charging `per_minute_micros` in `increment` blocks.
+    pub async fn plan(
+        &self,
+        kind: pb::PlanKind,
+        per_minute_micros: i64,
+        increment: i32,
+    ) -> pb::Plan {
+        self.customers
+            .clone()
+            .create_plan(pb::CreatePlanRequest {
+                name: format!("{kind:?} {per_minute_micros}/{increment}s"),
+                kind: kind.into(),
+                currency_code: "USD".into(),
+                monthly_fee_micros: 5_000_000,
+                per_minute_micros,
+                billing_increment_seconds: increment,
+                included_minutes: 0,
+            })
+            .await
+            .expect("plan created")
+            .into_inner()
+    }
+
+    /// A customer on `plan_id` with a unique phone number derived from `n`.
+    pub async fn customer(&self, plan_id: i64, n: u32, operator_ids: Vec<i64>) -> pb::Customer {
+        self.customers
+            .clone()
+            .create_customer(pb::CreateCustomerRequest {
+                name: format!("Customer {n}"),
+                phone_number: format!("+1415555{n:04}"),
+                plan_id,
+                operator_ids,
+            })
+            .await
+            .expect("customer created")
+            .into_inner()
+    }
+
+    /// An operator named `name`.
+    pub async fn operator(&self, name: &str) -> pb::Operator {
+        self.customers
+            .clone()
+            .create_operator(pb::CreateOperatorRequest { name: name.into() })
+            .await
+            .expect("operator created")
+            .into_inner()
+    }
+
+    /// Every call of a customer, following page tokens.
+    pub async fn history(&self, customer_id: i64) -> Vec<pb::Call> {
+        let mut calls = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .calls
+                .clone()
+                .get_call_history(pb::GetCallHistoryRequest {
+                    customer_id,
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .expect("history")
+                .into_inner();
+            calls.extend(page.calls);
+            if page.next_page_token.is_empty() {
+                return calls;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// The customer's current state.
+    pub async fn get_customer(&self, customer_id: i64) -> pb::Customer {
+        self.customers
+            .clone()
+            .get_customer(pb::GetCustomerRequest { customer_id })
+            .await
+            .expect("customer")
+            .into_inner()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A call record of `seconds` for `customer_id`.
+pub fn call(customer_id: i64, seconds: i64) -> pb::AddCallRequest {
+    pb::AddCallRequest {
+        customer_id,
+        duration: Some(pb::add_call_request::Duration::DurationSeconds(seconds)),
+        ..Default::default()
+    }
+}
+
+/// A protobuf timestamp from RFC 3339 text.
+pub fn ts(rfc3339: &str) -> prost_types::Timestamp {
+    let at = DateTime::parse_from_rfc3339(rfc3339).expect("RFC 3339");
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).expect("nanos"),
+    }
+}
+
+/// Asserts that `result` failed with `code` and a message mentioning `needle`
+/// (the field name, for invalid arguments).
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) {
+    match result {
+        Ok(value) => panic!("expected {code:?} mentioning {needle:?}, got Ok({value:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "status: {status:?}");
+            assert!(
+                status.message().contains(needle),
+                "message {:?} should mention {needle:?}",
+                status.message()
+            );
+        }
+    }
+}

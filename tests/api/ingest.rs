@@ -1,0 +1,158 @@
+//! IngestCalls: the switch's bulk path.
+
+use billing::grpc::pb::{self, PlanKind, add_call_request::Duration};
+use tokio_stream::iter as stream_of;
+use tonic::Code;
+
+use crate::helpers::{call, spawn_app, ts};
+
+#[tokio::test]
+async fn a_mixed_stream_stores_every_good_record_and_reports_each_bad_one() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let keyed = |key: &str, seconds: i64| {
+        let mut request = call(customer.id, seconds);
+        request.call_id = key.into();
+        request.started_at = Some(ts("2026-01-01T08:00:00Z"));
+        request
+    };
+    let records = vec![
+        keyed("a", 10),       // 0 accepted
+        call(customer.id, 0), // 1 bad duration
+        keyed("b", 20),       // 2 accepted
+        call(9999, 30),       // 3 unknown customer
+        keyed("a", 10),       // 4 duplicate of 0
+        keyed("a", 11),       // 5 same key, other content
+        pb::AddCallRequest {
+            duration: None,
+            ..keyed("c", 1)
+        }, // 6 no duration
+        keyed("d", 40),       // 7 accepted
+    ];
+    let response = app
+        .calls
+        .clone()
+        .ingest_calls(stream_of(records))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.accepted, 3);
+    assert_eq!(response.duplicates, 1);
+    assert_eq!(response.rejected, 4);
+    assert_eq!(
+        response.accepted + response.duplicates + response.rejected,
+        8
+    );
+    let errors: Vec<(i64, &str, Code)> = response
+        .errors
+        .iter()
+        .map(|e| (e.index, e.call_id.as_str(), Code::from_i32(e.code)))
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (1, "", Code::InvalidArgument),
+            (3, "", Code::NotFound),
+            (5, "a", Code::AlreadyExists),
+            (6, "c", Code::InvalidArgument),
+        ]
+    );
+    assert!(response.errors[0].message.contains("duration_seconds"));
+    assert!(response.errors[3].message.contains("duration"));
+    let stored = app.history(customer.id).await;
+    let mut keys: Vec<&str> = stored.iter().map(|c| c.call_id.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, vec!["a", "b", "d"]);
+    assert_eq!(
+        app.get_customer(customer.id).await.balance_micros,
+        -(10_000 + 20_000 + 40_000)
+    );
+}
+
+#[tokio::test]
+async fn replaying_a_stream_stores_and_debits_nothing_twice() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    // More records than one write batch, so the replay crosses batches.
+    let records: Vec<_> = (0..1200)
+        .map(|n| {
+            let mut request = call(customer.id, 1 + n % 90);
+            request.call_id = format!("sw-{n}");
+            request.started_at = Some(prost_types::Timestamp {
+                seconds: ts("2026-01-01T00:00:00Z").seconds + n,
+                nanos: 0,
+            });
+            request
+        })
+        .collect();
+    let expected_cost: i64 = (0..1200).map(|n| (1 + n % 90) * 1000).sum();
+    let first = app
+        .calls
+        .clone()
+        .ingest_calls(stream_of(records.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (first.accepted, first.duplicates, first.rejected),
+        (1200, 0, 0)
+    );
+    let replay = app
+        .calls
+        .clone()
+        .ingest_calls(stream_of(records))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (replay.accepted, replay.duplicates, replay.rejected),
+        (0, 1200, 0)
+    );
+    assert_eq!(app.history(customer.id).await.len(), 1200);
+    assert_eq!(
+        app.get_customer(customer.id).await.balance_micros,
+        -expected_cost
+    );
+}
+
+#[tokio::test]
+async fn a_key_repeated_within_one_stream_is_stored_once() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 60).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let mut request = call(customer.id, 42);
+    request.call_id = "twice".into();
+    request.started_at = Some(ts("2026-01-01T00:00:00Z"));
+    let minutes = pb::AddCallRequest {
+        duration: Some(Duration::Minutes(2)),
+        call_id: "m".into(),
+        ..request.clone()
+    };
+    let response = app
+        .calls
+        .clone()
+        .ingest_calls(stream_of(vec![request.clone(), request, minutes]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (response.accepted, response.duplicates, response.rejected),
+        (2, 1, 0)
+    );
+    assert_eq!(app.history(customer.id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn an_empty_stream_is_an_empty_report() {
+    let app = spawn_app().await;
+    let response = app
+        .calls
+        .clone()
+        .ingest_calls(stream_of(Vec::<pb::AddCallRequest>::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response, pb::IngestCallsResponse::default());
+}

@@ -1,0 +1,9 @@
+//! Black-box tests: the real server on an ephemeral port with a fresh,
+//! migrated database per test, driven through real tonic clients.
+
+mod calls;
+mod customers;
+mod helpers;
+mod ingest;
+mod operations;
+mod paging;
