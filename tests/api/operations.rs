@@ -166,7 +166,7 @@ async fn the_binary_fills_demo_data_serves_it_and_exits_cleanly_on_sigterm() {
     assert!(demo.status.success(), "demo-data failed: {demo:?}");
     assert!(String::from_utf8_lossy(&demo.stdout).contains("3 plans, 2 operators"));
 
-    let mut server = billing(&["serve", "--listen", "127.0.0.1:0"], &url);
+    let server = billing(&["serve", "--listen", "127.0.0.1:0"], &url);
     let addr = loop {
         let line = server
             .lines
