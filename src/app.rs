@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono_tz::Tz;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -19,7 +20,9 @@ use crate::clock::Clock;
 use crate::grpc::logging::RpcLogLayer;
 use crate::grpc::pb::call_service_server::CallServiceServer;
 use crate::grpc::pb::customer_service_server::CustomerServiceServer;
-use crate::grpc::{CallApi, CustomerApi, pb};
+use crate::grpc::pb::invoice_service_server::InvoiceServiceServer;
+use crate::grpc::{CallApi, CustomerApi, InvoiceApi, pb};
+use crate::invoicing::Invoicing;
 use crate::storage::Store;
 
 /// Everything `serve` needs to start.
@@ -31,6 +34,10 @@ pub struct Config {
     pub database_url: String,
     /// The service's clock.
     pub clock: Clock,
+    /// The billing time zone: periods are calendar months there.
+    pub billing_tz: Tz,
+    /// Whether to run the billing scheduler.
+    pub scheduler: bool,
     /// How long in-flight RPCs may run on after a shutdown signal before the
     /// remaining connections are closed (long-lived streams never end alone).
     pub shutdown_grace: Duration,
@@ -60,6 +67,8 @@ pub struct Application {
     listener: TcpListener,
     store: Store,
     clock: Clock,
+    billing_tz: Tz,
+    scheduler: bool,
     shutdown_grace: Duration,
 }
 
@@ -81,6 +90,8 @@ impl Application {
             listener,
             store,
             clock: config.clock,
+            billing_tz: config.billing_tz,
+            scheduler: config.scheduler,
             shutdown_grace: config.shutdown_grace,
         })
     }
@@ -113,8 +124,18 @@ impl Application {
             listener,
             store,
             clock,
+            billing_tz,
+            scheduler,
             shutdown_grace,
         } = self;
+        let invoicing = Invoicing::new(store.clone(), clock.clone(), billing_tz);
+        let (stopping, stopping_rx) = watch::channel(false);
+        let scheduler_task = scheduler.then(|| {
+            tokio::spawn(crate::scheduler::run(
+                invoicing.clone(),
+                stopping_rx.clone(),
+            ))
+        });
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&health_reporter, ServingStatus::Serving).await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -137,6 +158,7 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight RPCs");
             set_health(&reporter, ServingStatus::NotServing).await;
+            stopping.send_replace(true);
             drain_started.notify_one();
         };
         let server = Server::builder()
@@ -146,9 +168,13 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(CustomerServiceServer::new(CustomerApi::new(
                 store.clone(),
-                clock,
+                clock.clone(),
             )))
             .add_service(CallServiceServer::new(CallApi::new(store.clone(), clock)))
+            .add_service(InvoiceServiceServer::new(InvoiceApi::new(
+                invoicing,
+                stopping_rx,
+            )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
         let grace_over = async {
             draining.notified().await;
@@ -161,12 +187,22 @@ impl Application {
                 Ok(())
             }
         };
+        if let Some(task) = scheduler_task {
+            task.abort();
+            let _ = task.await;
+        }
         if let Err(err) = store.close().await {
             tracing::warn!(error = %err, "closing the database failed");
         }
         tracing::info!("stopped");
         served.map_err(StartupError::Serve)
     }
+}
+
+/// Resolves once `stopping` turns true (or its sender is gone): the signal
+/// for long-running tasks and streams to end.
+pub async fn until_stopping(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -180,6 +216,12 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter
         .set_service_status(
             <CallServiceServer<CallApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    reporter
+        .set_service_status(
+            <InvoiceServiceServer<InvoiceApi> as tonic::server::NamedService>::NAME,
             status,
         )
         .await;

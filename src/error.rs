@@ -10,9 +10,9 @@ pub enum AppError {
     /// The request is malformed; `field` names the offending proto field.
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
-    /// A referenced resource does not exist.
-    #[error("{resource} {id} not found")]
-    NotFound { resource: &'static str, id: i64 },
+    /// A referenced resource does not exist; the text says which.
+    #[error("{0}")]
+    NotFound(String),
     /// The request conflicts with stored state (a unique value already taken,
     /// an idempotency key reused with a different request).
     #[error("{0}")]
@@ -36,6 +36,11 @@ impl AppError {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+
+    /// A `NotFound` for the resource with this id, e.g. "customer 7 not found".
+    pub fn not_found(resource: &str, id: i64) -> Self {
+        AppError::NotFound(format!("{resource} {id} not found"))
     }
 
     /// An `Internal` error from any source.

@@ -7,4 +7,6 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod invoicing;
+pub mod scheduler;
 pub mod storage;

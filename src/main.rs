@@ -9,6 +9,7 @@ use billing::app::{Application, Config};
 use billing::clock::Clock;
 use billing::storage::Store;
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -40,6 +41,14 @@ enum Command {
         /// in real time (for rehearsing a month end and for tests).
         #[arg(long, env = "BILLING_CLOCK_START")]
         clock_start: Option<DateTime<Utc>>,
+        /// IANA time zone of billing periods (month boundaries follow it,
+        /// daylight saving included), e.g. `Europe/Berlin`.
+        #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC")]
+        billing_timezone: Tz,
+        /// Do not run the billing scheduler (invoices are then issued only
+        /// through GenerateInvoice and RunBillingCycle).
+        #[arg(long, env = "BILLING_NO_SCHEDULER")]
+        no_scheduler: bool,
         /// Seconds in-flight RPCs may run on after SIGINT/SIGTERM before the
         /// server closes them.
         #[arg(long, env = "BILLING_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
@@ -65,15 +74,20 @@ async fn main() -> ExitCode {
         Command::Serve {
             listen,
             clock_start,
+            billing_timezone,
+            no_scheduler,
             shutdown_grace_seconds,
         } => {
-            serve(
+            let clock = clock_start.map_or_else(Clock::system, Clock::starting_at);
+            let config = Config {
                 listen,
-                cli.database_url,
-                clock_start,
-                shutdown_grace_seconds,
-            )
-            .await
+                database_url: cli.database_url,
+                clock,
+                billing_tz: billing_timezone,
+                scheduler: !no_scheduler,
+                shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
+            };
+            serve(config).await
         }
         Command::Migrate => migrate(&cli.database_url).await,
         Command::DemoData => demo_data(&cli.database_url).await,
@@ -90,20 +104,8 @@ async fn main() -> ExitCode {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-async fn serve(
-    listen: SocketAddr,
-    database_url: String,
-    clock_start: Option<DateTime<Utc>>,
-    shutdown_grace_seconds: u64,
-) -> CliResult {
-    let clock = clock_start.map_or_else(Clock::system, Clock::starting_at);
-    let app = Application::build(Config {
-        listen,
-        database_url,
-        clock,
-        shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
-    })
-    .await?;
+async fn serve(config: Config) -> CliResult {
+    let app = Application::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! imports tonic or sea_orm; the gRPC layer converts into these types and the
 //! storage layer persists them.
 
+pub mod invoice;
 pub mod model;
 pub mod paging;
+pub mod period;
 pub mod rating;
 pub mod validation;

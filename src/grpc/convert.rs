@@ -6,10 +6,14 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use super::pb;
+use crate::domain::invoice::{
+    ConsolidatedMonth, Invoice, InvoiceLine, InvoiceLineKind, UsagePreview,
+};
 use crate::domain::model::{
     Call, CallRecord, Customer, NewCustomer, NewPlan, Operator, Plan, PlanKind, TimeRange,
     TopUpRequest,
 };
+use crate::domain::period::BillingPeriod;
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
 
@@ -232,6 +236,94 @@ impl From<Call> for pb::Call {
             invoice_id: call.invoice_id.unwrap_or(0),
             per_minute_micros: call.per_minute_micros,
             billing_increment_seconds: call.billing_increment_seconds,
+        }
+    }
+}
+
+/// A requested billing period; `field` names it for errors.
+pub fn period(field: &str, period: pb::BillingPeriod) -> AppResult<BillingPeriod> {
+    let pb::BillingPeriod { year, month } = period;
+    BillingPeriod::new(field, year, month)
+}
+
+fn billing_period(period: BillingPeriod) -> pb::BillingPeriod {
+    pb::BillingPeriod {
+        year: period.year(),
+        month: i32::try_from(period.month()).unwrap_or(0),
+    }
+}
+
+impl From<InvoiceLine> for pb::InvoiceLine {
+    fn from(line: InvoiceLine) -> Self {
+        let kind = match line.kind {
+            InvoiceLineKind::MonthlyFee => pb::InvoiceLineKind::MonthlyFee,
+            InvoiceLineKind::Usage => pb::InvoiceLineKind::Usage,
+            InvoiceLineKind::IncludedMinutes => pb::InvoiceLineKind::IncludedMinutes,
+            InvoiceLineKind::LateUsage => pb::InvoiceLineKind::LateUsage,
+            InvoiceLineKind::TopUp => pb::InvoiceLineKind::TopUp,
+        };
+        pb::InvoiceLine {
+            kind: kind.into(),
+            description: line.description,
+            quantity: line.quantity,
+            amount_micros: line.amount_micros,
+        }
+    }
+}
+
+impl From<Invoice> for pb::Invoice {
+    fn from(invoice: Invoice) -> Self {
+        pb::Invoice {
+            id: invoice.id,
+            number: invoice.number,
+            customer_id: invoice.customer_id,
+            period: Some(billing_period(invoice.period)),
+            period_start: Some(timestamp(invoice.period_start)),
+            period_end: Some(timestamp(invoice.period_end)),
+            issued_at: Some(timestamp(invoice.issued_at)),
+            currency_code: invoice.currency_code,
+            lines: invoice.lines.into_iter().map(Into::into).collect(),
+            call_count: invoice.usage.call_count,
+            billed_seconds: invoice.usage.billed_seconds,
+            usage_micros: invoice.usage.usage_micros,
+            total_micros: invoice.total_micros,
+        }
+    }
+}
+
+impl From<UsagePreview> for pb::UsagePreview {
+    fn from(preview: UsagePreview) -> Self {
+        pb::UsagePreview {
+            customer_id: preview.customer_id,
+            period: Some(billing_period(preview.period)),
+            as_of: Some(timestamp(preview.as_of)),
+            call_count: preview.usage.call_count,
+            billed_seconds: preview.usage.billed_seconds,
+            usage_micros: preview.usage.usage_micros,
+            monthly_fee_micros: preview.monthly_fee_micros,
+            total_micros: preview.total_micros,
+            currency_code: preview.currency_code,
+        }
+    }
+}
+
+impl From<ConsolidatedMonth> for pb::ConsolidatedMonth {
+    fn from(month: ConsolidatedMonth) -> Self {
+        let status = if month.invoice_number.is_some() {
+            pb::ConsolidatedStatus::Issued
+        } else {
+            pb::ConsolidatedStatus::Open
+        };
+        pb::ConsolidatedMonth {
+            period: Some(billing_period(month.period)),
+            call_count: month.usage.call_count,
+            billed_seconds: month.usage.billed_seconds,
+            usage_micros: month.usage.usage_micros,
+            monthly_fee_micros: month.monthly_fee_micros,
+            total_micros: month.total_micros,
+            currency_code: month.currency_code,
+            invoice_number: month.invoice_number.unwrap_or_default(),
+            status: status.into(),
         }
     }
 }

@@ -5,11 +5,13 @@
 mod calls;
 mod convert;
 mod customers;
+mod invoices;
 pub mod logging;
 pub mod status;
 
 pub use calls::CallApi;
 pub use customers::CustomerApi;
+pub use invoices::InvoiceApi;
 
 /// Code generated from `proto/billing/v1/billing.proto`.
 #[allow(clippy::all, missing_docs)]

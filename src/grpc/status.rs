@@ -8,7 +8,7 @@ use crate::error::AppError;
 pub fn code_of(err: &AppError) -> Code {
     match err {
         AppError::InvalidArgument { .. } => Code::InvalidArgument,
-        AppError::NotFound { .. } => Code::NotFound,
+        AppError::NotFound(_) => Code::NotFound,
         AppError::AlreadyExists(_) => Code::AlreadyExists,
         AppError::FailedPrecondition(_) => Code::FailedPrecondition,
         AppError::Unavailable(_) => Code::Unavailable,
@@ -26,7 +26,7 @@ pub fn message_of(err: &AppError) -> String {
             err.to_string()
         }
         AppError::InvalidArgument { .. }
-        | AppError::NotFound { .. }
+        | AppError::NotFound(_)
         | AppError::AlreadyExists(_)
         | AppError::FailedPrecondition(_) => err.to_string(),
     }

@@ -52,10 +52,7 @@ impl Store {
         let model = plan::Entity::find_by_id(plan_id)
             .one(&self.db)
             .await?
-            .ok_or(AppError::NotFound {
-                resource: "plan",
-                id: plan_id,
-            })?;
+            .ok_or(AppError::not_found("plan", plan_id))?;
         plan_from(model)
     }
 
@@ -108,10 +105,7 @@ impl Store {
             .one(&self.db)
             .await?
             .map(|_| ())
-            .ok_or(AppError::NotFound {
-                resource: "operator",
-                id: operator_id,
-            })
+            .ok_or(AppError::not_found("operator", operator_id))
     }
 
     /// Stores a customer and its operator links in one transaction.
@@ -285,10 +279,7 @@ impl Store {
             .one(&txn)
             .await?
             .map(|c| c.balance_micros)
-            .ok_or(AppError::NotFound {
-                resource: "customer",
-                id: request.customer_id,
-            })?;
+            .ok_or(AppError::not_found("customer", request.customer_id))?;
         txn.commit().await?;
         Ok(TopUpOutcome {
             balance_micros,
@@ -305,10 +296,7 @@ impl Store {
         customer::Entity::find_by_id(customer_id)
             .one(&self.db)
             .await?
-            .ok_or(AppError::NotFound {
-                resource: "customer",
-                id: customer_id,
-            })
+            .ok_or(AppError::not_found("customer", customer_id))
     }
 
     /// The operator ids of each of `customer_ids`, ascending, in one query.

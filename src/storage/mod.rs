@@ -5,6 +5,7 @@
 mod calls;
 mod customers;
 pub mod entities;
+mod invoices;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use sea_orm::{
 use crate::error::AppError;
 
 pub use calls::CallFilter;
+pub use invoices::{InvoiceRequest, IssueOutcome};
 
 /// How long a writer waits for SQLite's write lock before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);

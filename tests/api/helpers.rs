@@ -5,8 +5,8 @@
 //! `TEST_DATABASE_URL` names a PostgreSQL server, a new database created on
 //! it per test. Logs stay silent unless `TEST_LOG` is set.
 
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use billing::app::{Application, Config};
@@ -14,8 +14,10 @@ use billing::clock::Clock;
 use billing::grpc::pb;
 use billing::grpc::pb::call_service_client::CallServiceClient;
 use billing::grpc::pb::customer_service_client::CustomerServiceClient;
+use billing::grpc::pb::invoice_service_client::InvoiceServiceClient;
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, Database};
+use chrono_tz::Tz;
+use sea_orm::ConnectionTrait;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -34,30 +36,83 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 pub struct TestApp {
     pub customers: CustomerServiceClient<Channel>,
     pub calls: CallServiceClient<Channel>,
+    pub invoices: InvoiceServiceClient<Channel>,
     pub channel: Channel,
+    /// The application's clock; tests may move it.
+    pub clock: Clock,
+    /// The application's database, to start another application on it.
+    pub database: Database,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
 }
 
-/// The application on the system clock.
+/// A test database and what keeps it alive.
+#[derive(Clone)]
+pub struct Database {
+    pub url: String,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+/// How to start a test application.
+pub struct AppOptions {
+    pub clock: Clock,
+    pub tz: Tz,
+    pub scheduler: bool,
+    /// An existing database; `None` creates a fresh one.
+    pub database: Option<Database>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            clock: Clock::system(),
+            tz: Tz::UTC,
+            scheduler: false,
+            database: None,
+        }
+    }
+}
+
+/// The application on the system clock, UTC periods, no scheduler.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with_clock(Clock::system()).await
+    spawn_app_with(AppOptions::default()).await
 }
 
 /// The application with its clock started at `start`.
 pub async fn spawn_app_at(start: DateTime<Utc>) -> TestApp {
-    spawn_app_with_clock(Clock::starting_at(start)).await
+    spawn_app_with(AppOptions {
+        clock: Clock::starting_at(start),
+        ..AppOptions::default()
+    })
+    .await
 }
 
-async fn spawn_app_with_clock(clock: Clock) -> TestApp {
+/// An RFC 3339 instant.
+pub fn at(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .expect("RFC 3339")
+        .to_utc()
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     LazyLock::force(&TRACING);
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let database_url = fresh_database_url(&dir).await;
+    let database = match options.database {
+        Some(database) => database,
+        None => {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            Database {
+                url: fresh_database_url(&dir).await,
+                _dir: Arc::new(dir),
+            }
+        }
+    };
+    let clock = options.clock;
     let app = Application::build(Config {
         listen: "127.0.0.1:0".parse().expect("address"),
-        database_url,
-        clock,
+        database_url: database.url.clone(),
+        clock: clock.clone(),
+        billing_tz: options.tz,
+        scheduler: options.scheduler,
         shutdown_grace: Duration::from_secs(2),
     })
     .await
@@ -79,10 +134,12 @@ async fn spawn_app_with_clock(clock: Clock) -> TestApp {
     TestApp {
         customers: CustomerServiceClient::new(channel.clone()),
         calls: CallServiceClient::new(channel.clone()),
+        invoices: InvoiceServiceClient::new(channel.clone()),
         channel,
+        clock,
+        database,
         shutdown: Some(shutdown),
         server: Some(server),
-        _dir: dir,
     }
 }
 
@@ -95,7 +152,7 @@ async fn fresh_database_url(dir: &tempfile::TempDir) -> String {
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             );
-            let admin = Database::connect(&admin_url)
+            let admin = sea_orm::Database::connect(&admin_url)
                 .await
                 .expect("admin connection");
             admin

@@ -4,6 +4,8 @@
 pub mod call;
 pub mod customer;
 pub mod customer_operator;
+pub mod invoice;
+pub mod invoice_line;
 pub mod operator;
 pub mod plan;
 pub mod top_up;

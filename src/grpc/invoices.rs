@@ -1,0 +1,248 @@
+//! `billing.v1.InvoiceService`: invoices, previews, consolidated history,
+//! billing cycles and the live invoice feed.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::period;
+use super::customers::page_of;
+use super::pb::{self, invoice_service_server::InvoiceService};
+use crate::domain::paging::{self, TokenScope};
+use crate::domain::period::BillingPeriod;
+use crate::domain::validation as valid;
+use crate::error::AppError;
+use crate::invoicing::{Generated, Invoicing};
+
+/// Invoices sent per database read while replaying history.
+const WATCH_BATCH: u64 = 100;
+/// How often a watcher looks for invoices issued by other replicas.
+const WATCH_POLL: Duration = Duration::from_secs(2);
+/// Messages buffered per server stream.
+const STREAM_BUFFER: usize = 16;
+
+type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The InvoiceService implementation.
+#[derive(Debug, Clone)]
+pub struct InvoiceApi {
+    invoicing: Invoicing,
+    stopping: watch::Receiver<bool>,
+}
+
+impl InvoiceApi {
+    /// A service over `invoicing`; its streams end when `stopping` turns true.
+    pub fn new(invoicing: Invoicing, stopping: watch::Receiver<bool>) -> Self {
+        InvoiceApi {
+            invoicing,
+            stopping,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl InvoiceService for InvoiceApi {
+    async fn generate_invoice(
+        &self,
+        request: Request<pb::GenerateInvoiceRequest>,
+    ) -> Result<Response<pb::GenerateInvoiceResponse>, Status> {
+        let pb::GenerateInvoiceRequest {
+            customer_id,
+            period: requested,
+        } = request.into_inner();
+        let customer_id = valid::id("customer_id", customer_id)?;
+        let requested = requested.map(|p| period("period", p)).transpose()?;
+        let result = match self.invoicing.generate(customer_id, requested).await? {
+            Generated::Invoice(invoice) => {
+                pb::generate_invoice_response::Result::Invoice(invoice.into())
+            }
+            Generated::Preview(preview) => {
+                pb::generate_invoice_response::Result::Preview(preview.into())
+            }
+        };
+        Ok(Response::new(pb::GenerateInvoiceResponse {
+            result: Some(result),
+        }))
+    }
+
+    async fn get_month_invoice(
+        &self,
+        request: Request<pb::GetMonthInvoiceRequest>,
+    ) -> Result<Response<pb::Invoice>, Status> {
+        let pb::GetMonthInvoiceRequest {
+            customer_id,
+            period,
+        } = request.into_inner();
+        let customer_id = valid::id("customer_id", customer_id)?;
+        let pb::BillingPeriod { year, month } =
+            period.ok_or_else(|| AppError::invalid("period", "is required"))?;
+        let year = (year != 0).then_some(year);
+        let invoice = self
+            .invoicing
+            .month_invoice(customer_id, year, month)
+            .await?;
+        Ok(Response::new(invoice.into()))
+    }
+
+    async fn list_invoices(
+        &self,
+        request: Request<pb::ListInvoicesRequest>,
+    ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
+        let pb::ListInvoicesRequest {
+            customer_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let customer_id = valid::optional_id("customer_id", customer_id)?;
+        let limit = paging::page_size(page_size)?;
+        let scope = TokenScope {
+            listing: "invoices",
+            filters: vec![customer_id.unwrap_or(0)],
+        };
+        let after_id = paging::decode_token(&scope, &page_token, 1)?.map_or(0, |keys| keys[0]);
+        let store = self.invoicing.store();
+        if let Some(customer_id) = customer_id {
+            store.ensure_customer(customer_id).await?;
+        }
+        let invoices = store
+            .list_invoices(customer_id, after_id, limit + 1)
+            .await?;
+        let (invoices, next_page_token) = page_of(invoices, limit, |last| {
+            paging::encode_token(&scope, &[last.id])
+        });
+        Ok(Response::new(pb::ListInvoicesResponse {
+            invoices: invoices.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    type StreamConsolidatedStream = ServerStream<pb::ConsolidatedMonth>;
+
+    async fn stream_consolidated(
+        &self,
+        request: Request<pb::StreamConsolidatedRequest>,
+    ) -> Result<Response<Self::StreamConsolidatedStream>, Status> {
+        let pb::StreamConsolidatedRequest {
+            customer_id,
+            from_period,
+            to_period,
+        } = request.into_inner();
+        let customer_id = valid::id("customer_id", customer_id)?;
+        let from = from_period.map(|p| period("from_period", p)).transpose()?;
+        let to = to_period.map(|p| period("to_period", p)).transpose()?;
+        let (customer, plan) = self.invoicing.customer_and_plan(customer_id).await?;
+        let tz = self.invoicing.tz();
+        let from = from.unwrap_or_else(|| BillingPeriod::containing(customer.created_at, tz));
+        let to = to.unwrap_or_else(|| BillingPeriod::containing(self.invoicing.clock().now(), tz));
+        if from > to {
+            return Err(AppError::invalid(
+                "to_period",
+                format!("{to} is before from_period {from}"),
+            )
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let invoicing = self.invoicing.clone();
+        tokio::spawn(async move {
+            let mut month = from;
+            while month <= to {
+                let item = match invoicing.consolidated_month(&customer, &plan, month).await {
+                    Ok(None) => None,
+                    Ok(Some(consolidated)) => Some(Ok(consolidated.into())),
+                    Err(err) => Some(Err(Status::from(err))),
+                };
+                let failed = matches!(item, Some(Err(_)));
+                if let Some(item) = item
+                    && tx.send(item).await.is_err()
+                {
+                    return;
+                }
+                if failed {
+                    return;
+                }
+                month = month.next();
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn run_billing_cycle(
+        &self,
+        request: Request<pb::RunBillingCycleRequest>,
+    ) -> Result<Response<pb::RunBillingCycleResponse>, Status> {
+        let pb::RunBillingCycleRequest { period: requested } = request.into_inner();
+        let requested = requested.map(|p| period("period", p)).transpose()?;
+        let summary = self.invoicing.run_cycle(requested).await?;
+        if let Some(period) = summary.period {
+            tracing::info!(
+                period = %period,
+                issued = summary.issued,
+                already_issued = summary.already_issued,
+                "billing cycle complete"
+            );
+        }
+        Ok(Response::new(pb::RunBillingCycleResponse {
+            issued: summary.issued,
+            already_issued: summary.already_issued,
+        }))
+    }
+
+    type WatchInvoicesStream = ServerStream<pb::Invoice>;
+
+    async fn watch_invoices(
+        &self,
+        request: Request<pb::WatchInvoicesRequest>,
+    ) -> Result<Response<Self::WatchInvoicesStream>, Status> {
+        let pb::WatchInvoicesRequest { after_invoice_id } = request.into_inner();
+        if after_invoice_id < 0 {
+            return Err(AppError::invalid("after_invoice_id", "must not be negative").into());
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let invoicing = self.invoicing.clone();
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let mut issued = invoicing.issued();
+            let mut last_id = after_invoice_id;
+            loop {
+                // Mark the latest issue as seen before reading, so an invoice
+                // committed after this read wakes the wait below.
+                issued.borrow_and_update();
+                let batch = match invoicing
+                    .store()
+                    .list_invoices(None, last_id, WATCH_BATCH)
+                    .await
+                {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                };
+                let full = batch.len() as u64 == WATCH_BATCH;
+                for invoice in batch {
+                    last_id = invoice.id;
+                    if tx.send(Ok(invoice.into())).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    _ = issued.changed() => {}
+                    () = tokio::time::sleep(WATCH_POLL) => {}
+                    () = tx.closed() => return,
+                    () = crate::app::until_stopping(&mut stopping) => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down; reconnect with your last invoice id"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,301 @@
+//! The invoicing use cases, shared by the gRPC InvoiceService and the
+//! scheduler: issue an invoice, run a billing cycle, preview the current
+//! month, consolidate a customer's history. Billing rules come from
+//! `domain::invoice`, persistence from `storage`; this module only sequences
+//! them and announces each newly issued invoice to watchers.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, Utc};
+use chrono_tz::Tz;
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::domain::invoice::{self, ClaimedUsage, ConsolidatedMonth, Invoice, UsagePreview};
+use crate::domain::model::{Customer, Plan};
+use crate::domain::period::BillingPeriod;
+use crate::error::{AppError, AppResult};
+use crate::storage::{InvoiceRequest, IssueOutcome, Store};
+
+/// Customers fetched per page while running a billing cycle.
+const CYCLE_PAGE: u64 = 500;
+
+/// What GenerateInvoice produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Generated {
+    Invoice(Invoice),
+    Preview(UsagePreview),
+}
+
+/// What a billing cycle did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CycleSummary {
+    pub period: Option<BillingPeriod>,
+    pub issued: i64,
+    pub already_issued: i64,
+}
+
+/// The invoicing service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Invoicing {
+    store: Store,
+    clock: Clock,
+    tz: Tz,
+    /// The highest invoice id this process has issued; watchers wait on it.
+    issued: Arc<watch::Sender<i64>>,
+}
+
+impl Invoicing {
+    /// Invoicing over `store`, with periods in `tz`.
+    pub fn new(store: Store, clock: Clock, tz: Tz) -> Self {
+        Invoicing {
+            store,
+            clock,
+            tz,
+            issued: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// The billing time zone.
+    pub fn tz(&self) -> Tz {
+        self.tz
+    }
+
+    /// The service clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The storage.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A receiver that changes whenever this process issues an invoice.
+    pub fn issued(&self) -> watch::Receiver<i64> {
+        self.issued.subscribe()
+    }
+
+    /// GenerateInvoice: with a period, issue (or return) that ended period's
+    /// invoice; without, issue last month's on the 1st, else preview this
+    /// month.
+    pub async fn generate(
+        &self,
+        customer_id: i64,
+        period: Option<BillingPeriod>,
+    ) -> AppResult<Generated> {
+        let now = self.clock.now();
+        let (customer, plan) = self.customer_and_plan(customer_id).await?;
+        let today = now.with_timezone(&self.tz);
+        let current = BillingPeriod::containing(now, self.tz);
+        let period = match period {
+            Some(period) => period,
+            None if today.day() == 1 => current.previous(),
+            None => {
+                return Ok(Generated::Preview(
+                    self.preview(&customer, &plan, current, now).await?,
+                ));
+            }
+        };
+        let invoice = match self.issue(&customer, &plan, period).await? {
+            IssueOutcome::Issued(invoice) | IssueOutcome::AlreadyIssued(invoice) => invoice,
+        };
+        Ok(Generated::Invoice(invoice))
+    }
+
+    /// Issues (or returns) one customer's invoice for an ended period.
+    pub async fn issue(
+        &self,
+        customer: &Customer,
+        plan: &Plan,
+        period: BillingPeriod,
+    ) -> AppResult<IssueOutcome> {
+        let now = self.clock.now();
+        let end = period.end(self.tz);
+        if end > now {
+            return Err(AppError::FailedPrecondition(format!(
+                "period {period} has not ended yet (it ends at {})",
+                end.to_rfc3339()
+            )));
+        }
+        if end <= customer.created_at {
+            return Err(AppError::FailedPrecondition(format!(
+                "customer {} did not exist yet in {period} (created {})",
+                customer.id,
+                customer.created_at.to_rfc3339()
+            )));
+        }
+        let request = InvoiceRequest {
+            customer_id: customer.id,
+            period,
+            tz: self.tz,
+            issued_at: now,
+            currency_code: plan.currency_code.clone(),
+        };
+        let outcome = self
+            .store
+            .issue_invoice(request, |usage| invoice::compose(plan, period, usage))
+            .await?;
+        if let IssueOutcome::Issued(invoice) = &outcome {
+            self.issued
+                .send_modify(|last| *last = (*last).max(invoice.id));
+        }
+        Ok(outcome)
+    }
+
+    /// The invoice of `month` in `year`, or in the latest year that month has
+    /// started when `year` is `None`.
+    pub async fn month_invoice(
+        &self,
+        customer_id: i64,
+        year: Option<i32>,
+        month: i32,
+    ) -> AppResult<Invoice> {
+        self.store.ensure_customer(customer_id).await?;
+        let period = match year {
+            Some(year) => BillingPeriod::new("period", year, month)?,
+            None => BillingPeriod::latest_started("period", month, self.clock.now(), self.tz)?,
+        };
+        self.store
+            .invoice_for(customer_id, period)
+            .await?
+            .ok_or_else(|| {
+                AppError::NotFound(format!(
+                    "customer {customer_id} has no invoice for {period}"
+                ))
+            })
+    }
+
+    /// Issues every missing invoice of an ended period (default: the previous
+    /// month). Safe to run again and concurrently: the database keeps one
+    /// invoice per customer and period.
+    pub async fn run_cycle(&self, period: Option<BillingPeriod>) -> AppResult<CycleSummary> {
+        let now = self.clock.now();
+        let period = period.unwrap_or_else(|| BillingPeriod::containing(now, self.tz).previous());
+        let end = period.end(self.tz);
+        if end > now {
+            return Err(AppError::FailedPrecondition(format!(
+                "period {period} has not ended yet (it ends at {})",
+                end.to_rfc3339()
+            )));
+        }
+        let plans = self.store.list_plans().await?;
+        let mut issued = 0;
+        let mut after_id = 0;
+        loop {
+            let batch = self
+                .store
+                .customers_to_invoice(period, end, after_id, CYCLE_PAGE)
+                .await?;
+            let Some(&last) = batch.last() else { break };
+            after_id = last;
+            for customer_id in batch {
+                let customer = self.store.customer(customer_id).await?;
+                let plan = plans
+                    .iter()
+                    .find(|p| p.id == customer.plan_id)
+                    .ok_or_else(|| {
+                        AppError::internal(format!("plan {} missing", customer.plan_id))
+                    })?;
+                if let IssueOutcome::Issued(_) = self.issue(&customer, plan, period).await? {
+                    issued += 1;
+                }
+            }
+        }
+        let existing = self.store.customers_existing_before(end).await?;
+        Ok(CycleSummary {
+            period: Some(period),
+            issued,
+            already_issued: (existing - issued).max(0),
+        })
+    }
+
+    /// Every ended month since the first customer that is not fully
+    /// invoiced yet, oldest first.
+    pub async fn months_to_catch_up(&self) -> AppResult<Vec<BillingPeriod>> {
+        let Some(first) = self.store.first_customer_created_at().await? else {
+            return Ok(Vec::new());
+        };
+        let current = BillingPeriod::containing(self.clock.now(), self.tz);
+        let mut months = Vec::new();
+        let mut period = BillingPeriod::containing(first, self.tz);
+        while period < current {
+            let missing = self
+                .store
+                .customers_to_invoice(period, period.end(self.tz), 0, 1)
+                .await?;
+            if !missing.is_empty() {
+                months.push(period);
+            }
+            period = period.next();
+        }
+        Ok(months)
+    }
+
+    /// The current month's usage so far, as an invoice would state it.
+    async fn preview(
+        &self,
+        customer: &Customer,
+        plan: &Plan,
+        period: BillingPeriod,
+        now: DateTime<Utc>,
+    ) -> AppResult<UsagePreview> {
+        let draft = self.open_month(customer, plan, period).await?.0;
+        Ok(UsagePreview {
+            customer_id: customer.id,
+            period,
+            as_of: now,
+            usage: draft.usage,
+            monthly_fee_micros: draft.monthly_fee_micros,
+            total_micros: draft.total_micros,
+            currency_code: plan.currency_code.clone(),
+        })
+    }
+
+    /// A month's consolidated figures: its invoice's, or those so far.
+    /// `None` for a month without activity.
+    pub async fn consolidated_month(
+        &self,
+        customer: &Customer,
+        plan: &Plan,
+        period: BillingPeriod,
+    ) -> AppResult<Option<ConsolidatedMonth>> {
+        if let Some(invoice) = self.store.invoice_for(customer.id, period).await? {
+            return Ok(Some(ConsolidatedMonth::issued(&invoice)));
+        }
+        if period.end(self.tz) <= customer.created_at {
+            return Ok(None);
+        }
+        let (draft, top_ups) = self.open_month(customer, plan, period).await?;
+        let month = ConsolidatedMonth::open(period, &draft, &plan.currency_code);
+        Ok(month.has_activity(top_ups).then_some(month))
+    }
+
+    /// The draft invoice of a month not invoiced yet, from its uninvoiced
+    /// calls and top-ups, and the number of those top-ups.
+    async fn open_month(
+        &self,
+        customer: &Customer,
+        plan: &Plan,
+        period: BillingPeriod,
+    ) -> AppResult<(invoice::InvoiceDraft, usize)> {
+        let (start, end) = (period.start(self.tz), period.end(self.tz));
+        let usage = ClaimedUsage {
+            current: self.store.uninvoiced_usage(customer.id, start, end).await?,
+            late: Vec::new(),
+            top_ups: self
+                .store
+                .uninvoiced_top_ups(customer.id, start, end)
+                .await?,
+        };
+        let top_ups = usage.top_ups.len();
+        Ok((invoice::compose(plan, period, &usage), top_ups))
+    }
+
+    /// A customer and its plan, or `NOT_FOUND`.
+    pub async fn customer_and_plan(&self, customer_id: i64) -> AppResult<(Customer, Plan)> {
+        let customer = self.store.customer(customer_id).await?;
+        let plan = self.store.plan(customer.plan_id).await?;
+        Ok((customer, plan))
+    }
+}

@@ -1,0 +1,452 @@
+//! Invoices: issuing (claiming calls and top-ups in one transaction),
+//! reading, and the usage figures of months not invoiced yet.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use sea_orm::sea_query::{Alias, Expr, Func, Query};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TryInsertResult,
+};
+
+use super::entities::{call, customer, invoice, invoice_line, top_up};
+use super::{Store, instant, micros};
+use crate::domain::invoice::{
+    ClaimedUsage, Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, TopUpEntry, UsageTotals,
+    invoice_number,
+};
+use crate::domain::period::BillingPeriod;
+use crate::error::{AppError, AppResult};
+
+/// Serialises invoice issuing on PostgreSQL so that invoice ids become
+/// visible in id order (WatchInvoices relies on it). SQLite's write lock does
+/// the same there.
+const ISSUE_LOCK_KEY: i64 = 0x6269_6c6c_696e_67;
+
+/// What to issue.
+#[derive(Debug, Clone)]
+pub struct InvoiceRequest {
+    pub customer_id: i64,
+    pub period: BillingPeriod,
+    pub tz: Tz,
+    pub issued_at: DateTime<Utc>,
+    pub currency_code: String,
+}
+
+/// What issuing did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueOutcome {
+    /// Newly issued by this call.
+    Issued(Invoice),
+    /// The period's invoice existed already; it is returned unchanged.
+    AlreadyIssued(Invoice),
+}
+
+impl Store {
+    /// Issues the invoice of `request.period`, or returns the one issued
+    /// before. In one transaction: the invoice row is inserted (the unique
+    /// `(customer, period)` key makes concurrent issuers agree on one), every
+    /// not-yet-invoiced call of the customer that started before the period's
+    /// end and every such top-up is claimed for it, `compose` turns what was
+    /// claimed into lines, and the invoice is completed.
+    pub async fn issue_invoice(
+        &self,
+        request: InvoiceRequest,
+        compose: impl FnOnce(&ClaimedUsage) -> InvoiceDraft,
+    ) -> AppResult<IssueOutcome> {
+        let InvoiceRequest {
+            customer_id,
+            period,
+            tz,
+            issued_at,
+            currency_code,
+        } = request;
+        let (start, end) = (micros(period.start(tz)), micros(period.end(tz)));
+        let txn = self.begin_write().await?;
+        if txn.get_database_backend() == DatabaseBackend::Postgres {
+            txn.execute_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [ISSUE_LOCK_KEY.into()],
+            ))
+            .await?;
+        }
+        let row = invoice::ActiveModel {
+            id: NotSet,
+            number: Set(format!("pending-{customer_id}-{period}")),
+            customer_id: Set(customer_id),
+            period_year: Set(period.year()),
+            period_month: Set(i32::try_from(period.month()).unwrap_or(1)),
+            period_start: Set(start),
+            period_end: Set(end),
+            issued_at: Set(micros(issued_at)),
+            currency_code: Set(currency_code.clone()),
+            call_count: Set(0),
+            billed_seconds: Set(0),
+            usage_micros: Set(0),
+            monthly_fee_micros: Set(0),
+            total_micros: Set(0),
+        };
+        let inserted = invoice::Entity::insert(row)
+            .on_conflict_do_nothing_on([
+                invoice::Column::CustomerId,
+                invoice::Column::PeriodYear,
+                invoice::Column::PeriodMonth,
+            ])
+            .exec(&txn)
+            .await?;
+        let invoice_id = match inserted {
+            TryInsertResult::Inserted(result) => result.last_insert_id,
+            TryInsertResult::Conflicted | TryInsertResult::Empty => {
+                txn.rollback().await?;
+                let existing = self
+                    .invoice_for(customer_id, period)
+                    .await?
+                    .ok_or_else(|| AppError::internal("conflicting invoice vanished"))?;
+                return Ok(IssueOutcome::AlreadyIssued(existing));
+            }
+        };
+
+        call::Entity::update_many()
+            .col_expr(call::Column::InvoiceId, Expr::val(invoice_id).into())
+            .filter(call::Column::CustomerId.eq(customer_id))
+            .filter(call::Column::InvoiceId.is_null())
+            .filter(call::Column::StartedAt.lt(end))
+            .exec(&txn)
+            .await?;
+        top_up::Entity::update_many()
+            .col_expr(top_up::Column::InvoiceId, Expr::val(invoice_id).into())
+            .filter(top_up::Column::CustomerId.eq(customer_id))
+            .filter(top_up::Column::InvoiceId.is_null())
+            .filter(top_up::Column::CreatedAt.lt(end))
+            .exec(&txn)
+            .await?;
+
+        let current = usage_totals(
+            &txn,
+            call::Column::InvoiceId.eq(invoice_id),
+            call::Column::StartedAt.gte(start),
+        )
+        .await?;
+        let late_calls: Vec<(i64, i64, i64)> = call::Entity::find()
+            .select_only()
+            .column(call::Column::StartedAt)
+            .column(call::Column::BilledSeconds)
+            .column(call::Column::CostMicros)
+            .filter(call::Column::InvoiceId.eq(invoice_id))
+            .filter(call::Column::StartedAt.lt(start))
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        let mut late: BTreeMap<BillingPeriod, UsageTotals> = BTreeMap::new();
+        for (started_at, billed_seconds, cost_micros) in late_calls {
+            let month = BillingPeriod::containing(instant(started_at), tz);
+            let totals = late.entry(month).or_default();
+            *totals = totals.plus(UsageTotals {
+                call_count: 1,
+                billed_seconds,
+                usage_micros: cost_micros,
+            });
+        }
+        let top_ups = top_up::Entity::find()
+            .filter(top_up::Column::InvoiceId.eq(invoice_id))
+            .order_by_asc(top_up::Column::CreatedAt)
+            .order_by_asc(top_up::Column::Id)
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|t| TopUpEntry {
+                created_at: instant(t.created_at),
+                amount_micros: t.amount_micros,
+            })
+            .collect();
+        let draft = compose(&ClaimedUsage {
+            current,
+            late: late.into_iter().collect(),
+            top_ups,
+        });
+
+        let number = invoice_number(period, invoice_id);
+        invoice::Entity::update_many()
+            .col_expr(invoice::Column::Number, Expr::val(number.as_str()).into())
+            .col_expr(
+                invoice::Column::CallCount,
+                Expr::val(draft.usage.call_count).into(),
+            )
+            .col_expr(
+                invoice::Column::BilledSeconds,
+                Expr::val(draft.usage.billed_seconds).into(),
+            )
+            .col_expr(
+                invoice::Column::UsageMicros,
+                Expr::val(draft.usage.usage_micros).into(),
+            )
+            .col_expr(
+                invoice::Column::MonthlyFeeMicros,
+                Expr::val(draft.monthly_fee_micros).into(),
+            )
+            .col_expr(
+                invoice::Column::TotalMicros,
+                Expr::val(draft.total_micros).into(),
+            )
+            .filter(invoice::Column::Id.eq(invoice_id))
+            .exec(&txn)
+            .await?;
+        if !draft.lines.is_empty() {
+            let lines =
+                draft
+                    .lines
+                    .iter()
+                    .enumerate()
+                    .map(|(position, line)| invoice_line::ActiveModel {
+                        id: NotSet,
+                        invoice_id: Set(invoice_id),
+                        position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
+                        kind: Set(line.kind.as_str().to_owned()),
+                        description: Set(line.description.clone()),
+                        quantity: Set(line.quantity),
+                        amount_micros: Set(line.amount_micros),
+                    });
+            invoice_line::Entity::insert_many(lines)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(IssueOutcome::Issued(Invoice {
+            id: invoice_id,
+            number,
+            customer_id,
+            period,
+            period_start: instant(start),
+            period_end: instant(end),
+            issued_at,
+            currency_code,
+            lines: draft.lines,
+            usage: draft.usage,
+            monthly_fee_micros: draft.monthly_fee_micros,
+            total_micros: draft.total_micros,
+        }))
+    }
+
+    /// The invoice of one customer and month, if issued.
+    pub async fn invoice_for(
+        &self,
+        customer_id: i64,
+        period: BillingPeriod,
+    ) -> AppResult<Option<Invoice>> {
+        let model = invoice::Entity::find()
+            .filter(invoice::Column::CustomerId.eq(customer_id))
+            .filter(invoice::Column::PeriodYear.eq(period.year()))
+            .filter(invoice::Column::PeriodMonth.eq(period.month()))
+            .one(&self.db)
+            .await?;
+        match model {
+            None => Ok(None),
+            Some(model) => Ok(self.with_lines(vec![model]).await?.pop()),
+        }
+    }
+
+    /// Up to `limit` invoices with an id above `after_id`, in id order, of
+    /// one customer or of all.
+    pub async fn list_invoices(
+        &self,
+        customer_id: Option<i64>,
+        after_id: i64,
+        limit: u64,
+    ) -> AppResult<Vec<Invoice>> {
+        let mut query = invoice::Entity::find()
+            .filter(invoice::Column::Id.gt(after_id))
+            .order_by_asc(invoice::Column::Id)
+            .limit(limit);
+        if let Some(customer_id) = customer_id {
+            query = query.filter(invoice::Column::CustomerId.eq(customer_id));
+        }
+        let models = query.all(&self.db).await?;
+        self.with_lines(models).await
+    }
+
+    /// Calls of a customer that started in `[start, end)` and are not
+    /// invoiced yet, summed up.
+    pub async fn uninvoiced_usage(
+        &self,
+        customer_id: i64,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> AppResult<UsageTotals> {
+        usage_totals(
+            &self.db,
+            call::Column::CustomerId
+                .eq(customer_id)
+                .and(call::Column::InvoiceId.is_null()),
+            call::Column::StartedAt
+                .gte(micros(start))
+                .and(call::Column::StartedAt.lt(micros(end))),
+        )
+        .await
+    }
+
+    /// Top-ups of a customer made in `[start, end)` and not invoiced yet.
+    pub async fn uninvoiced_top_ups(
+        &self,
+        customer_id: i64,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> AppResult<Vec<TopUpEntry>> {
+        Ok(top_up::Entity::find()
+            .filter(top_up::Column::CustomerId.eq(customer_id))
+            .filter(top_up::Column::InvoiceId.is_null())
+            .filter(top_up::Column::CreatedAt.gte(micros(start)))
+            .filter(top_up::Column::CreatedAt.lt(micros(end)))
+            .order_by_asc(top_up::Column::CreatedAt)
+            .order_by_asc(top_up::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|t| TopUpEntry {
+                created_at: instant(t.created_at),
+                amount_micros: t.amount_micros,
+            })
+            .collect())
+    }
+
+    /// Up to `limit` customers (id and plan id) with an id above `after_id`
+    /// that existed before `end` and have no invoice for `period`.
+    pub async fn customers_to_invoice(
+        &self,
+        period: BillingPeriod,
+        end: DateTime<Utc>,
+        after_id: i64,
+        limit: u64,
+    ) -> AppResult<Vec<i64>> {
+        let invoiced = Query::select()
+            .column(invoice::Column::CustomerId)
+            .from(invoice::Entity)
+            .and_where(invoice::Column::PeriodYear.eq(period.year()))
+            .and_where(invoice::Column::PeriodMonth.eq(period.month()))
+            .to_owned();
+        Ok(customer::Entity::find()
+            .select_only()
+            .column(customer::Column::Id)
+            .filter(customer::Column::Id.gt(after_id))
+            .filter(customer::Column::CreatedAt.lt(micros(end)))
+            .filter(customer::Column::Id.not_in_subquery(invoiced))
+            .order_by_asc(customer::Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// How many customers existed before `end`.
+    pub async fn customers_existing_before(&self, end: DateTime<Utc>) -> AppResult<i64> {
+        let count: Option<i64> = customer::Entity::find()
+            .select_only()
+            .expr(Func::count(Expr::col(customer::Column::Id)))
+            .filter(customer::Column::CreatedAt.lt(micros(end)))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(count.unwrap_or(0))
+    }
+
+    /// When the first customer was created, if any.
+    pub async fn first_customer_created_at(&self) -> AppResult<Option<DateTime<Utc>>> {
+        let first: Option<i64> = customer::Entity::find()
+            .select_only()
+            .column(customer::Column::CreatedAt)
+            .order_by_asc(customer::Column::CreatedAt)
+            .limit(1)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(first.map(instant))
+    }
+
+    /// Attaches their lines to invoice rows, in one query.
+    async fn with_lines(&self, models: Vec<invoice::Model>) -> AppResult<Vec<Invoice>> {
+        if models.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = models.iter().map(|m| m.id).collect();
+        let mut lines: BTreeMap<i64, Vec<InvoiceLine>> = BTreeMap::new();
+        for row in invoice_line::Entity::find()
+            .filter(invoice_line::Column::InvoiceId.is_in(ids))
+            .order_by_asc(invoice_line::Column::InvoiceId)
+            .order_by_asc(invoice_line::Column::Position)
+            .all(&self.db)
+            .await?
+        {
+            let kind = InvoiceLineKind::parse(&row.kind).ok_or_else(|| {
+                AppError::internal(format!(
+                    "invoice line {} has unknown kind {:?}",
+                    row.id, row.kind
+                ))
+            })?;
+            lines.entry(row.invoice_id).or_default().push(InvoiceLine {
+                kind,
+                description: row.description,
+                quantity: row.quantity,
+                amount_micros: row.amount_micros,
+            });
+        }
+        models
+            .into_iter()
+            .map(|m| {
+                let period = BillingPeriod::new("period", m.period_year, m.period_month)?;
+                Ok(Invoice {
+                    id: m.id,
+                    number: m.number,
+                    customer_id: m.customer_id,
+                    period,
+                    period_start: instant(m.period_start),
+                    period_end: instant(m.period_end),
+                    issued_at: instant(m.issued_at),
+                    currency_code: m.currency_code,
+                    lines: lines.remove(&m.id).unwrap_or_default(),
+                    usage: UsageTotals {
+                        call_count: m.call_count,
+                        billed_seconds: m.billed_seconds,
+                        usage_micros: m.usage_micros,
+                    },
+                    monthly_fee_micros: m.monthly_fee_micros,
+                    total_micros: m.total_micros,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Count, billed seconds and cost of the calls matching both conditions, in
+/// one aggregate query (sums cast to BIGINT: PostgreSQL sums BIGINT as
+/// NUMERIC).
+async fn usage_totals(
+    db: &impl ConnectionTrait,
+    which: sea_orm::sea_query::SimpleExpr,
+    when: sea_orm::sea_query::SimpleExpr,
+) -> AppResult<UsageTotals> {
+    let sum = |column: call::Column| {
+        Func::cast_as(
+            Func::coalesce([Expr::from(Func::sum(Expr::col(column))), Expr::val(0)]),
+            Alias::new("BIGINT"),
+        )
+    };
+    let totals: Option<(i64, i64, i64)> = call::Entity::find()
+        .select_only()
+        .expr(Func::count(Expr::col(call::Column::Id)))
+        .expr(sum(call::Column::BilledSeconds))
+        .expr(sum(call::Column::CostMicros))
+        .filter(which)
+        .filter(when)
+        .into_tuple()
+        .one(db)
+        .await?;
+    let (call_count, billed_seconds, usage_micros) = totals.unwrap_or_default();
+    Ok(UsageTotals {
+        call_count,
+        billed_seconds,
+        usage_micros,
+    })
+}
