@@ -24,7 +24,7 @@ use crate::error::{AppError, AppResult};
 /// Serialises invoice issuing on PostgreSQL so that invoice ids become
 /// visible in id order (WatchInvoices relies on it). SQLite's write lock does
 /// the same there.
-const ISSUE_LOCK_KEY: i64 = 0x6269_6c6c_696e_67;
+const ISSUE_LOCK_KEY: i64 = 0x0062_696c_6c69_6e67;
 
 /// What to issue.
 #[derive(Debug, Clone)]
@@ -111,14 +111,14 @@ impl Store {
         };
 
         call::Entity::update_many()
-            .col_expr(call::Column::InvoiceId, Expr::val(invoice_id).into())
+            .col_expr(call::Column::InvoiceId, Expr::val(invoice_id))
             .filter(call::Column::CustomerId.eq(customer_id))
             .filter(call::Column::InvoiceId.is_null())
             .filter(call::Column::StartedAt.lt(end))
             .exec(&txn)
             .await?;
         top_up::Entity::update_many()
-            .col_expr(top_up::Column::InvoiceId, Expr::val(invoice_id).into())
+            .col_expr(top_up::Column::InvoiceId, Expr::val(invoice_id))
             .filter(top_up::Column::CustomerId.eq(customer_id))
             .filter(top_up::Column::InvoiceId.is_null())
             .filter(top_up::Column::CreatedAt.lt(end))
@@ -171,27 +171,24 @@ impl Store {
 
         let number = invoice_number(period, invoice_id);
         invoice::Entity::update_many()
-            .col_expr(invoice::Column::Number, Expr::val(number.as_str()).into())
+            .col_expr(invoice::Column::Number, Expr::val(number.as_str()))
             .col_expr(
                 invoice::Column::CallCount,
-                Expr::val(draft.usage.call_count).into(),
+                Expr::val(draft.usage.call_count),
             )
             .col_expr(
                 invoice::Column::BilledSeconds,
-                Expr::val(draft.usage.billed_seconds).into(),
+                Expr::val(draft.usage.billed_seconds),
             )
             .col_expr(
                 invoice::Column::UsageMicros,
-                Expr::val(draft.usage.usage_micros).into(),
+                Expr::val(draft.usage.usage_micros),
             )
             .col_expr(
                 invoice::Column::MonthlyFeeMicros,
-                Expr::val(draft.monthly_fee_micros).into(),
+                Expr::val(draft.monthly_fee_micros),
             )
-            .col_expr(
-                invoice::Column::TotalMicros,
-                Expr::val(draft.total_micros).into(),
-            )
+            .col_expr(invoice::Column::TotalMicros, Expr::val(draft.total_micros))
             .filter(invoice::Column::Id.eq(invoice_id))
             .exec(&txn)
             .await?;

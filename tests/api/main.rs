@@ -5,5 +5,7 @@ mod calls;
 mod customers;
 mod helpers;
 mod ingest;
+mod invoices;
 mod operations;
 mod paging;
+mod property;
