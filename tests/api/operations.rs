@@ -18,7 +18,12 @@ use crate::helpers::spawn_app;
 async fn health_reports_serving_for_the_server_and_each_service() {
     let app = spawn_app().await;
     let mut health = HealthClient::new(app.channel.clone());
-    for service in ["", "billing.v1.CustomerService", "billing.v1.CallService", "billing.v1.InvoiceService"] {
+    for service in [
+        "",
+        "billing.v1.CustomerService",
+        "billing.v1.CallService",
+        "billing.v1.InvoiceService",
+    ] {
         let response = health
             .check(HealthCheckRequest {
                 service: service.into(),
