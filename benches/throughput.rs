@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use billing::app::{Application, Config};
 use billing::clock::Clock;
-use billing::grpc::pb::{self, add_call_request::Duration as CallDuration};
 use billing::grpc::pb::call_service_client::CallServiceClient;
 use billing::grpc::pb::customer_service_client::CustomerServiceClient;
 use billing::grpc::pb::invoice_service_client::InvoiceServiceClient;
+use billing::grpc::pb::{self, add_call_request::Duration as CallDuration};
 use chrono::{DateTime, Utc};
 use tonic::transport::Channel;
 
@@ -37,7 +37,10 @@ fn record(customer_id: i64, n: i64, start: DateTime<Utc>) -> pb::AddCallRequest 
 
 fn rate(label: &str, count: i64, elapsed: Duration) -> f64 {
     let per_second = count as f64 / elapsed.as_secs_f64();
-    println!("{label:<44} {count:>7} in {:>8.3} s = {per_second:>9.0}/s", elapsed.as_secs_f64());
+    println!(
+        "{label:<44} {count:>7} in {:>8.3} s = {per_second:>9.0}/s",
+        elapsed.as_secs_f64()
+    );
     per_second
 }
 
@@ -71,7 +74,10 @@ async fn main() {
     let mut customers = CustomerServiceClient::new(channel.clone());
     let mut calls = CallServiceClient::new(channel.clone());
     let mut invoices = InvoiceServiceClient::new(channel.clone());
-    println!("database: {}", database_url.split('?').next().unwrap_or_default());
+    println!(
+        "database: {}",
+        database_url.split('?').next().unwrap_or_default()
+    );
 
     clock.set("2026-01-01T00:00:00Z".parse().expect("instant"));
     let plan = customers
@@ -106,9 +112,16 @@ async fn main() {
 
     let began = Instant::now();
     for n in 0..UNARY_CALLS {
-        calls.add_call(record(customer_of(n), n, start)).await.expect("add call");
+        calls
+            .add_call(record(customer_of(n), n, start))
+            .await
+            .expect("add call");
     }
-    let unary = rate("AddCall, one client, sequential", UNARY_CALLS, began.elapsed());
+    let unary = rate(
+        "AddCall, one client, sequential",
+        UNARY_CALLS,
+        began.elapsed(),
+    );
 
     let began = Instant::now();
     let per_client = UNARY_CALLS / CONCURRENT_CLIENTS;
@@ -120,7 +133,10 @@ async fn main() {
                 for i in 0..per_client {
                     let n = UNARY_CALLS + client * per_client + i;
                     let customer = ids[usize::try_from(n % CUSTOMERS).unwrap_or(0)];
-                    calls.add_call(record(customer, n, start)).await.expect("add call");
+                    calls
+                        .add_call(record(customer, n, start))
+                        .await
+                        .expect("add call");
                 }
             })
         })
@@ -128,7 +144,11 @@ async fn main() {
     for task in tasks {
         task.await.expect("client task");
     }
-    rate("AddCall, 16 concurrent clients", per_client * CONCURRENT_CLIENTS, began.elapsed());
+    rate(
+        "AddCall, 16 concurrent clients",
+        per_client * CONCURRENT_CLIENTS,
+        began.elapsed(),
+    );
 
     let first = 2 * UNARY_CALLS;
     let records: Vec<_> = (first..first + STREAMED_CALLS)
@@ -150,19 +170,30 @@ async fn main() {
         .expect("replay")
         .into_inner();
     assert_eq!(replay.duplicates, STREAMED_CALLS);
-    rate("IngestCalls, replay (all duplicates)", STREAMED_CALLS, began.elapsed());
+    rate(
+        "IngestCalls, replay (all duplicates)",
+        STREAMED_CALLS,
+        began.elapsed(),
+    );
 
     clock.set("2026-02-01T00:00:01Z".parse().expect("instant"));
     let began = Instant::now();
     let cycle = invoices
         .run_billing_cycle(pb::RunBillingCycleRequest {
-            period: Some(pb::BillingPeriod { year: 2026, month: 1 }),
+            period: Some(pb::BillingPeriod {
+                year: 2026,
+                month: 1,
+            }),
         })
         .await
         .expect("cycle")
         .into_inner();
     assert_eq!(cycle.issued, CUSTOMERS);
-    rate("RunBillingCycle, invoices issued", CUSTOMERS, began.elapsed());
+    rate(
+        "RunBillingCycle, invoices issued",
+        CUSTOMERS,
+        began.elapsed(),
+    );
 
     println!("IngestCalls / sequential AddCall: {:.1}x", streamed / unary);
     let _ = stop.send(());

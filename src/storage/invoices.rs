@@ -158,10 +158,7 @@ impl Store {
             .all(&txn)
             .await?
             .into_iter()
-            .map(|t| TopUpEntry {
-                created_at: instant(t.created_at),
-                amount_micros: t.amount_micros,
-            })
+            .map(top_up_entry)
             .collect();
         let draft = compose(&ClaimedUsage {
             current,
@@ -302,10 +299,7 @@ impl Store {
             .all(&self.db)
             .await?
             .into_iter()
-            .map(|t| TopUpEntry {
-                created_at: instant(t.created_at),
-                amount_micros: t.amount_micros,
-            })
+            .map(top_up_entry)
             .collect())
     }
 
@@ -446,4 +440,11 @@ async fn usage_totals(
         billed_seconds,
         usage_micros,
     })
+}
+
+fn top_up_entry(model: top_up::Model) -> TopUpEntry {
+    TopUpEntry {
+        created_at: instant(model.created_at),
+        amount_micros: model.amount_micros,
+    }
 }
