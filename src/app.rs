@@ -5,12 +5,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono_tz::Tz;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -152,14 +151,12 @@ impl Application {
             tracing::info!(%addr, "serving");
         }
         let reporter = health_reporter.clone();
-        let draining = Arc::new(Notify::new());
-        let drain_started = Arc::clone(&draining);
+        let mut draining = stopping_rx.clone();
         let drain = async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight RPCs");
             set_health(&reporter, ServingStatus::NotServing).await;
             stopping.send_replace(true);
-            drain_started.notify_one();
         };
         let server = Server::builder()
             .layer(RpcLogLayer)
@@ -177,7 +174,7 @@ impl Application {
             )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
         let grace_over = async {
-            draining.notified().await;
+            until_stopping(&mut draining).await;
             tokio::time::sleep(shutdown_grace).await;
         };
         let served = tokio::select! {

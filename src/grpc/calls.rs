@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
-use super::customers::page_of;
+use super::page_of;
 use super::pb::{self, call_service_server::CallService};
 use super::status::{code_of, message_of};
 use crate::clock::Clock;

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::page_of;
 use super::pb::{self, customer_service_server::CustomerService};
 use crate::clock::Clock;
 use crate::domain::model::{NewCustomer, NewPlan, TopUpRequest};
@@ -146,20 +147,4 @@ impl CustomerService for CustomerApi {
             duplicate: outcome.duplicate,
         }))
     }
-}
-
-/// Splits a fetch of `limit + 1` rows into the page and the token of the
-/// next page (empty when this is the last page).
-pub(super) fn page_of<T>(
-    mut rows: Vec<T>,
-    limit: u64,
-    token_after: impl Fn(&T) -> String,
-) -> (Vec<T>, String) {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if rows.len() <= limit {
-        return (rows, String::new());
-    }
-    rows.truncate(limit);
-    let token = rows.last().map(&token_after).unwrap_or_default();
-    (rows, token)
 }

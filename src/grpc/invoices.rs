@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::period;
-use super::customers::page_of;
+use super::page_of;
 use super::pb::{self, invoice_service_server::InvoiceService};
 use crate::domain::paging::{self, TokenScope};
 use crate::domain::period::BillingPeriod;

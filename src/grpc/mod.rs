@@ -22,3 +22,19 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("billing_descriptor");
 }
+
+/// Splits a fetch of `limit + 1` rows into the page and the token of the
+/// next page (empty when this is the last page).
+fn page_of<T>(
+    mut rows: Vec<T>,
+    limit: u64,
+    token_after: impl Fn(&T) -> String,
+) -> (Vec<T>, String) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() <= limit {
+        return (rows, String::new());
+    }
+    rows.truncate(limit);
+    let token = rows.last().map(&token_after).unwrap_or_default();
+    (rows, token)
+}
