@@ -19,6 +19,8 @@ use crate::storage::{CallFilter, Store};
 /// Records of a stream written per transaction: large enough to amortise the
 /// commit, small enough to bound memory and lock hold time.
 const INGEST_BATCH: usize = 500;
+/// Rejected records described in one IngestCalls response (about 1 MiB).
+const MAX_REPORTED_ERRORS: usize = 10_000;
 
 /// The CallService implementation.
 #[derive(Debug, Clone)]
@@ -67,17 +69,45 @@ impl CallApi {
 struct IngestTally {
     accepted: i64,
     duplicates: i64,
+    rejected: i64,
     errors: Vec<pb::IngestError>,
+    errors_truncated: bool,
 }
 
 impl IngestTally {
     fn reject(&mut self, index: i64, call_id: String, err: &AppError) {
+        self.rejected += 1;
         self.errors.push(pb::IngestError {
             index,
             call_id,
             code: code_of(err) as i32,
             message: message_of(err),
         });
+        // Bound memory: keep only the lowest indexes (a batch's errors may
+        // arrive after later records' validation errors, so sort first).
+        if self.errors.len() >= 2 * MAX_REPORTED_ERRORS {
+            self.keep_first_errors();
+        }
+    }
+
+    fn keep_first_errors(&mut self) {
+        self.errors.sort_by_key(|e| e.index);
+        if self.errors.len() > MAX_REPORTED_ERRORS {
+            self.errors.truncate(MAX_REPORTED_ERRORS);
+            self.errors_truncated = true;
+        }
+    }
+
+    /// The report: errors in stream order, the first [`MAX_REPORTED_ERRORS`].
+    fn into_response(mut self) -> pb::IngestCallsResponse {
+        self.keep_first_errors();
+        pb::IngestCallsResponse {
+            accepted: self.accepted,
+            duplicates: self.duplicates,
+            rejected: self.rejected,
+            errors: self.errors,
+            errors_truncated: self.errors_truncated,
+        }
     }
 
     /// Writes a batch and counts its outcomes.
@@ -145,14 +175,7 @@ impl CallService for CallApi {
             index += 1;
         }
         tally.flush(&self.store, &mut batch).await?;
-        tally.errors.sort_by_key(|e| e.index);
-        let rejected = i64::try_from(tally.errors.len()).unwrap_or(i64::MAX);
-        Ok(Response::new(pb::IngestCallsResponse {
-            accepted: tally.accepted,
-            duplicates: tally.duplicates,
-            rejected,
-            errors: tally.errors,
-        }))
+        Ok(Response::new(tally.into_response()))
     }
 
     async fn get_call_history(

@@ -156,3 +156,24 @@ async fn an_empty_stream_is_an_empty_report() {
         .into_inner();
     assert_eq!(response, pb::IngestCallsResponse::default());
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_records_is_counted_whole_and_described_up_to_ten_thousand() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let mut records: Vec<_> = (0..25_000).map(|_| call(customer.id, 0)).collect();
+    records.push(call(customer.id, 5));
+    let response = app
+        .calls
+        .clone()
+        .ingest_calls(stream_of(records))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((response.accepted, response.rejected), (1, 25_000));
+    assert_eq!(response.errors.len(), 10_000);
+    assert!(response.errors_truncated);
+    let indexes: Vec<i64> = response.errors.iter().map(|e| e.index).collect();
+    assert_eq!(indexes, (0..10_000).collect::<Vec<i64>>());
+}
