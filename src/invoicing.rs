@@ -4,6 +4,7 @@
 //! `domain::invoice`, persistence from `storage`; this module only sequences
 //! them and announces each newly issued invoice to watchers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Utc};
@@ -19,6 +20,8 @@ use crate::storage::{InvoiceRequest, IssueOutcome, Store};
 
 /// Customers fetched per page while running a billing cycle.
 const CYCLE_PAGE: u64 = 500;
+/// Invoices issued per transaction by a billing cycle: one commit for many.
+const CYCLE_TRANSACTION: usize = 100;
 
 /// What GenerateInvoice produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,10 +140,15 @@ impl Invoicing {
             .issue_invoice(request, |usage| invoice::compose(plan, period, usage))
             .await?;
         if let IssueOutcome::Issued(invoice) = &outcome {
-            self.issued
-                .send_modify(|last| *last = (*last).max(invoice.id));
+            self.announce(invoice.id);
         }
         Ok(outcome)
+    }
+
+    /// Wakes the invoice watchers.
+    fn announce(&self, invoice_id: i64) {
+        self.issued
+            .send_modify(|last| *last = (*last).max(invoice_id));
     }
 
     /// The invoice of `month` in `year`, or in the latest year that month has
@@ -179,26 +187,50 @@ impl Invoicing {
                 end.to_rfc3339()
             )));
         }
-        let plans = self.store.list_plans().await?;
+        let plans: HashMap<i64, Plan> = self
+            .store
+            .list_plans()
+            .await?
+            .into_iter()
+            .map(|plan| (plan.id, plan))
+            .collect();
         let mut issued = 0;
         let mut after_id = 0;
         loop {
-            let batch = self
+            let page = self
                 .store
                 .customers_to_invoice(period, end, after_id, CYCLE_PAGE)
                 .await?;
-            let Some(&last) = batch.last() else { break };
+            let Some(&(last, _)) = page.last() else { break };
             after_id = last;
-            for customer_id in batch {
-                let customer = self.store.customer(customer_id).await?;
-                let plan = plans
-                    .iter()
-                    .find(|p| p.id == customer.plan_id)
-                    .ok_or_else(|| {
-                        AppError::internal(format!("plan {} missing", customer.plan_id))
-                    })?;
-                if let IssueOutcome::Issued(_) = self.issue(&customer, plan, period).await? {
-                    issued += 1;
+            for chunk in page.chunks(CYCLE_TRANSACTION) {
+                let mut requests = Vec::with_capacity(chunk.len());
+                let mut plan_of = HashMap::with_capacity(chunk.len());
+                for &(customer_id, plan_id) in chunk {
+                    let plan = plans
+                        .get(&plan_id)
+                        .ok_or_else(|| AppError::internal(format!("plan {plan_id} missing")))?;
+                    plan_of.insert(customer_id, plan);
+                    requests.push(InvoiceRequest {
+                        customer_id,
+                        period,
+                        tz: self.tz,
+                        issued_at: now,
+                        currency_code: plan.currency_code.clone(),
+                    });
+                }
+                let outcomes = self
+                    .store
+                    .issue_invoices(requests, |request, usage| {
+                        let plan = plan_of[&request.customer_id];
+                        invoice::compose(plan, period, usage)
+                    })
+                    .await?;
+                for outcome in outcomes {
+                    if let IssueOutcome::Issued(invoice) = outcome {
+                        issued += 1;
+                        self.announce(invoice.id);
+                    }
                 }
             }
         }

@@ -8,8 +8,8 @@ use chrono_tz::Tz;
 use sea_orm::sea_query::{Alias, Expr, Func, Query};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TryInsertResult,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait, ExprTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, TryInsertResult,
 };
 
 use super::entities::{call, customer, invoice, invoice_line, top_up};
@@ -47,24 +47,31 @@ pub enum IssueOutcome {
 
 impl Store {
     /// Issues the invoice of `request.period`, or returns the one issued
-    /// before. In one transaction: the invoice row is inserted (the unique
-    /// `(customer, period)` key makes concurrent issuers agree on one), every
-    /// not-yet-invoiced call of the customer that started before the period's
-    /// end and every such top-up is claimed for it, `compose` turns what was
-    /// claimed into lines, and the invoice is completed.
+    /// before; see [`Store::issue_invoices`].
     pub async fn issue_invoice(
         &self,
         request: InvoiceRequest,
-        compose: impl FnOnce(&ClaimedUsage) -> InvoiceDraft,
+        compose: impl Fn(&ClaimedUsage) -> InvoiceDraft,
     ) -> AppResult<IssueOutcome> {
-        let InvoiceRequest {
-            customer_id,
-            period,
-            tz,
-            issued_at,
-            currency_code,
-        } = request;
-        let (start, end) = (micros(period.start(tz)), micros(period.end(tz)));
+        self.issue_invoices(vec![request], |_, usage| compose(usage))
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::internal("issue_invoices returned no outcome"))
+    }
+
+    /// Issues a batch of invoices in one transaction (one commit for many
+    /// invoices), returning each request's outcome in order. Per request: the
+    /// invoice row is inserted (the unique `(customer, period)` key makes
+    /// concurrent issuers agree on one; a conflict means it exists and is
+    /// returned unchanged), every not-yet-invoiced call of the customer that
+    /// started before the period's end and every such top-up is claimed for
+    /// it, `compose` turns what was claimed into lines, and the invoice is
+    /// completed.
+    pub async fn issue_invoices(
+        &self,
+        requests: Vec<InvoiceRequest>,
+        compose: impl Fn(&InvoiceRequest, &ClaimedUsage) -> InvoiceDraft,
+    ) -> AppResult<Vec<IssueOutcome>> {
         let txn = self.begin_write().await?;
         if txn.get_database_backend() == DatabaseBackend::Postgres {
             txn.execute_raw(Statement::from_sql_and_values(
@@ -74,155 +81,23 @@ impl Store {
             ))
             .await?;
         }
-        let row = invoice::ActiveModel {
-            id: NotSet,
-            number: Set(format!("pending-{customer_id}-{period}")),
-            customer_id: Set(customer_id),
-            period_year: Set(period.year()),
-            period_month: Set(i32::try_from(period.month()).unwrap_or(1)),
-            period_start: Set(start),
-            period_end: Set(end),
-            issued_at: Set(micros(issued_at)),
-            currency_code: Set(currency_code.clone()),
-            call_count: Set(0),
-            billed_seconds: Set(0),
-            usage_micros: Set(0),
-            monthly_fee_micros: Set(0),
-            total_micros: Set(0),
-        };
-        let inserted = invoice::Entity::insert(row)
-            .on_conflict_do_nothing_on([
-                invoice::Column::CustomerId,
-                invoice::Column::PeriodYear,
-                invoice::Column::PeriodMonth,
-            ])
-            .exec(&txn)
-            .await?;
-        let invoice_id = match inserted {
-            TryInsertResult::Inserted(result) => result.last_insert_id,
-            TryInsertResult::Conflicted | TryInsertResult::Empty => {
-                txn.rollback().await?;
-                let existing = self
-                    .invoice_for(customer_id, period)
-                    .await?
-                    .ok_or_else(|| AppError::internal("conflicting invoice vanished"))?;
-                return Ok(IssueOutcome::AlreadyIssued(existing));
-            }
-        };
-
-        call::Entity::update_many()
-            .col_expr(call::Column::InvoiceId, Expr::val(invoice_id))
-            .filter(call::Column::CustomerId.eq(customer_id))
-            .filter(call::Column::InvoiceId.is_null())
-            .filter(call::Column::StartedAt.lt(end))
-            .exec(&txn)
-            .await?;
-        top_up::Entity::update_many()
-            .col_expr(top_up::Column::InvoiceId, Expr::val(invoice_id))
-            .filter(top_up::Column::CustomerId.eq(customer_id))
-            .filter(top_up::Column::InvoiceId.is_null())
-            .filter(top_up::Column::CreatedAt.lt(end))
-            .exec(&txn)
-            .await?;
-
-        let current = usage_totals(
-            &txn,
-            call::Column::InvoiceId.eq(invoice_id),
-            call::Column::StartedAt.gte(start),
-        )
-        .await?;
-        let late_calls: Vec<(i64, i64, i64)> = call::Entity::find()
-            .select_only()
-            .column(call::Column::StartedAt)
-            .column(call::Column::BilledSeconds)
-            .column(call::Column::CostMicros)
-            .filter(call::Column::InvoiceId.eq(invoice_id))
-            .filter(call::Column::StartedAt.lt(start))
-            .into_tuple()
-            .all(&txn)
-            .await?;
-        let mut late: BTreeMap<BillingPeriod, UsageTotals> = BTreeMap::new();
-        for (started_at, billed_seconds, cost_micros) in late_calls {
-            let month = BillingPeriod::containing(instant(started_at), tz);
-            let totals = late.entry(month).or_default();
-            *totals = totals.plus(UsageTotals {
-                call_count: 1,
-                billed_seconds,
-                usage_micros: cost_micros,
-            });
-        }
-        let top_ups = top_up::Entity::find()
-            .filter(top_up::Column::InvoiceId.eq(invoice_id))
-            .order_by_asc(top_up::Column::CreatedAt)
-            .order_by_asc(top_up::Column::Id)
-            .all(&txn)
-            .await?
-            .into_iter()
-            .map(top_up_entry)
-            .collect();
-        let draft = compose(&ClaimedUsage {
-            current,
-            late: late.into_iter().collect(),
-            top_ups,
-        });
-
-        let number = invoice_number(period, invoice_id);
-        invoice::Entity::update_many()
-            .col_expr(invoice::Column::Number, Expr::val(number.as_str()))
-            .col_expr(
-                invoice::Column::CallCount,
-                Expr::val(draft.usage.call_count),
-            )
-            .col_expr(
-                invoice::Column::BilledSeconds,
-                Expr::val(draft.usage.billed_seconds),
-            )
-            .col_expr(
-                invoice::Column::UsageMicros,
-                Expr::val(draft.usage.usage_micros),
-            )
-            .col_expr(
-                invoice::Column::MonthlyFeeMicros,
-                Expr::val(draft.monthly_fee_micros),
-            )
-            .col_expr(invoice::Column::TotalMicros, Expr::val(draft.total_micros))
-            .filter(invoice::Column::Id.eq(invoice_id))
-            .exec(&txn)
-            .await?;
-        if !draft.lines.is_empty() {
-            let lines =
-                draft
-                    .lines
-                    .iter()
-                    .enumerate()
-                    .map(|(position, line)| invoice_line::ActiveModel {
-                        id: NotSet,
-                        invoice_id: Set(invoice_id),
-                        position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
-                        kind: Set(line.kind.as_str().to_owned()),
-                        description: Set(line.description.clone()),
-                        quantity: Set(line.quantity),
-                        amount_micros: Set(line.amount_micros),
-                    });
-            invoice_line::Entity::insert_many(lines)
-                .exec_without_returning(&txn)
-                .await?;
+        let mut issued = Vec::with_capacity(requests.len());
+        for request in &requests {
+            issued.push(issue_in(&txn, request, &compose).await?);
         }
         txn.commit().await?;
-        Ok(IssueOutcome::Issued(Invoice {
-            id: invoice_id,
-            number,
-            customer_id,
-            period,
-            period_start: instant(start),
-            period_end: instant(end),
-            issued_at,
-            currency_code,
-            lines: draft.lines,
-            usage: draft.usage,
-            monthly_fee_micros: draft.monthly_fee_micros,
-            total_micros: draft.total_micros,
-        }))
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for (request, invoice) in requests.into_iter().zip(issued) {
+            outcomes.push(match invoice {
+                Some(invoice) => IssueOutcome::Issued(invoice),
+                None => IssueOutcome::AlreadyIssued(
+                    self.invoice_for(request.customer_id, request.period)
+                        .await?
+                        .ok_or_else(|| AppError::internal("conflicting invoice vanished"))?,
+                ),
+            });
+        }
+        Ok(outcomes)
     }
 
     /// The invoice of one customer and month, if issued.
@@ -303,15 +178,15 @@ impl Store {
             .collect())
     }
 
-    /// Up to `limit` customers (id and plan id) with an id above `after_id`
-    /// that existed before `end` and have no invoice for `period`.
+    /// Up to `limit` customers, as `(id, plan id)`, with an id above
+    /// `after_id` that existed before `end` and have no invoice for `period`.
     pub async fn customers_to_invoice(
         &self,
         period: BillingPeriod,
         end: DateTime<Utc>,
         after_id: i64,
         limit: u64,
-    ) -> AppResult<Vec<i64>> {
+    ) -> AppResult<Vec<(i64, i64)>> {
         let invoiced = Query::select()
             .column(invoice::Column::CustomerId)
             .from(invoice::Entity)
@@ -321,6 +196,7 @@ impl Store {
         Ok(customer::Entity::find()
             .select_only()
             .column(customer::Column::Id)
+            .column(customer::Column::PlanId)
             .filter(customer::Column::Id.gt(after_id))
             .filter(customer::Column::CreatedAt.lt(micros(end)))
             .filter(customer::Column::Id.not_in_subquery(invoiced))
@@ -447,4 +323,164 @@ fn top_up_entry(model: top_up::Model) -> TopUpEntry {
         created_at: instant(model.created_at),
         amount_micros: model.amount_micros,
     }
+}
+
+/// Issues one invoice inside `txn`; `None` when the period's invoice exists.
+async fn issue_in(
+    txn: &DatabaseTransaction,
+    request: &InvoiceRequest,
+    compose: &impl Fn(&InvoiceRequest, &ClaimedUsage) -> InvoiceDraft,
+) -> AppResult<Option<Invoice>> {
+    let InvoiceRequest {
+        customer_id,
+        period,
+        tz,
+        issued_at,
+        ref currency_code,
+    } = *request;
+    let (start, end) = (micros(period.start(tz)), micros(period.end(tz)));
+    let row = invoice::ActiveModel {
+        id: NotSet,
+        number: Set(format!("pending-{customer_id}-{period}")),
+        customer_id: Set(customer_id),
+        period_year: Set(period.year()),
+        period_month: Set(i32::try_from(period.month()).unwrap_or(1)),
+        period_start: Set(start),
+        period_end: Set(end),
+        issued_at: Set(micros(issued_at)),
+        currency_code: Set(currency_code.clone()),
+        call_count: Set(0),
+        billed_seconds: Set(0),
+        usage_micros: Set(0),
+        monthly_fee_micros: Set(0),
+        total_micros: Set(0),
+    };
+    let inserted = invoice::Entity::insert(row)
+        .on_conflict_do_nothing_on([
+            invoice::Column::CustomerId,
+            invoice::Column::PeriodYear,
+            invoice::Column::PeriodMonth,
+        ])
+        .exec(txn)
+        .await?;
+    let invoice_id = match inserted {
+        TryInsertResult::Inserted(result) => result.last_insert_id,
+        TryInsertResult::Conflicted | TryInsertResult::Empty => return Ok(None),
+    };
+
+    call::Entity::update_many()
+        .col_expr(call::Column::InvoiceId, Expr::val(invoice_id))
+        .filter(call::Column::CustomerId.eq(customer_id))
+        .filter(call::Column::InvoiceId.is_null())
+        .filter(call::Column::StartedAt.lt(end))
+        .exec(txn)
+        .await?;
+    top_up::Entity::update_many()
+        .col_expr(top_up::Column::InvoiceId, Expr::val(invoice_id))
+        .filter(top_up::Column::CustomerId.eq(customer_id))
+        .filter(top_up::Column::InvoiceId.is_null())
+        .filter(top_up::Column::CreatedAt.lt(end))
+        .exec(txn)
+        .await?;
+
+    let current = usage_totals(
+        txn,
+        call::Column::InvoiceId.eq(invoice_id),
+        call::Column::StartedAt.gte(start),
+    )
+    .await?;
+    let late_calls: Vec<(i64, i64, i64)> = call::Entity::find()
+        .select_only()
+        .column(call::Column::StartedAt)
+        .column(call::Column::BilledSeconds)
+        .column(call::Column::CostMicros)
+        .filter(call::Column::InvoiceId.eq(invoice_id))
+        .filter(call::Column::StartedAt.lt(start))
+        .into_tuple()
+        .all(txn)
+        .await?;
+    let mut late: BTreeMap<BillingPeriod, UsageTotals> = BTreeMap::new();
+    for (started_at, billed_seconds, cost_micros) in late_calls {
+        let month = BillingPeriod::containing(instant(started_at), tz);
+        let totals = late.entry(month).or_default();
+        *totals = totals.plus(UsageTotals {
+            call_count: 1,
+            billed_seconds,
+            usage_micros: cost_micros,
+        });
+    }
+    let top_ups = top_up::Entity::find()
+        .filter(top_up::Column::InvoiceId.eq(invoice_id))
+        .order_by_asc(top_up::Column::CreatedAt)
+        .order_by_asc(top_up::Column::Id)
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(top_up_entry)
+        .collect();
+    let draft = compose(
+        request,
+        &ClaimedUsage {
+            current,
+            late: late.into_iter().collect(),
+            top_ups,
+        },
+    );
+
+    let number = invoice_number(period, invoice_id);
+    invoice::Entity::update_many()
+        .col_expr(invoice::Column::Number, Expr::val(number.as_str()))
+        .col_expr(
+            invoice::Column::CallCount,
+            Expr::val(draft.usage.call_count),
+        )
+        .col_expr(
+            invoice::Column::BilledSeconds,
+            Expr::val(draft.usage.billed_seconds),
+        )
+        .col_expr(
+            invoice::Column::UsageMicros,
+            Expr::val(draft.usage.usage_micros),
+        )
+        .col_expr(
+            invoice::Column::MonthlyFeeMicros,
+            Expr::val(draft.monthly_fee_micros),
+        )
+        .col_expr(invoice::Column::TotalMicros, Expr::val(draft.total_micros))
+        .filter(invoice::Column::Id.eq(invoice_id))
+        .exec(txn)
+        .await?;
+    if !draft.lines.is_empty() {
+        let lines =
+            draft
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(position, line)| invoice_line::ActiveModel {
+                    id: NotSet,
+                    invoice_id: Set(invoice_id),
+                    position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
+                    kind: Set(line.kind.as_str().to_owned()),
+                    description: Set(line.description.clone()),
+                    quantity: Set(line.quantity),
+                    amount_micros: Set(line.amount_micros),
+                });
+        invoice_line::Entity::insert_many(lines)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(Some(Invoice {
+        id: invoice_id,
+        number,
+        customer_id,
+        period,
+        period_start: instant(start),
+        period_end: instant(end),
+        issued_at,
+        currency_code: currency_code.clone(),
+        lines: draft.lines,
+        usage: draft.usage,
+        monthly_fee_micros: draft.monthly_fee_micros,
+        total_micros: draft.total_micros,
+    }))
 }
