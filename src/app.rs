@@ -158,7 +158,12 @@ impl Application {
             set_health(&reporter, ServingStatus::NotServing).await;
             stopping.send_replace(true);
         };
+        // Keepalive pings find dead peers of long-lived streams (invoice
+        // watchers) instead of holding their tasks forever.
         let server = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(RpcLogLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
