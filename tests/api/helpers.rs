@@ -50,7 +50,42 @@ pub struct TestApp {
 #[derive(Clone)]
 pub struct Database {
     pub url: String,
-    _dir: Arc<tempfile::TempDir>,
+    _keep: Arc<DatabaseGuard>,
+}
+
+/// Removes a test database when its last user is gone: the SQLite file's
+/// directory, or the PostgreSQL database (dropped with FORCE, so a pool still
+/// open does not keep it alive).
+enum DatabaseGuard {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Drop for DatabaseGuard {
+    fn drop(&mut self) {
+        let DatabaseGuard::Postgres { admin_url, name } = self else {
+            return;
+        };
+        let (admin_url, name) = (admin_url.clone(), name.clone());
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let admin = sea_orm::Database::connect(&admin_url).await?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await?;
+                admin.close().await
+            })?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database: {dropped:?}");
+        }
+    }
 }
 
 /// How to start a test application.
@@ -98,13 +133,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     LazyLock::force(&TRACING);
     let database = match options.database {
         Some(database) => database,
-        None => {
-            let dir = tempfile::tempdir().expect("temporary directory");
-            Database {
-                url: fresh_database_url(&dir).await,
-                _dir: Arc::new(dir),
-            }
-        }
+        None => fresh_database().await,
     };
     let clock = options.clock;
     let app = Application::build(Config {
@@ -143,7 +172,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
 }
 
-async fn fresh_database_url(dir: &tempfile::TempDir) -> String {
+async fn fresh_database() -> Database {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     match std::env::var("TEST_DATABASE_URL") {
         Ok(admin_url) if admin_url.starts_with("postgres") => {
@@ -156,7 +185,7 @@ async fn fresh_database_url(dir: &tempfile::TempDir) -> String {
                 .await
                 .expect("admin connection");
             admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .await
                 .expect("drop test database");
             admin
@@ -167,9 +196,21 @@ async fn fresh_database_url(dir: &tempfile::TempDir) -> String {
             let base = admin_url
                 .rsplit_once('/')
                 .map_or(admin_url.as_str(), |(base, _)| base);
-            format!("{base}/{name}")
+            Database {
+                url: format!("{base}/{name}"),
+                _keep: Arc::new(DatabaseGuard::Postgres {
+                    admin_url: admin_url.clone(),
+                    name,
+                }),
+            }
         }
-        _ => format!("sqlite://{}", dir.path().join("billing.db").display()),
+        _ => {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            Database {
+                url: format!("sqlite://{}", dir.path().join("billing.db").display()),
+                _keep: Arc::new(DatabaseGuard::Sqlite(dir)),
+            }
+        }
     }
 }
 
