@@ -1,7 +1,7 @@
 //! Rated calls: idempotent batch storage with prepaid debits, and keyset
 //! listings ordered by `(started_at, id)`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
@@ -31,49 +31,109 @@ impl Store {
     /// balances in that same transaction.
     ///
     /// Each call's outcome is reported in order: newly inserted, a duplicate
-    /// of the call stored under its `call_id`, or `ALREADY_EXISTS` when that
-    /// `call_id` holds a different call. Uniqueness of `call_id` is a
-    /// database constraint, so concurrent duplicates store exactly one row
-    /// and debit once. An `Err` means nothing of the batch was stored.
+    /// of the call stored under its `call_id` (earlier, or earlier in this
+    /// batch), or `ALREADY_EXISTS` when that `call_id` holds a different
+    /// call. Uniqueness of `call_id` is a database constraint, so concurrent
+    /// duplicates store exactly one row and debit once. The batch is one
+    /// multi-row `INSERT … ON CONFLICT (call_id) DO NOTHING RETURNING *`
+    /// plus one lookup of the conflicting keys. An `Err` means nothing of the
+    /// batch was stored.
     pub async fn store_calls(&self, batch: Vec<NewCall>) -> AppResult<Vec<AppResult<StoredCall>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        // The first record of each call_id is the one that may be inserted;
+        // repeats within the batch are judged against whatever is stored.
+        let mut first_of_key: HashMap<String, usize> = HashMap::new();
+        let mut candidates = Vec::with_capacity(batch.len());
+        for (index, new) in batch.iter().enumerate() {
+            let first = match &new.record.call_id {
+                Some(key) => *first_of_key.entry(key.clone()).or_insert(index) == index,
+                None => true,
+            };
+            if first {
+                candidates.push(active_call(new));
+            }
+        }
         let txn = self.begin_write().await?;
+        let inserted = match call::Entity::insert_many(candidates)
+            .on_conflict_do_nothing_on([call::Column::CallId])
+            .exec_with_returning_many(&txn)
+            .await?
+        {
+            TryInsertResult::Inserted(models) => models,
+            TryInsertResult::Conflicted | TryInsertResult::Empty => Vec::new(),
+        };
+        let mut inserted_by_key: HashMap<String, call::Model> = HashMap::new();
+        let mut inserted_unkeyed: HashMap<UnkeyedCall, Vec<call::Model>> = HashMap::new();
+        for model in inserted {
+            match model.call_id.clone() {
+                Some(key) => {
+                    inserted_by_key.insert(key, model);
+                }
+                None => inserted_unkeyed
+                    .entry(UnkeyedCall::of_model(&model))
+                    .or_default()
+                    .push(model),
+            }
+        }
+        let conflicting: Vec<&str> = first_of_key
+            .keys()
+            .map(String::as_str)
+            .filter(|key| !inserted_by_key.contains_key(*key))
+            .collect();
+        let mut stored_by_key: HashMap<String, Call> = HashMap::new();
+        if !conflicting.is_empty() {
+            for model in call::Entity::find()
+                .filter(call::Column::CallId.is_in(conflicting))
+                .all(&txn)
+                .await?
+            {
+                if let Some(key) = model.call_id.clone() {
+                    stored_by_key.insert(key, call_from(model));
+                }
+            }
+        }
+
         let mut debits: BTreeMap<i64, i64> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(batch.len());
-        for new in batch {
-            let inserted = call::Entity::insert(active_call(&new))
-                .on_conflict_do_nothing_on([call::Column::CallId])
-                .exec(&txn)
-                .await?;
-            let outcome = match inserted {
-                TryInsertResult::Inserted(result) => {
+        for (index, new) in batch.into_iter().enumerate() {
+            let newly_stored = match new.record.call_id.as_deref() {
+                Some(key) if first_of_key.get(key) == Some(&index) => inserted_by_key.remove(key),
+                Some(_) => None,
+                None => inserted_unkeyed
+                    .get_mut(&UnkeyedCall::of_new(&new))
+                    .and_then(Vec::pop),
+            };
+            let outcome = match (newly_stored, new.record.call_id.clone()) {
+                (Some(model), key) => {
                     if new.plan_kind == PlanKind::Prepaid && new.rating.cost_micros != 0 {
                         *debits.entry(new.record.customer_id).or_default() +=
                             new.rating.cost_micros;
                     }
-                    Ok(StoredCall::Inserted(call_from_new(
-                        result.last_insert_id,
-                        new,
-                    )))
+                    let call = call_from(model);
+                    if let Some(key) = key {
+                        stored_by_key.insert(key, call.clone());
+                    }
+                    Ok(StoredCall::Inserted(call))
                 }
-                TryInsertResult::Conflicted | TryInsertResult::Empty => {
-                    let call_id = new.record.call_id.clone().unwrap_or_default();
-                    let stored = call::Entity::find()
-                        .filter(call::Column::CallId.eq(call_id.as_str()))
-                        .one(&txn)
-                        .await?
-                        .map(call_from)
-                        .ok_or_else(|| AppError::internal("conflicting call vanished"))?;
-                    if new.record.describes(&stored) {
-                        Ok(StoredCall::Duplicate(stored))
+                (None, Some(key)) => {
+                    let stored = stored_by_key.get(&key).ok_or_else(|| {
+                        AppError::internal(format!("call_id {key:?} neither inserted nor stored"))
+                    })?;
+                    if new.record.describes(stored) {
+                        Ok(StoredCall::Duplicate(stored.clone()))
                     } else {
                         Err(AppError::AlreadyExists(format!(
-                            "call_id {call_id:?} is already stored with different content (call {})",
+                            "call_id {key:?} is already stored with different content (call {})",
                             stored.id
                         )))
                     }
+                }
+                (None, None) => {
+                    return Err(AppError::internal(
+                        "a call without call_id was not inserted",
+                    ));
                 }
             };
             outcomes.push(outcome);
@@ -164,21 +224,43 @@ fn active_call(new: &NewCall) -> call::ActiveModel {
     }
 }
 
-fn call_from_new(id: i64, new: NewCall) -> Call {
-    Call {
-        id,
-        call_id: new.record.call_id,
-        customer_id: new.record.customer_id,
-        started_at: new.started_at,
-        duration_seconds: new.record.duration_seconds,
-        billed_seconds: new.rating.billed_seconds,
-        cost_micros: new.rating.cost_micros,
-        per_minute_micros: new.rating.per_minute_micros,
-        billing_increment_seconds: new.rating.billing_increment_seconds,
-        caller_number: new.record.caller_number,
-        callee_number: new.record.callee_number,
-        received_at: new.received_at,
-        invoice_id: None,
+/// Everything stored of a call without `call_id` but its id: matches the
+/// rows a multi-row insert returned to the records that produced them (rows
+/// alike in all of this are interchangeable).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct UnkeyedCall {
+    customer_id: i64,
+    started_at: i64,
+    duration_seconds: i64,
+    cost_micros: i64,
+    received_at: i64,
+    caller_number: String,
+    callee_number: String,
+}
+
+impl UnkeyedCall {
+    fn of_model(model: &call::Model) -> Self {
+        UnkeyedCall {
+            customer_id: model.customer_id,
+            started_at: model.started_at,
+            duration_seconds: model.duration_seconds,
+            cost_micros: model.cost_micros,
+            received_at: model.received_at,
+            caller_number: model.caller_number.clone(),
+            callee_number: model.callee_number.clone(),
+        }
+    }
+
+    fn of_new(new: &NewCall) -> Self {
+        UnkeyedCall {
+            customer_id: new.record.customer_id,
+            started_at: micros(new.started_at),
+            duration_seconds: new.record.duration_seconds,
+            cost_micros: new.rating.cost_micros,
+            received_at: micros(new.received_at),
+            caller_number: new.record.caller_number.clone(),
+            callee_number: new.record.callee_number.clone(),
+        }
     }
 }
 
