@@ -19,7 +19,7 @@ pub struct DemoSummary {
 }
 
 /// Fills an empty database: three plans (one of each kind), two operators,
-/// five customers linked to them, top-ups for the prepaid customers and a
+/// five customers linked to them, monthly top-ups for the prepaid customers and a
 /// few hundred calls over the three months before `now`.
 pub async fn fill(store: &Store, now: DateTime<Utc>) -> AppResult<DemoSummary> {
     if !store.list_plans().await?.is_empty() {
@@ -94,12 +94,15 @@ pub async fn fill(store: &Store, now: DateTime<Utc>) -> AppResult<DemoSummary> {
     for customer in &customers {
         let plan = store.plan(customer.plan_id).await?;
         if plan.kind == PlanKind::Prepaid {
-            let top_up = TopUpRequest {
-                customer_id: customer.id,
-                amount_micros: 20_000_000,
-                request_id: format!("demo-top-up-{}", customer.id),
-            };
-            store.top_up(top_up, since + TimeDelta::hours(1)).await?;
+            for month in 0..3 {
+                let top_up = TopUpRequest {
+                    customer_id: customer.id,
+                    amount_micros: 20_000_000,
+                    request_id: format!("demo-top-up-{}-{month}", customer.id),
+                };
+                let at = since + TimeDelta::hours(1) + TimeDelta::days(30 * month);
+                store.top_up(top_up, at).await?;
+            }
         }
         for n in 0..60 {
             let offset = i64::try_from(next(91 * 24 * 3600)).unwrap_or(0);

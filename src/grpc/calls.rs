@@ -43,17 +43,16 @@ impl CallApi {
         plans: &mut HashMap<i64, Plan>,
     ) -> AppResult<NewCall> {
         let record = CallRecord::try_from(request)?;
-        let plan = match plans.get(&record.customer_id) {
-            Some(plan) => plan.clone(),
-            None => {
-                let plan = self.store.plan_of_customer(record.customer_id).await?;
-                plans.insert(record.customer_id, plan.clone());
-                plan
-            }
-        };
+        if !plans.contains_key(&record.customer_id) {
+            let plan = self.store.plan_of_customer(record.customer_id).await?;
+            plans.insert(record.customer_id, plan);
+        }
+        let plan = plans
+            .get(&record.customer_id)
+            .ok_or_else(|| AppError::internal("plan cache lost an entry"))?;
         let now = self.clock.now();
         let started_at = valid::call_start(&record, now)?;
-        let rating = rating::rate(record.duration_seconds, &plan);
+        let rating = rating::rate(record.duration_seconds, plan);
         Ok(NewCall {
             record,
             started_at,
