@@ -681,19 +681,48 @@ async fn watch_invoices_delivers_history_then_live_invoices() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(all.next().await.unwrap().unwrap(), january_a);
-    assert_eq!(all.next().await.unwrap().unwrap(), january_b);
-    assert_eq!(after_first.next().await.unwrap().unwrap(), january_b);
+    assert_eq!(
+        within("the feed", all.next()).await.unwrap().unwrap(),
+        january_a
+    );
+    assert_eq!(
+        within("the feed", all.next()).await.unwrap().unwrap(),
+        january_b
+    );
+    assert_eq!(
+        within("the feed", after_first.next())
+            .await
+            .unwrap()
+            .unwrap(),
+        january_b
+    );
 
     let february = invoice_of(&app, a.id, 2026, 2).await;
-    assert_eq!(all.next().await.unwrap().unwrap(), february);
-    assert_eq!(after_first.next().await.unwrap().unwrap(), february);
+    assert_eq!(
+        within("the feed", all.next()).await.unwrap().unwrap(),
+        february
+    );
+    assert_eq!(
+        within("the feed", after_first.next())
+            .await
+            .unwrap()
+            .unwrap(),
+        february
+    );
+}
+
+/// Guards a wait on a stream, so a missing invoice fails the test instead of
+/// hanging it.
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(30), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 #[tokio::test]
 async fn the_scheduler_issues_last_months_invoices_at_midnight_on_the_first() {
     let app = spawn_app_with(AppOptions {
-        clock: Clock::starting_at(at("2026-01-31T23:59:58.500Z")),
+        clock: Clock::starting_at(at("2026-01-31T23:00:00Z")),
         scheduler: true,
         ..AppOptions::default()
     })
@@ -710,8 +739,16 @@ async fn the_scheduler_issues_last_months_invoices_at_midnight_on_the_first() {
         .await
         .unwrap()
         .into_inner();
-    let first = feed.next().await.unwrap().unwrap();
-    let second = feed.next().await.unwrap().unwrap();
+    // Half a second before midnight; the scheduler's timer takes it from here.
+    app.clock.set(at("2026-01-31T23:59:59.500Z"));
+    let first = within("the first invoice", feed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let second = within("the second invoice", feed.next())
+        .await
+        .unwrap()
+        .unwrap();
     let mut owners = vec![first.customer_id, second.customer_id];
     owners.sort_unstable();
     assert_eq!(owners, vec![a.id, b.id]);
@@ -747,7 +784,9 @@ async fn the_scheduler_catches_up_every_month_missed_while_down() {
         .await
         .unwrap()
         .into_inner();
-    let invoices: Vec<pb::Invoice> = feed.take(6).collect::<Result<_, _>>().await.unwrap();
+    let invoices: Vec<pb::Invoice> = within("six invoices", feed.take(6).collect::<Result<_, _>>())
+        .await
+        .unwrap();
     let mut issued: Vec<(i64, i32)> = invoices
         .iter()
         .map(|i| (i.customer_id, i.period.unwrap().month))
