@@ -2,6 +2,7 @@
 //! call listings.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use tonic::{Request, Response, Status, Streaming};
 
@@ -43,13 +44,12 @@ impl CallApi {
         plans: &mut HashMap<i64, Plan>,
     ) -> AppResult<NewCall> {
         let record = CallRecord::try_from(request)?;
-        if !plans.contains_key(&record.customer_id) {
-            let plan = self.store.plan_of_customer(record.customer_id).await?;
-            plans.insert(record.customer_id, plan);
-        }
-        let plan = plans
-            .get(&record.customer_id)
-            .ok_or_else(|| AppError::internal("plan cache lost an entry"))?;
+        let plan = match plans.entry(record.customer_id) {
+            Entry::Occupied(cached) => cached.into_mut(),
+            Entry::Vacant(slot) => {
+                slot.insert(self.store.plan_of_customer(record.customer_id).await?)
+            }
+        };
         let now = self.clock.now();
         let started_at = valid::call_start(&record, now)?;
         let rating = rating::rate(record.duration_seconds, plan);
