@@ -14,6 +14,8 @@ pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::minutes(5);
 pub const DEFAULT_INCREMENT_SECONDS: i32 = 60;
 /// The largest amount accepted in any money field: 10^9 currency units.
 pub const MAX_AMOUNT_MICROS: i64 = 1_000_000_000_000_000;
+/// The most operators one request may link a customer to.
+pub const MAX_OPERATORS_PER_CUSTOMER: usize = 100;
 /// The longest idempotency key or name accepted.
 pub const MAX_KEY_LEN: usize = 128;
 const MAX_NAME_LEN: usize = 200;

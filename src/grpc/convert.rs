@@ -107,6 +107,15 @@ impl TryFrom<pb::CreateCustomerRequest> for NewCustomer {
             plan_id,
             operator_ids,
         } = req;
+        if operator_ids.len() > valid::MAX_OPERATORS_PER_CUSTOMER {
+            return Err(AppError::invalid(
+                "operator_ids",
+                format!(
+                    "at most {} operators per customer",
+                    valid::MAX_OPERATORS_PER_CUSTOMER
+                ),
+            ));
+        }
         let mut operator_ids = operator_ids
             .into_iter()
             .map(|id| valid::id("operator_ids", id))
