@@ -206,6 +206,13 @@ async fn create_customer_errors_name_the_problem_and_write_nothing() {
         Code::InvalidArgument,
         "plan_id",
     );
+    assert_status(
+        client
+            .create_customer(request("+14155550100", plan.id, (1..=101).collect()))
+            .await,
+        Code::InvalidArgument,
+        "operator_ids",
+    );
     let listed = client
         .list_customers(pb::ListCustomersRequest::default())
         .await
