@@ -78,6 +78,34 @@ async fn invoice_of(app: &TestApp, customer_id: i64, year: i32, month: i32) -> p
     }
 }
 
+async fn run_cycle(
+    app: &TestApp,
+    period: Option<pb::BillingPeriod>,
+) -> pb::RunBillingCycleResponse {
+    app.invoices
+        .clone()
+        .run_billing_cycle(pb::RunBillingCycleRequest { period })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn month_invoice(
+    app: &TestApp,
+    customer_id: i64,
+    period: Option<pb::BillingPeriod>,
+) -> pb::Invoice {
+    app.invoices
+        .clone()
+        .get_month_invoice(pb::GetMonthInvoiceRequest {
+            customer_id,
+            period,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn line_amounts(invoice: &pb::Invoice) -> Vec<(InvoiceLineKind, i64)> {
     invoice
         .lines
@@ -278,16 +306,7 @@ async fn a_call_arriving_after_its_month_was_invoiced_is_late_usage_on_the_next_
     assert_eq!(june.call_count, 2);
     assert_total_is_sum_of_lines(&june);
 
-    let may_again = app
-        .invoices
-        .clone()
-        .get_month_invoice(pb::GetMonthInvoiceRequest {
-            customer_id: customer.id,
-            period: period(2026, 5),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let may_again = month_invoice(&app, customer.id, period(2026, 5)).await;
     assert_eq!(may_again, may, "issued invoices never change");
     let history = app.history(customer.id).await;
     assert!(history.iter().all(|c| c.invoice_id != 0));
@@ -363,15 +382,7 @@ async fn concurrent_generation_and_billing_cycles_issue_one_invoice_per_customer
             .id;
         assert_eq!(*id, expected, "every generator got the one invoice");
     }
-    let again = app
-        .invoices
-        .clone()
-        .run_billing_cycle(pb::RunBillingCycleRequest {
-            period: period(2026, 2),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = run_cycle(&app, period(2026, 2)).await;
     assert_eq!((again.issued, again.already_issued), (0, 8));
 }
 
@@ -482,46 +493,14 @@ async fn year_zero_finds_the_latest_year_in_which_the_month_started() {
     let plan = plan_with(&app, PlanKind::Fixed, 1_000_000, 0, 60, 0).await;
     let customer = app.customer(plan.id, 1, vec![]).await;
     app.clock.set(at("2026-02-10T00:00:00Z"));
-    let cycle = app
-        .invoices
-        .clone()
-        .run_billing_cycle(pb::RunBillingCycleRequest {
-            period: period(2025, 12),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cycle = run_cycle(&app, period(2025, 12)).await;
     assert_eq!(cycle.issued, 1);
-    let december = app
-        .invoices
-        .clone()
-        .get_month_invoice(pb::GetMonthInvoiceRequest {
-            customer_id: customer.id,
-            period: period(0, 12),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let december = month_invoice(&app, customer.id, period(0, 12)).await;
     assert_eq!(december.period, period(2025, 12));
     // The default cycle bills the previous month.
-    let january = app
-        .invoices
-        .clone()
-        .run_billing_cycle(pb::RunBillingCycleRequest { period: None })
-        .await
-        .unwrap()
-        .into_inner();
+    let january = run_cycle(&app, None).await;
     assert_eq!(january.issued, 1);
-    let found = app
-        .invoices
-        .clone()
-        .get_month_invoice(pb::GetMonthInvoiceRequest {
-            customer_id: customer.id,
-            period: period(0, 1),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let found = month_invoice(&app, customer.id, period(0, 1)).await;
     assert_eq!(found.period, period(2026, 1));
 }
 
@@ -607,13 +586,7 @@ async fn list_invoices_pages_in_issue_order_and_filters_by_customer() {
     let b = app.customer(plan.id, 2, vec![]).await;
     app.clock.set(at("2026-05-01T00:00:00Z"));
     for month in 1..=4 {
-        app.invoices
-            .clone()
-            .run_billing_cycle(pb::RunBillingCycleRequest {
-                period: period(2026, month),
-            })
-            .await
-            .unwrap();
+        run_cycle(&app, period(2026, month)).await;
     }
     let mut client = app.invoices.clone();
     let mut ids = Vec::new();
