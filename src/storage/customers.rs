@@ -248,6 +248,17 @@ impl Store {
             .await?;
         let duplicate = match inserted {
             TryInsertResult::Inserted(rows) if rows > 0 => {
+                // SQLite would turn an overflowing sum into a REAL: refuse it.
+                let balance = customer::Entity::find_by_id(request.customer_id)
+                    .one(&txn)
+                    .await?
+                    .map_or(0, |c| c.balance_micros);
+                if balance.checked_add(request.amount_micros).is_none() {
+                    return Err(AppError::FailedPrecondition(format!(
+                        "customer {} balance cannot hold another {} micros",
+                        request.customer_id, request.amount_micros
+                    )));
+                }
                 customer::Entity::update_many()
                     .col_expr(
                         customer::Column::BalanceMicros,
