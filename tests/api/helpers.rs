@@ -304,6 +304,16 @@ impl TestApp {
         }
     }
 
+    /// Streams `records` through IngestCalls and returns the report.
+    pub async fn ingest(&self, records: Vec<pb::AddCallRequest>) -> pb::IngestCallsResponse {
+        self.calls
+            .clone()
+            .ingest_calls(tokio_stream::iter(records))
+            .await
+            .expect("ingest")
+            .into_inner()
+    }
+
     /// The customer's current state.
     pub async fn get_customer(&self, customer_id: i64) -> pb::Customer {
         self.customers

@@ -1,7 +1,6 @@
 //! IngestCalls: the switch's bulk path.
 
 use billing::grpc::pb::{self, PlanKind, add_call_request::Duration};
-use tokio_stream::iter as stream_of;
 use tonic::Code;
 
 use crate::helpers::{call, spawn_app, ts};
@@ -30,13 +29,7 @@ async fn a_mixed_stream_stores_every_good_record_and_reports_each_bad_one() {
         }, // 6 no duration
         keyed("d", 40),       // 7 accepted
     ];
-    let response = app
-        .calls
-        .clone()
-        .ingest_calls(stream_of(records))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = app.ingest(records).await;
     assert_eq!(response.accepted, 3);
     assert_eq!(response.duplicates, 1);
     assert_eq!(response.rejected, 4);
@@ -88,24 +81,12 @@ async fn replaying_a_stream_stores_and_debits_nothing_twice() {
         })
         .collect();
     let expected_cost: i64 = (0..1200).map(|n| (1 + n % 90) * 1000).sum();
-    let first = app
-        .calls
-        .clone()
-        .ingest_calls(stream_of(records.clone()))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = app.ingest(records.clone()).await;
     assert_eq!(
         (first.accepted, first.duplicates, first.rejected),
         (1200, 0, 0)
     );
-    let replay = app
-        .calls
-        .clone()
-        .ingest_calls(stream_of(records))
-        .await
-        .unwrap()
-        .into_inner();
+    let replay = app.ingest(records).await;
     assert_eq!(
         (replay.accepted, replay.duplicates, replay.rejected),
         (0, 1200, 0)
@@ -130,13 +111,7 @@ async fn a_key_repeated_within_one_stream_is_stored_once() {
         call_id: "m".into(),
         ..request.clone()
     };
-    let response = app
-        .calls
-        .clone()
-        .ingest_calls(stream_of(vec![request.clone(), request, minutes]))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = app.ingest(vec![request.clone(), request, minutes]).await;
     assert_eq!(
         (response.accepted, response.duplicates, response.rejected),
         (2, 1, 0)
@@ -147,13 +122,7 @@ async fn a_key_repeated_within_one_stream_is_stored_once() {
 #[tokio::test]
 async fn an_empty_stream_is_an_empty_report() {
     let app = spawn_app().await;
-    let response = app
-        .calls
-        .clone()
-        .ingest_calls(stream_of(Vec::<pb::AddCallRequest>::new()))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = app.ingest(Vec::<pb::AddCallRequest>::new()).await;
     assert_eq!(response, pb::IngestCallsResponse::default());
 }
 
@@ -164,13 +133,7 @@ async fn a_flood_of_bad_records_is_counted_whole_and_described_up_to_ten_thousan
     let customer = app.customer(plan.id, 1, vec![]).await;
     let mut records: Vec<_> = (0..25_000).map(|_| call(customer.id, 0)).collect();
     records.push(call(customer.id, 5));
-    let response = app
-        .calls
-        .clone()
-        .ingest_calls(stream_of(records))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = app.ingest(records).await;
     assert_eq!((response.accepted, response.rejected), (1, 25_000));
     assert_eq!(response.errors.len(), 10_000);
     assert!(response.errors_truncated);

@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 
 use billing::grpc::pb::{self, PlanKind};
-use tokio_stream::iter as stream_of;
 use tonic::Code;
 
 use crate::helpers::{assert_status, call, spawn_app, ts};
@@ -23,13 +22,7 @@ async fn page_size_above_1000_is_coerced_to_1000() {
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
     let customer = app.customer(plan.id, 1, vec![]).await;
     let records: Vec<_> = (0..1005).map(|n| call_at(customer.id, n)).collect();
-    let ingested = app
-        .calls
-        .clone()
-        .ingest_calls(stream_of(records))
-        .await
-        .unwrap()
-        .into_inner();
+    let ingested = app.ingest(records).await;
     assert_eq!(ingested.accepted, 1005);
     let page = app
         .calls
@@ -131,11 +124,7 @@ async fn paging_returns_every_older_call_exactly_once_under_concurrent_inserts()
     let existing: Vec<_> = (0..300)
         .map(|n| call_at(customer.id, (n / 3) * 60))
         .collect();
-    app.calls
-        .clone()
-        .ingest_calls(stream_of(existing))
-        .await
-        .unwrap();
+    app.ingest(existing).await;
     let before: BTreeSet<i64> = app
         .history(customer.id)
         .await
