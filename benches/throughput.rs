@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use billing::app::{Application, Config};
+use billing::app::{Application, Config, Limits};
 use billing::clock::Clock;
 use billing::grpc::pb::call_service_client::CallServiceClient;
 use billing::grpc::pb::customer_service_client::CustomerServiceClient;
@@ -58,6 +58,7 @@ async fn main() {
         billing_tz: chrono_tz::Tz::UTC,
         scheduler: false,
         shutdown_grace: Duration::from_secs(1),
+        limits: Limits::default(),
     })
     .await
     .expect("application starts");

@@ -7,15 +7,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chrono::TimeDelta;
 use chrono_tz::Tz;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::clock::Clock;
+use crate::domain::validation::DEFAULT_MAX_CALL_AGE_DAYS;
+use crate::grpc::limits::UnaryTimeoutLayer;
 use crate::grpc::logging::RpcLogLayer;
 use crate::grpc::pb::call_service_server::CallServiceServer;
 use crate::grpc::pb::customer_service_server::CustomerServiceServer;
@@ -40,6 +43,48 @@ pub struct Config {
     /// How long in-flight RPCs may run on after a shutdown signal before the
     /// remaining connections are closed (long-lived streams never end alone).
     pub shutdown_grace: Duration,
+    /// What one request or connection may cost.
+    pub limits: Limits,
+}
+
+/// Bounds on the work one request, stream or connection may cause. Each is
+/// a `serve` flag; the defaults are documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A call may not have started more than this many days ago.
+    pub max_call_age_days: u32,
+    /// The largest request message accepted, in bytes (decoded); larger is
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Requests of one connection served at once; more wait their turn.
+    pub max_requests_per_connection: usize,
+    /// How long a unary RPC (and the start of a server stream) may take
+    /// before it ends with `DEADLINE_EXCEEDED`.
+    pub unary_timeout: Duration,
+    /// Open `WatchInvoices` streams per server; more are `RESOURCE_EXHAUSTED`.
+    pub max_invoice_watchers: usize,
+}
+
+impl Limits {
+    /// The call-age bound as a duration.
+    pub fn max_call_age(&self) -> TimeDelta {
+        TimeDelta::days(i64::from(self.max_call_age_days))
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_call_age_days: DEFAULT_MAX_CALL_AGE_DAYS,
+            max_message_bytes: 1024 * 1024,
+            max_concurrent_streams: 256,
+            max_requests_per_connection: 128,
+            unary_timeout: Duration::from_secs(30),
+            max_invoice_watchers: 1024,
+        }
+    }
 }
 
 /// A startup failure, with what was being attempted.
@@ -69,6 +114,7 @@ pub struct Application {
     billing_tz: Tz,
     scheduler: bool,
     shutdown_grace: Duration,
+    limits: Limits,
 }
 
 impl Application {
@@ -92,6 +138,7 @@ impl Application {
             billing_tz: config.billing_tz,
             scheduler: config.scheduler,
             shutdown_grace: config.shutdown_grace,
+            limits: config.limits,
         })
     }
 
@@ -126,6 +173,7 @@ impl Application {
             billing_tz,
             scheduler,
             shutdown_grace,
+            limits,
         } = self;
         let invoicing = Invoicing::new(store.clone(), clock.clone(), billing_tz);
         let (stopping, stopping_rx) = watch::channel(false);
@@ -135,18 +183,22 @@ impl Application {
                 stopping_rx.clone(),
             ))
         });
+        let max_bytes = limits.max_message_bytes;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health_service = health_service.max_decoding_message_size(max_bytes);
         set_health(&health_reporter, ServingStatus::Serving).await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(StartupError::Reflection)?;
+            .map_err(StartupError::Reflection)?
+            .max_decoding_message_size(max_bytes);
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
-            .map_err(StartupError::Reflection)?;
+            .map_err(StartupError::Reflection)?
+            .max_decoding_message_size(max_bytes);
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving");
         }
@@ -159,25 +211,41 @@ impl Application {
             stopping.send_replace(true);
         };
         // Keepalive pings find dead peers of long-lived streams (invoice
-        // watchers) instead of holding their tasks forever.
+        // watchers) instead of holding their tasks forever. TCP_NODELAY is a
+        // property of the accepted sockets, so it is set on the incoming
+        // stream (the builder's `tcp_nodelay` applies only to `serve`). The
+        // reset-stream limits keep hyper's protection against rapid-reset
+        // floods on, at its defaults, explicitly.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .concurrency_limit_per_connection(limits.max_requests_per_connection)
+            .http2_max_pending_accept_reset_streams(Some(20))
+            .http2_max_local_error_reset_streams(Some(1024))
             .layer(RpcLogLayer)
+            .layer(UnaryTimeoutLayer::new(limits.unary_timeout))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(CustomerServiceServer::new(CustomerApi::new(
-                store.clone(),
-                clock.clone(),
-            )))
-            .add_service(CallServiceServer::new(CallApi::new(store.clone(), clock)))
-            .add_service(InvoiceServiceServer::new(InvoiceApi::new(
-                invoicing,
-                stopping_rx,
-            )))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+            .add_service(
+                CustomerServiceServer::new(CustomerApi::new(store.clone(), clock.clone()))
+                    .max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                CallServiceServer::new(CallApi::new(store.clone(), clock, limits.max_call_age()))
+                    .max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                InvoiceServiceServer::new(InvoiceApi::new(
+                    invoicing,
+                    stopping_rx,
+                    limits.max_invoice_watchers,
+                ))
+                .max_decoding_message_size(max_bytes),
+            )
+            .serve_with_incoming_shutdown(incoming, drain);
         let grace_over = async {
             until_stopping(&mut draining).await;
             tokio::time::sleep(shutdown_grace).await;

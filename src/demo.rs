@@ -22,7 +22,7 @@ pub struct DemoSummary {
 /// five customers linked to them, monthly top-ups for the prepaid customers and a
 /// few hundred calls over the three months before `now`.
 pub async fn fill(store: &Store, now: DateTime<Utc>) -> AppResult<DemoSummary> {
-    if !store.list_plans().await?.is_empty() {
+    if !store.list_plans(0, 1).await?.is_empty() {
         return Err(AppError::FailedPrecondition(
             "the database already holds data; demo-data fills only an empty database".into(),
         ));

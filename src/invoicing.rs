@@ -5,6 +5,7 @@
 //! them and announces each newly issued invoice to watchers.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Utc};
@@ -187,13 +188,8 @@ impl Invoicing {
                 end.to_rfc3339()
             )));
         }
-        let plans: HashMap<i64, Plan> = self
-            .store
-            .list_plans()
-            .await?
-            .into_iter()
-            .map(|plan| (plan.id, plan))
-            .collect();
+        // Plans are immutable: each is read once per cycle.
+        let mut plans: HashMap<i64, Plan> = HashMap::new();
         let mut issued = 0;
         let mut after_id = 0;
         loop {
@@ -206,10 +202,13 @@ impl Invoicing {
             for chunk in page.chunks(CYCLE_TRANSACTION) {
                 let mut requests = Vec::with_capacity(chunk.len());
                 let mut plan_of = HashMap::with_capacity(chunk.len());
+                for &(_, plan_id) in chunk {
+                    if let Entry::Vacant(slot) = plans.entry(plan_id) {
+                        slot.insert(self.store.plan(plan_id).await?);
+                    }
+                }
                 for &(customer_id, plan_id) in chunk {
-                    let plan = plans
-                        .get(&plan_id)
-                        .ok_or_else(|| AppError::internal(format!("plan {plan_id} missing")))?;
+                    let plan = &plans[&plan_id];
                     plan_of.insert(customer_id, plan);
                     requests.push(InvoiceRequest {
                         customer_id,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use billing::app::{Application, Config};
+use billing::app::{Application, Config, Limits};
 use billing::clock::Clock;
 use billing::storage::Store;
 use chrono::{DateTime, Utc};
@@ -18,10 +18,11 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "billing", version, about)]
 struct Cli {
     /// Database URL: `sqlite://FILE` (created on first start) or
-    /// `postgres://USER@HOST/DB`.
+    /// `postgres://USER:PASSWORD@HOST/DB`. Its value is never printed.
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://billing.db",
         global = true
     )]
@@ -53,11 +54,58 @@ enum Command {
         /// server closes them.
         #[arg(long, env = "BILLING_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
         shutdown_grace_seconds: u64,
+        #[command(flatten)]
+        limits: LimitFlags,
     },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Fill an empty database with demo plans, operators, customers and calls.
     DemoData,
+}
+
+/// Bounds on what one request or connection may cost.
+#[derive(Debug, clap::Args)]
+struct LimitFlags {
+    /// Reject calls that started more than this many days ago.
+    #[arg(long, env = "BILLING_MAX_CALL_AGE_DAYS", default_value_t = 365,
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    max_call_age_days: u32,
+    /// Largest request message accepted, in bytes (RESOURCE_EXHAUSTED above).
+    #[arg(long, env = "BILLING_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    max_message_bytes: u64,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, env = "BILLING_MAX_CONCURRENT_STREAMS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
+    /// Requests of one connection served at once; more wait their turn.
+    #[arg(long, env = "BILLING_MAX_REQUESTS_PER_CONNECTION", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_requests_per_connection: u64,
+    /// Seconds a unary RPC may take before DEADLINE_EXCEEDED (streams that
+    /// the client sends are exempt).
+    #[arg(long, env = "BILLING_UNARY_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    unary_timeout_seconds: u64,
+    /// WatchInvoices streams this server keeps open at once
+    /// (RESOURCE_EXHAUSTED beyond).
+    #[arg(long, env = "BILLING_MAX_INVOICE_WATCHERS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_invoice_watchers: u64,
+}
+
+impl LimitFlags {
+    fn limits(&self) -> Limits {
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        Limits {
+            max_call_age_days: self.max_call_age_days,
+            max_message_bytes: size(self.max_message_bytes),
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_requests_per_connection: size(self.max_requests_per_connection),
+            unary_timeout: Duration::from_secs(self.unary_timeout_seconds),
+            max_invoice_watchers: size(self.max_invoice_watchers),
+        }
+    }
 }
 
 #[tokio::main]
@@ -77,6 +125,7 @@ async fn main() -> ExitCode {
             billing_timezone,
             no_scheduler,
             shutdown_grace_seconds,
+            limits,
         } => {
             let clock = clock_start.map_or_else(Clock::system, Clock::starting_at);
             let config = Config {
@@ -86,6 +135,7 @@ async fn main() -> ExitCode {
                 billing_tz: billing_timezone,
                 scheduler: !no_scheduler,
                 shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
+                limits: limits.limits(),
             };
             serve(config).await
         }

@@ -12,8 +12,17 @@ pub const MAX_CALL_SECONDS: i64 = 24 * 60 * 60;
 pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::minutes(5);
 /// The default billing increment in seconds.
 pub const DEFAULT_INCREMENT_SECONDS: i32 = 60;
-/// The largest amount accepted in any money field: 10^9 currency units.
-pub const MAX_AMOUNT_MICROS: i64 = 1_000_000_000_000_000;
+/// The highest per-minute rate: 1,000 currency units a minute. With calls of
+/// at most 24 hours, the dearest call costs 1.44 * 10^12 micros.
+pub const MAX_PER_MINUTE_MICROS: i64 = 1_000_000_000;
+/// The highest monthly fee: 10^6 currency units.
+pub const MAX_MONTHLY_FEE_MICROS: i64 = 1_000_000_000_000;
+/// The largest single top-up: 10^6 currency units.
+pub const MAX_TOP_UP_MICROS: i64 = 1_000_000_000_000;
+/// How far back a call may have started, by default (`--max-call-age-days`).
+pub const DEFAULT_MAX_CALL_AGE_DAYS: u32 = 365;
+/// The most characters of an offending value an error message repeats.
+pub const MAX_ECHOED_CHARS: usize = 64;
 /// The most operators one request may link a customer to.
 pub const MAX_OPERATORS_PER_CUSTOMER: usize = 100;
 /// The longest idempotency key or name accepted.
@@ -47,31 +56,48 @@ pub fn currency_code(value: &str) -> AppResult<String> {
     } else {
         Err(AppError::invalid(
             "currency_code",
-            format!("{value:?} is not an ISO 4217 code (three letters, e.g. USD)"),
+            format!(
+                "{} is not an ISO 4217 code (three letters, e.g. USD)",
+                shown(value)
+            ),
         ))
     }
 }
 
-/// A money amount from 0 to [`MAX_AMOUNT_MICROS`].
-pub fn non_negative_micros(field: &str, value: i64) -> AppResult<i64> {
-    if !(0..=MAX_AMOUNT_MICROS).contains(&value) {
+/// A money amount from 0 to `max`.
+pub fn non_negative_micros(field: &str, value: i64, max: i64) -> AppResult<i64> {
+    if !(0..=max).contains(&value) {
         return Err(AppError::invalid(
             field,
-            format!("must be between 0 and {MAX_AMOUNT_MICROS} micros, got {value}"),
+            format!("must be between 0 and {max} micros, got {value}"),
         ));
     }
     Ok(value)
 }
 
-/// A strictly positive money amount up to [`MAX_AMOUNT_MICROS`].
-pub fn positive_micros(field: &str, value: i64) -> AppResult<i64> {
-    if !(1..=MAX_AMOUNT_MICROS).contains(&value) {
+/// A strictly positive money amount up to `max`.
+pub fn positive_micros(field: &str, value: i64, max: i64) -> AppResult<i64> {
+    if !(1..=max).contains(&value) {
         return Err(AppError::invalid(
             field,
-            format!("must be more than 0 and at most {MAX_AMOUNT_MICROS} micros, got {value}"),
+            format!("must be more than 0 and at most {max} micros, got {value}"),
         ));
     }
     Ok(value)
+}
+
+/// An offending value as an error message may repeat it: at most
+/// [`MAX_ECHOED_CHARS`] characters, escaped and quoted, with the length of
+/// the whole when it was cut. Messages never echo unbounded input.
+pub fn shown(value: &str) -> String {
+    let mut chars = value.chars();
+    let head: String = chars.by_ref().take(MAX_ECHOED_CHARS).collect();
+    let escaped: String = head.chars().flat_map(char::escape_debug).collect();
+    if chars.next().is_none() {
+        format!("\"{escaped}\"")
+    } else {
+        format!("\"{escaped}\"... ({} characters)", value.chars().count())
+    }
 }
 
 /// A billing increment of 1..=3600 seconds; 0 means the default, 60.
@@ -132,7 +158,10 @@ pub fn phone_number(field: &str, value: &str) -> AppResult<String> {
     if !ok {
         return Err(AppError::invalid(
             field,
-            format!("{value:?} is not an E.164 number (+ and up to 15 digits, e.g. +14155550100)"),
+            format!(
+                "{} is not an E.164 number (+ and up to 15 digits, e.g. +14155550100)",
+                shown(value)
+            ),
         ));
     }
     Ok(value.to_owned())
@@ -192,13 +221,27 @@ pub fn duration_minutes(minutes: i64) -> AppResult<i64> {
     Ok(minutes * 60)
 }
 
-/// When the call started: as given (at most five minutes ahead of `now`), or
-/// `now` minus the duration.
-pub fn call_start(record: &CallRecord, now: DateTime<Utc>) -> AppResult<DateTime<Utc>> {
+/// When the call started: as given (at most five minutes ahead of `now` and
+/// at most `max_age` before it), or `now` minus the duration. The age bound
+/// stops a switch replaying ancient records from putting one late-usage line
+/// per month on the next invoice.
+pub fn call_start(
+    record: &CallRecord,
+    now: DateTime<Utc>,
+    max_age: TimeDelta,
+) -> AppResult<DateTime<Utc>> {
     match record.started_at {
         Some(at) if at > now + MAX_FUTURE_SKEW => Err(AppError::invalid(
             "started_at",
             format!("{} is more than 5 minutes in the future", at.to_rfc3339()),
+        )),
+        Some(at) if at < now - max_age => Err(AppError::invalid(
+            "started_at",
+            format!(
+                "{} is more than {} days ago (the oldest call accepted)",
+                at.to_rfc3339(),
+                max_age.num_days()
+            ),
         )),
         Some(at) => Ok(at),
         None => Ok(now - TimeDelta::seconds(record.duration_seconds)),
@@ -295,16 +338,37 @@ mod tests {
             caller_number: String::new(),
             callee_number: String::new(),
         };
+        let year = TimeDelta::days(365);
         assert_eq!(
-            call_start(&record, now).unwrap(),
+            call_start(&record, now, year).unwrap(),
             now - TimeDelta::seconds(90)
         );
         record.started_at = Some(now + TimeDelta::minutes(5));
-        assert!(call_start(&record, now).is_ok());
+        assert!(call_start(&record, now, year).is_ok());
         record.started_at = Some(now + TimeDelta::minutes(5) + TimeDelta::seconds(1));
         assert_eq!(
-            field_of(call_start(&record, now).unwrap_err()),
+            field_of(call_start(&record, now, year).unwrap_err()),
             "started_at"
         );
+        record.started_at = Some(now - year);
+        assert!(call_start(&record, now, year).is_ok());
+        record.started_at = Some(now - year - TimeDelta::microseconds(1));
+        assert_eq!(
+            field_of(call_start(&record, now, year).unwrap_err()),
+            "started_at"
+        );
+    }
+
+    #[test]
+    fn echoed_values_are_cut_to_64_characters_and_escaped() {
+        assert_eq!(shown("abc"), "\"abc\"");
+        assert_eq!(shown("a\nb\"c"), "\"a\\nb\\\"c\"");
+        let long = "9".repeat(20_000);
+        let echoed = shown(&long);
+        assert!(echoed.starts_with(&format!("\"{}\"...", "9".repeat(64))));
+        assert!(echoed.ends_with("(20000 characters)"));
+        assert!(echoed.len() < 100);
+        let control = "\u{1}".repeat(100);
+        assert!(shown(&control).len() < 64 * 6 + 40);
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
+use chrono::TimeDelta;
+use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
@@ -20,20 +22,30 @@ use crate::storage::{CallFilter, Store};
 /// Records of a stream written per transaction: large enough to amortise the
 /// commit, small enough to bound memory and lock hold time.
 const INGEST_BATCH: usize = 500;
-/// Rejected records described in one IngestCalls response (about 1 MiB).
+/// Rejected records described in one IngestCalls response, at most.
 const MAX_REPORTED_ERRORS: usize = 10_000;
+/// Encoded bytes of the described errors, at most: with the counters the
+/// response stays far below 1 MiB whatever the records held.
+const MAX_REPORTED_ERROR_BYTES: usize = 900 * 1024;
 
 /// The CallService implementation.
 #[derive(Debug, Clone)]
 pub struct CallApi {
     store: Store,
     clock: Clock,
+    /// How long ago a call may have started.
+    max_call_age: TimeDelta,
 }
 
 impl CallApi {
-    /// A service over `store`, reading time from `clock`.
-    pub fn new(store: Store, clock: Clock) -> Self {
-        CallApi { store, clock }
+    /// A service over `store`, reading time from `clock`, accepting calls
+    /// that started at most `max_call_age` ago.
+    pub fn new(store: Store, clock: Clock, max_call_age: TimeDelta) -> Self {
+        CallApi {
+            store,
+            clock,
+            max_call_age,
+        }
     }
 
     /// Validates and rates one record. `plans` caches each customer's plan
@@ -51,7 +63,7 @@ impl CallApi {
             }
         };
         let now = self.clock.now();
-        let started_at = valid::call_start(&record, now)?;
+        let started_at = valid::call_start(&record, now, self.max_call_age)?;
         let rating = rating::rate(record.duration_seconds, plan);
         Ok(NewCall {
             record,
@@ -70,34 +82,53 @@ struct IngestTally {
     duplicates: i64,
     rejected: i64,
     errors: Vec<pb::IngestError>,
+    /// Encoded size of `errors`.
+    error_bytes: usize,
     errors_truncated: bool,
 }
 
 impl IngestTally {
     fn reject(&mut self, index: i64, call_id: String, err: &AppError) {
         self.rejected += 1;
-        self.errors.push(pb::IngestError {
+        let error = pb::IngestError {
             index,
-            call_id,
+            call_id: reported_call_id(call_id),
             code: code_of(err) as i32,
             message: message_of(err),
-        });
+        };
+        self.error_bytes += error.encoded_len();
+        self.errors.push(error);
         // Bound memory: keep only the lowest indexes (a batch's errors may
         // arrive after later records' validation errors, so sort first).
-        if self.errors.len() >= 2 * MAX_REPORTED_ERRORS {
+        if self.errors.len() >= 2 * MAX_REPORTED_ERRORS
+            || self.error_bytes >= 2 * MAX_REPORTED_ERROR_BYTES
+        {
             self.keep_first_errors();
         }
     }
 
+    /// Keeps the errors of the lowest indexes that fit both bounds.
     fn keep_first_errors(&mut self) {
         self.errors.sort_by_key(|e| e.index);
-        if self.errors.len() > MAX_REPORTED_ERRORS {
-            self.errors.truncate(MAX_REPORTED_ERRORS);
+        let mut bytes = 0;
+        let mut keep = 0;
+        for error in &self.errors {
+            let size = error.encoded_len();
+            if keep == MAX_REPORTED_ERRORS || bytes + size > MAX_REPORTED_ERROR_BYTES {
+                break;
+            }
+            bytes += size;
+            keep += 1;
+        }
+        if keep < self.errors.len() {
+            self.errors.truncate(keep);
             self.errors_truncated = true;
         }
+        self.error_bytes = bytes;
     }
 
-    /// The report: errors in stream order, the first [`MAX_REPORTED_ERRORS`].
+    /// The report: errors in stream order, as many of the first as the
+    /// bounds allow.
     fn into_response(mut self) -> pb::IngestCallsResponse {
         self.keep_first_errors();
         pb::IngestCallsResponse {
@@ -125,6 +156,16 @@ impl IngestTally {
             }
         }
         Ok(())
+    }
+}
+
+/// A rejected record's `call_id` as reported: whole when it is a valid key
+/// (at most 128 characters), else cut to its first 64 characters.
+fn reported_call_id(call_id: String) -> String {
+    if call_id.chars().count() <= valid::MAX_KEY_LEN {
+        call_id
+    } else {
+        call_id.chars().take(valid::MAX_ECHOED_CHARS).collect()
     }
 }
 

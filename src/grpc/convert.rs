@@ -89,8 +89,13 @@ impl TryFrom<pb::CreatePlanRequest> for NewPlan {
             monthly_fee_micros: valid::non_negative_micros(
                 "monthly_fee_micros",
                 monthly_fee_micros,
+                valid::MAX_MONTHLY_FEE_MICROS,
             )?,
-            per_minute_micros: valid::non_negative_micros("per_minute_micros", per_minute_micros)?,
+            per_minute_micros: valid::non_negative_micros(
+                "per_minute_micros",
+                per_minute_micros,
+                valid::MAX_PER_MINUTE_MICROS,
+            )?,
             billing_increment_seconds: valid::billing_increment_seconds(billing_increment_seconds)?,
             included_minutes: valid::included_minutes(kind, included_minutes)?,
         })
@@ -142,7 +147,11 @@ impl TryFrom<pb::TopUpRequest> for TopUpRequest {
         } = req;
         Ok(TopUpRequest {
             customer_id: valid::id("customer_id", customer_id)?,
-            amount_micros: valid::positive_micros("amount_micros", amount_micros)?,
+            amount_micros: valid::positive_micros(
+                "amount_micros",
+                amount_micros,
+                valid::MAX_TOP_UP_MICROS,
+            )?,
             request_id: valid::required_key("request_id", &request_id)?,
         })
     }

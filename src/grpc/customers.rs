@@ -2,11 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
-use super::page_of;
+use super::IdPage;
 use super::pb::{self, customer_service_server::CustomerService};
 use crate::clock::Clock;
 use crate::domain::model::{NewCustomer, NewPlan, TopUpRequest};
-use crate::domain::paging::{self, TokenScope};
 use crate::domain::validation as valid;
 use crate::storage::Store;
 
@@ -37,11 +36,18 @@ impl CustomerService for CustomerApi {
 
     async fn list_plans(
         &self,
-        _request: Request<pb::ListPlansRequest>,
+        request: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
-        let plans = self.store.list_plans().await?;
+        let pb::ListPlansRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let page = IdPage::of("plans", Vec::new(), page_size, &page_token)?;
+        let plans = self.store.list_plans(page.after_id, page.fetch()).await?;
+        let (plans, next_page_token) = page.finish(plans, |plan| plan.id);
         Ok(Response::new(pb::ListPlansResponse {
             plans: plans.into_iter().map(Into::into).collect(),
+            next_page_token,
         }))
     }
 
@@ -57,11 +63,21 @@ impl CustomerService for CustomerApi {
 
     async fn list_operators(
         &self,
-        _request: Request<pb::ListOperatorsRequest>,
+        request: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
-        let operators = self.store.list_operators().await?;
+        let pb::ListOperatorsRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let page = IdPage::of("operators", Vec::new(), page_size, &page_token)?;
+        let operators = self
+            .store
+            .list_operators(page.after_id, page.fetch())
+            .await?;
+        let (operators, next_page_token) = page.finish(operators, |operator| operator.id);
         Ok(Response::new(pb::ListOperatorsResponse {
             operators: operators.into_iter().map(Into::into).collect(),
+            next_page_token,
         }))
     }
 
@@ -96,22 +112,20 @@ impl CustomerService for CustomerApi {
             page_token,
         } = request.into_inner();
         let operator_id = valid::optional_id("operator_id", operator_id)?;
-        let limit = paging::page_size(page_size)?;
-        let scope = TokenScope {
-            listing: "customers",
-            filters: vec![operator_id.unwrap_or(0)],
-        };
-        let after_id = paging::decode_token(&scope, &page_token, 1)?.map(|keys| keys[0]);
+        let page = IdPage::of(
+            "customers",
+            vec![operator_id.unwrap_or(0)],
+            page_size,
+            &page_token,
+        )?;
         if let Some(operator_id) = operator_id {
             self.store.ensure_operator(operator_id).await?;
         }
         let customers = self
             .store
-            .list_customers(operator_id, after_id, limit + 1)
+            .list_customers(operator_id, page.after_id, page.fetch())
             .await?;
-        let (customers, next_page_token) = page_of(customers, limit, |last| {
-            paging::encode_token(&scope, &[last.id])
-        });
+        let (customers, next_page_token) = page.finish(customers, |customer| customer.id);
         Ok(Response::new(pb::ListCustomersResponse {
             customers: customers.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -131,6 +145,7 @@ impl CustomerService for CustomerApi {
             .link_operator(
                 valid::id("customer_id", customer_id)?,
                 valid::id("operator_id", operator_id)?,
+                valid::MAX_OPERATORS_PER_CUSTOMER,
             )
             .await?;
         Ok(Response::new(customer.into()))

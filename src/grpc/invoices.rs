@@ -2,17 +2,17 @@
 //! billing cycles and the live invoice feed.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::IdPage;
 use super::convert::period;
-use super::page_of;
 use super::pb::{self, invoice_service_server::InvoiceService};
-use crate::domain::paging::{self, TokenScope};
 use crate::domain::period::BillingPeriod;
 use crate::domain::validation as valid;
 use crate::error::AppError;
@@ -32,14 +32,20 @@ type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'st
 pub struct InvoiceApi {
     invoicing: Invoicing,
     stopping: watch::Receiver<bool>,
+    /// One permit per open WatchInvoices stream.
+    watchers: Arc<Semaphore>,
+    max_watchers: usize,
 }
 
 impl InvoiceApi {
-    /// A service over `invoicing`; its streams end when `stopping` turns true.
-    pub fn new(invoicing: Invoicing, stopping: watch::Receiver<bool>) -> Self {
+    /// A service over `invoicing`; its streams end when `stopping` turns
+    /// true; at most `max_watchers` WatchInvoices streams are open at once.
+    pub fn new(invoicing: Invoicing, stopping: watch::Receiver<bool>, max_watchers: usize) -> Self {
         InvoiceApi {
             invoicing,
             stopping,
+            watchers: Arc::new(Semaphore::new(max_watchers)),
+            max_watchers,
         }
     }
 }
@@ -98,22 +104,20 @@ impl InvoiceService for InvoiceApi {
             page_token,
         } = request.into_inner();
         let customer_id = valid::optional_id("customer_id", customer_id)?;
-        let limit = paging::page_size(page_size)?;
-        let scope = TokenScope {
-            listing: "invoices",
-            filters: vec![customer_id.unwrap_or(0)],
-        };
-        let after_id = paging::decode_token(&scope, &page_token, 1)?.map_or(0, |keys| keys[0]);
+        let page = IdPage::of(
+            "invoices",
+            vec![customer_id.unwrap_or(0)],
+            page_size,
+            &page_token,
+        )?;
         let store = self.invoicing.store();
         if let Some(customer_id) = customer_id {
             store.ensure_customer(customer_id).await?;
         }
         let invoices = store
-            .list_invoices(customer_id, after_id, limit + 1)
+            .list_invoices(customer_id, page.after_id, page.fetch())
             .await?;
-        let (invoices, next_page_token) = page_of(invoices, limit, |last| {
-            paging::encode_token(&scope, &[last.id])
-        });
+        let (invoices, next_page_token) = page.finish(invoices, |invoice| invoice.id);
         Ok(Response::new(pb::ListInvoicesResponse {
             invoices: invoices.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -201,10 +205,18 @@ impl InvoiceService for InvoiceApi {
         if after_invoice_id < 0 {
             return Err(AppError::invalid("after_invoice_id", "must not be negative").into());
         }
+        let Ok(permit) = self.watchers.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "this server already serves {} invoice watchers (--max-invoice-watchers); retry later",
+                self.max_watchers
+            )));
+        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let invoicing = self.invoicing.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
+            // Held until the stream ends, however it ends.
+            let _permit = permit;
             let mut issued = invoicing.issued();
             let mut last_id = after_invoice_id;
             loop {

@@ -6,6 +6,7 @@ mod calls;
 mod convert;
 mod customers;
 mod invoices;
+pub mod limits;
 pub mod logging;
 pub mod status;
 
@@ -37,4 +38,47 @@ fn page_of<T>(
     rows.truncate(limit);
     let token = rows.last().map(&token_after).unwrap_or_default();
     (rows, token)
+}
+
+/// A page request of a listing ordered by id: the position after which it
+/// starts and how many rows it holds.
+struct IdPage {
+    scope: crate::domain::paging::TokenScope,
+    /// The last id of the previous page; 0 for the first page.
+    after_id: i64,
+    limit: u64,
+}
+
+impl IdPage {
+    /// Reads `page_size` and `page_token` of `listing` filtered by `filters`.
+    fn of(
+        listing: &'static str,
+        filters: Vec<i64>,
+        page_size: i32,
+        page_token: &str,
+    ) -> crate::error::AppResult<Self> {
+        use crate::domain::paging;
+        let limit = paging::page_size(page_size)?;
+        let scope = paging::TokenScope { listing, filters };
+        let after_id = paging::decode_token(&scope, page_token, 1)?.map_or(0, |keys| keys[0]);
+        Ok(IdPage {
+            scope,
+            after_id,
+            limit,
+        })
+    }
+
+    /// How many rows to fetch: one more than the page, to know if another
+    /// page follows.
+    fn fetch(&self) -> u64 {
+        self.limit + 1
+    }
+
+    /// The page of `rows` (fetched with [`IdPage::fetch`]) and the token of
+    /// the next page.
+    fn finish<T>(&self, rows: Vec<T>, id: impl Fn(&T) -> i64) -> (Vec<T>, String) {
+        page_of(rows, self.limit, |last| {
+            crate::domain::paging::encode_token(&self.scope, &[id(last)])
+        })
+    }
 }

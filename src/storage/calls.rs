@@ -13,6 +13,7 @@ use sea_orm::{
 use super::entities::{call, customer, customer_operator};
 use super::{Store, instant, micros};
 use crate::domain::model::{Call, NewCall, PlanKind, StoredCall, TimeRange};
+use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
 
 /// Whose calls a listing returns.
@@ -119,13 +120,17 @@ impl Store {
                 }
                 (None, Some(key)) => {
                     let stored = stored_by_key.get(&key).ok_or_else(|| {
-                        AppError::internal(format!("call_id {key:?} neither inserted nor stored"))
+                        AppError::internal(format!(
+                            "call_id {} neither inserted nor stored",
+                            shown(&key)
+                        ))
                     })?;
                     if new.record.describes(stored) {
                         Ok(StoredCall::Duplicate(stored.clone()))
                     } else {
                         Err(AppError::AlreadyExists(format!(
-                            "call_id {key:?} is already stored with different content (call {})",
+                            "call_id {} is already stored with different content (call {})",
+                            shown(&key),
                             stored.id
                         )))
                     }

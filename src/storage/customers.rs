@@ -14,6 +14,7 @@ use super::{Store, instant, is_unique_violation, micros};
 use crate::domain::model::{
     Customer, NewCustomer, NewPlan, Operator, Plan, PlanKind, TopUpOutcome, TopUpRequest,
 };
+use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
 
 impl Store {
@@ -36,10 +37,12 @@ impl Store {
         plan_from(model)
     }
 
-    /// Every plan, oldest first.
-    pub async fn list_plans(&self) -> AppResult<Vec<Plan>> {
+    /// Up to `limit` plans with an id above `after_id`, oldest first.
+    pub async fn list_plans(&self, after_id: i64, limit: u64) -> AppResult<Vec<Plan>> {
         plan::Entity::find()
+            .filter(plan::Column::Id.gt(after_id))
             .order_by_asc(plan::Column::Id)
+            .limit(limit)
             .all(&self.db)
             .await?
             .into_iter()
@@ -79,16 +82,19 @@ impl Store {
                 name: model.name,
             }),
             Err(err) if is_unique_violation(&err) => Err(AppError::AlreadyExists(format!(
-                "operator name {name:?} is already in use"
+                "operator name {} is already in use",
+                shown(&name)
             ))),
             Err(err) => Err(err.into()),
         }
     }
 
-    /// Every operator, oldest first.
-    pub async fn list_operators(&self) -> AppResult<Vec<Operator>> {
+    /// Up to `limit` operators with an id above `after_id`, oldest first.
+    pub async fn list_operators(&self, after_id: i64, limit: u64) -> AppResult<Vec<Operator>> {
         Ok(operator::Entity::find()
+            .filter(operator::Column::Id.gt(after_id))
             .order_by_asc(operator::Column::Id)
+            .limit(limit)
             .all(&self.db)
             .await?
             .into_iter()
@@ -173,11 +179,11 @@ impl Store {
     pub async fn list_customers(
         &self,
         operator_id: Option<i64>,
-        after_id: Option<i64>,
+        after_id: i64,
         limit: u64,
     ) -> AppResult<Vec<Customer>> {
         let mut query = customer::Entity::find()
-            .filter(customer::Column::Id.gt(after_id.unwrap_or(0)))
+            .filter(customer::Column::Id.gt(after_id))
             .order_by_asc(customer::Column::Id)
             .limit(limit);
         if let Some(operator_id) = operator_id {
@@ -203,18 +209,48 @@ impl Store {
             .collect())
     }
 
-    /// Links a customer to an operator; linking twice changes nothing.
-    pub async fn link_operator(&self, customer_id: i64, operator_id: i64) -> AppResult<Customer> {
-        self.customer_row(customer_id).await?;
+    /// Links a customer to an operator; linking twice changes nothing. A
+    /// customer has at most `max_links` operators: the count and the insert
+    /// happen in one transaction that holds the customer's row (PostgreSQL:
+    /// `FOR UPDATE`; SQLite: the write lock), so concurrent links cannot
+    /// pass the cap together.
+    pub async fn link_operator(
+        &self,
+        customer_id: i64,
+        operator_id: i64,
+        max_links: usize,
+    ) -> AppResult<Customer> {
         self.ensure_operator(operator_id).await?;
-        let link = customer_operator::ActiveModel {
-            customer_id: Set(customer_id),
-            operator_id: Set(operator_id),
-        };
-        customer_operator::Entity::insert(link)
-            .on_conflict_do_nothing()
-            .exec_without_returning(&self.db)
+        let txn = self.begin_write().await?;
+        customer::Entity::find_by_id(customer_id)
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or(AppError::not_found("customer", customer_id))?;
+        let links: Vec<i64> = customer_operator::Entity::find()
+            .select_only()
+            .column(customer_operator::Column::OperatorId)
+            .filter(customer_operator::Column::CustomerId.eq(customer_id))
+            .into_tuple()
+            .all(&txn)
             .await?;
+        if !links.contains(&operator_id) {
+            if links.len() >= max_links {
+                return Err(AppError::FailedPrecondition(format!(
+                    "customer {customer_id} is already linked to {} operators, the most allowed",
+                    links.len()
+                )));
+            }
+            let link = customer_operator::ActiveModel {
+                customer_id: Set(customer_id),
+                operator_id: Set(operator_id),
+            };
+            customer_operator::Entity::insert(link)
+                .on_conflict_do_nothing()
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
         self.customer(customer_id).await
     }
 
@@ -279,8 +315,8 @@ impl Store {
                     || earlier.amount_micros != request.amount_micros
                 {
                     return Err(AppError::AlreadyExists(format!(
-                        "request_id {:?} was already used for a different top-up",
-                        request.request_id
+                        "request_id {} was already used for a different top-up",
+                        shown(&request.request_id)
                     )));
                 }
                 true

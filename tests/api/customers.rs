@@ -41,7 +41,7 @@ async fn create_plan_echoes_its_fields_with_documented_defaults() {
     let listed = app
         .customers
         .clone()
-        .list_plans(pb::ListPlansRequest {})
+        .list_plans(pb::ListPlansRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -97,7 +97,7 @@ async fn create_plan_rejects_bad_fields_naming_them() {
         "name",
     );
     let listed = client
-        .list_plans(pb::ListPlansRequest {})
+        .list_plans(pb::ListPlansRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -132,7 +132,7 @@ async fn operators_are_created_listed_and_unique_by_name() {
     let listed = app
         .customers
         .clone()
-        .list_operators(pb::ListOperatorsRequest {})
+        .list_operators(pb::ListOperatorsRequest::default())
         .await
         .unwrap()
         .into_inner();

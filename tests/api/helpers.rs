@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use billing::app::{Application, Config};
+use billing::app::{Application, Config, Limits};
 use billing::clock::Clock;
 use billing::grpc::pb;
 use billing::grpc::pb::call_service_client::CallServiceClient;
@@ -95,6 +95,7 @@ pub struct AppOptions {
     pub scheduler: bool,
     /// An existing database; `None` creates a fresh one.
     pub database: Option<Database>,
+    pub limits: Limits,
 }
 
 impl Default for AppOptions {
@@ -104,14 +105,20 @@ impl Default for AppOptions {
             tz: Tz::UTC,
             scheduler: false,
             database: None,
+            limits: Limits::default(),
         }
     }
 }
 
-/// The application on the system clock, UTC periods, no scheduler.
+/// The application with its clock started at [`TEST_NOW`], UTC periods, no
+/// scheduler. A fixed start keeps the dates tests use within the accepted
+/// call age whatever day the suite runs.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(AppOptions::default()).await
+    spawn_app_at(at(TEST_NOW)).await
 }
+
+/// Where `spawn_app()` starts its clock.
+pub const TEST_NOW: &str = "2026-07-01T00:00:00Z";
 
 /// The application with its clock started at `start`.
 pub async fn spawn_app_at(start: DateTime<Utc>) -> TestApp {
@@ -143,6 +150,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         billing_tz: options.tz,
         scheduler: options.scheduler,
         shutdown_grace: Duration::from_secs(2),
+        limits: options.limits,
     })
     .await
     .expect("application starts");

@@ -185,7 +185,7 @@ async fn the_binary_fills_demo_data_serves_it_and_exits_cleanly_on_sigterm() {
         .await
         .unwrap();
     let plans = client
-        .list_plans(pb::ListPlansRequest {})
+        .list_plans(pb::ListPlansRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -244,4 +244,22 @@ async fn demo_data_refuses_a_database_that_already_holds_data() {
         stderr.iter().any(|l| l.contains("already holds data")),
         "{stderr:?}"
     );
+}
+
+#[test]
+fn help_never_prints_the_database_url() {
+    for args in [&["--help"][..], &["serve", "--help"][..]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_billing"))
+            .args(args)
+            .env(
+                "DATABASE_URL",
+                "postgres://billing:s3cret-pw@db.internal/billing",
+            )
+            .output()
+            .expect("billing runs");
+        assert!(output.status.success());
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("--database-url"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
 }
