@@ -47,6 +47,18 @@ impl AppError {
     pub fn internal(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
         AppError::Internal(source.into())
     }
+
+    /// The error with its whole source chain, for logs (never for clients).
+    pub fn detail(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = StdError::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
 }
 
 /// The result type of the service's operations.

@@ -17,7 +17,7 @@ use crate::domain::invoice::{self, ClaimedUsage, ConsolidatedMonth, Invoice, Usa
 use crate::domain::model::{Customer, Plan};
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
-use crate::storage::{InvoiceRequest, IssueOutcome, Store};
+use crate::storage::{InvoiceRequest, IssueOutcome, IssueReport, Store};
 
 /// Customers fetched per page while running a billing cycle.
 const CYCLE_PAGE: u64 = 500;
@@ -31,12 +31,35 @@ pub enum Generated {
     Preview(UsagePreview),
 }
 
-/// What a billing cycle did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Failed customers a cycle summary describes, at most; `failed` counts
+/// them all.
+pub const MAX_REPORTED_FAILURES: usize = 100;
+
+/// What a billing cycle did. Every customer that existed during the period
+/// is counted once in `issued`, `already_issued` or `failed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CycleSummary {
     pub period: Option<BillingPeriod>,
+    /// Invoices of the period issued by this run.
     pub issued: i64,
+    /// Customers whose invoice for the period existed before.
     pub already_issued: i64,
+    /// Invoices of earlier months that were missing and were issued first.
+    pub earlier_issued: i64,
+    /// Customers whose invoice could not be issued; the next cycle retries.
+    pub failed: i64,
+    /// The first [`MAX_REPORTED_FAILURES`] of them: customer id and why.
+    pub failures: Vec<(i64, String)>,
+}
+
+impl CycleSummary {
+    fn fail(&mut self, customer_id: i64, err: &AppError) {
+        tracing::warn!(customer_id, error = %err.detail(), "billing cycle: customer not invoiced");
+        self.failed += 1;
+        if self.failures.len() < MAX_REPORTED_FAILURES {
+            self.failures.push((customer_id, err.to_string()));
+        }
+    }
 }
 
 /// The invoicing service. Cheap to clone.
@@ -101,19 +124,21 @@ impl Invoicing {
                 ));
             }
         };
-        let invoice = match self.issue(&customer, &plan, period).await? {
+        let invoice = match self.issue(&customer, &plan, period).await?.outcome {
             IssueOutcome::Issued(invoice) | IssueOutcome::AlreadyIssued(invoice) => invoice,
         };
         Ok(Generated::Invoice(invoice))
     }
 
-    /// Issues (or returns) one customer's invoice for an ended period.
+    /// Issues (or returns) one customer's invoice for an ended period, after
+    /// issuing every earlier month of the customer still missing (months are
+    /// billed in order).
     pub async fn issue(
         &self,
         customer: &Customer,
         plan: &Plan,
         period: BillingPeriod,
-    ) -> AppResult<IssueOutcome> {
+    ) -> AppResult<IssueReport> {
         let now = self.clock.now();
         let end = period.end(self.tz);
         if end > now {
@@ -129,21 +154,38 @@ impl Invoicing {
                 customer.created_at.to_rfc3339()
             )));
         }
-        let request = InvoiceRequest {
-            customer_id: customer.id,
+        let request = self.request(customer.id, customer.created_at, plan, period, now);
+        let report = self
+            .store
+            .issue_invoice(request, |month, usage| invoice::compose(plan, month, usage))
+            .await?;
+        for invoice in &report.earlier {
+            self.announce(invoice.id);
+        }
+        if let IssueOutcome::Issued(invoice) = &report.outcome {
+            self.announce(invoice.id);
+        }
+        Ok(report)
+    }
+
+    /// What to ask storage to issue for one customer and month.
+    fn request(
+        &self,
+        customer_id: i64,
+        created_at: DateTime<Utc>,
+        plan: &Plan,
+        period: BillingPeriod,
+        now: DateTime<Utc>,
+    ) -> InvoiceRequest {
+        InvoiceRequest {
+            customer_id,
             period,
+            first_period: BillingPeriod::containing(created_at, self.tz),
             tz: self.tz,
             issued_at: now,
             currency_code: plan.currency_code.clone(),
-        };
-        let outcome = self
-            .store
-            .issue_invoice(request, |usage| invoice::compose(plan, period, usage))
-            .await?;
-        if let IssueOutcome::Issued(invoice) = &outcome {
-            self.announce(invoice.id);
+            included_seconds: plan.included_seconds(),
         }
-        Ok(outcome)
     }
 
     /// Wakes the invoice watchers.
@@ -176,8 +218,11 @@ impl Invoicing {
     }
 
     /// Issues every missing invoice of an ended period (default: the previous
-    /// month). Safe to run again and concurrently: the database keeps one
-    /// invoice per customer and period.
+    /// month), each after the customer's missing earlier months. Safe to run
+    /// again and concurrently: the database keeps one invoice per customer
+    /// and period. A customer whose invoice cannot be issued is logged,
+    /// counted and skipped (the next cycle retries it); only an unavailable
+    /// database ends the cycle early, keeping what it committed.
     pub async fn run_cycle(&self, period: Option<BillingPeriod>) -> AppResult<CycleSummary> {
         let now = self.clock.now();
         let period = period.unwrap_or_else(|| BillingPeriod::containing(now, self.tz).previous());
@@ -190,55 +235,95 @@ impl Invoicing {
         }
         // Plans are immutable: each is read once per cycle.
         let mut plans: HashMap<i64, Plan> = HashMap::new();
-        let mut issued = 0;
+        let mut summary = CycleSummary {
+            period: Some(period),
+            ..CycleSummary::default()
+        };
         let mut after_id = 0;
         loop {
             let page = self
                 .store
                 .customers_to_invoice(period, end, after_id, CYCLE_PAGE)
                 .await?;
-            let Some(&(last, _)) = page.last() else { break };
-            after_id = last;
+            let Some(last) = page.last() else { break };
+            after_id = last.customer_id;
             for chunk in page.chunks(CYCLE_TRANSACTION) {
-                let mut requests = Vec::with_capacity(chunk.len());
-                let mut plan_of = HashMap::with_capacity(chunk.len());
-                for &(_, plan_id) in chunk {
-                    if let Entry::Vacant(slot) = plans.entry(plan_id) {
-                        slot.insert(self.store.plan(plan_id).await?);
+                for pending in chunk {
+                    if let Entry::Vacant(slot) = plans.entry(pending.plan_id) {
+                        slot.insert(self.store.plan(pending.plan_id).await?);
                     }
                 }
-                for &(customer_id, plan_id) in chunk {
-                    let plan = &plans[&plan_id];
-                    plan_of.insert(customer_id, plan);
-                    requests.push(InvoiceRequest {
-                        customer_id,
-                        period,
-                        tz: self.tz,
-                        issued_at: now,
-                        currency_code: plan.currency_code.clone(),
-                    });
-                }
-                let outcomes = self
-                    .store
-                    .issue_invoices(requests, |request, usage| {
-                        let plan = plan_of[&request.customer_id];
-                        invoice::compose(plan, period, usage)
+                let requests: Vec<InvoiceRequest> = chunk
+                    .iter()
+                    .map(|pending| {
+                        let plan = &plans[&pending.plan_id];
+                        self.request(pending.customer_id, pending.created_at, plan, period, now)
                     })
-                    .await?;
-                for outcome in outcomes {
-                    if let IssueOutcome::Issued(invoice) = outcome {
-                        issued += 1;
-                        self.announce(invoice.id);
+                    .collect();
+                let plan_of: HashMap<i64, &Plan> = chunk
+                    .iter()
+                    .map(|pending| (pending.customer_id, &plans[&pending.plan_id]))
+                    .collect();
+                let compose = |request: &InvoiceRequest, month, usage: &ClaimedUsage| {
+                    let plan = plan_of.get(&request.customer_id).ok_or_else(|| {
+                        AppError::internal(format!("no plan for customer {}", request.customer_id))
+                    })?;
+                    invoice::compose(plan, month, usage)
+                };
+                for (customer_id, result) in self.issue_chunk(requests, &compose).await? {
+                    match result {
+                        Ok(report) => {
+                            summary.earlier_issued +=
+                                i64::try_from(report.earlier.len()).unwrap_or(i64::MAX);
+                            for invoice in &report.earlier {
+                                self.announce(invoice.id);
+                            }
+                            if let IssueOutcome::Issued(invoice) = report.outcome {
+                                summary.issued += 1;
+                                self.announce(invoice.id);
+                            }
+                        }
+                        Err(err) => summary.fail(customer_id, &err),
                     }
                 }
             }
         }
         let existing = self.store.customers_existing_before(end).await?;
-        Ok(CycleSummary {
-            period: Some(period),
-            issued,
-            already_issued: (existing - issued).max(0),
-        })
+        summary.already_issued = (existing - summary.issued - summary.failed).max(0);
+        Ok(summary)
+    }
+
+    /// Issues a chunk of requests in one transaction; if that fails for
+    /// anything but an unavailable database, issues them one by one, so one
+    /// customer's failure costs only that customer its invoice.
+    async fn issue_chunk(
+        &self,
+        requests: Vec<InvoiceRequest>,
+        compose: &impl Fn(
+            &InvoiceRequest,
+            BillingPeriod,
+            &ClaimedUsage,
+        ) -> AppResult<invoice::InvoiceDraft>,
+    ) -> AppResult<Vec<(i64, AppResult<IssueReport>)>> {
+        let ids: Vec<i64> = requests.iter().map(|r| r.customer_id).collect();
+        match self.store.issue_invoices(requests.clone(), compose).await {
+            Ok(reports) => return Ok(ids.into_iter().zip(reports.into_iter().map(Ok)).collect()),
+            Err(err @ AppError::Unavailable(_)) => return Err(err),
+            Err(_) => {}
+        }
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            let customer_id = request.customer_id;
+            let result = match self.store.issue_invoices(vec![request], compose).await {
+                Ok(mut reports) => reports
+                    .pop()
+                    .ok_or_else(|| AppError::internal("issue_invoices returned no outcome")),
+                Err(err @ AppError::Unavailable(_)) => return Err(err),
+                Err(err) => Err(err),
+            };
+            results.push((customer_id, result));
+        }
+        Ok(results)
     }
 
     /// Every ended month since the first customer that is not fully
@@ -311,8 +396,14 @@ impl Invoicing {
         period: BillingPeriod,
     ) -> AppResult<(invoice::InvoiceDraft, usize)> {
         let (start, end) = (period.start(self.tz), period.end(self.tz));
+        let current = self.store.uninvoiced_usage(customer.id, start, end).await?;
+        let included = self
+            .store
+            .uninvoiced_included(customer.id, start, end, current, plan.included_seconds())
+            .await?;
         let usage = ClaimedUsage {
-            current: self.store.uninvoiced_usage(customer.id, start, end).await?,
+            current,
+            included,
             late: Vec::new(),
             top_ups: self
                 .store
@@ -320,7 +411,7 @@ impl Invoicing {
                 .await?,
         };
         let top_ups = usage.top_ups.len();
-        Ok((invoice::compose(plan, period, &usage), top_ups))
+        Ok((invoice::compose(plan, period, &usage)?, top_ups))
     }
 
     /// A customer and its plan, or `NOT_FOUND`.

@@ -50,7 +50,7 @@ pub async fn run(invoicing: Invoicing, mut stopping: watch::Receiver<bool>) {
     }
 }
 
-/// Runs one cycle and logs its summary; false if it failed.
+/// Runs one cycle and logs its summary; false if it failed as a whole.
 async fn run_cycle(invoicing: &Invoicing, period: BillingPeriod) -> bool {
     match invoicing.run_cycle(Some(period)).await {
         Ok(summary) => {
@@ -58,8 +58,13 @@ async fn run_cycle(invoicing: &Invoicing, period: BillingPeriod) -> bool {
                 period = %period,
                 issued = summary.issued,
                 already_issued = summary.already_issued,
+                earlier_issued = summary.earlier_issued,
+                failed = summary.failed,
                 "billing cycle complete"
             );
+            // Customers that failed are retried by the next cycle (the next
+            // 1st, a restart, or RunBillingCycle), not in a tight loop: their
+            // failures are rarely transient.
             true
         }
         Err(err) => {

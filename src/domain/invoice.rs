@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use super::model::{Plan, PlanKind};
 use super::period::BillingPeriod;
 use super::rating::cost_of;
+use crate::error::{AppError, AppResult};
 
 /// What an invoice line charges or credits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,13 +62,13 @@ pub struct UsageTotals {
 }
 
 impl UsageTotals {
-    /// The sum of two totals.
-    pub fn plus(self, other: UsageTotals) -> UsageTotals {
-        UsageTotals {
-            call_count: self.call_count + other.call_count,
-            billed_seconds: self.billed_seconds + other.billed_seconds,
-            usage_micros: self.usage_micros + other.usage_micros,
-        }
+    /// The sum of two totals, or `None` if a figure overflows.
+    pub fn checked_plus(self, other: UsageTotals) -> Option<UsageTotals> {
+        Some(UsageTotals {
+            call_count: self.call_count.checked_add(other.call_count)?,
+            billed_seconds: self.billed_seconds.checked_add(other.billed_seconds)?,
+            usage_micros: self.usage_micros.checked_add(other.usage_micros)?,
+        })
     }
 }
 
@@ -78,11 +79,62 @@ pub struct TopUpEntry {
     pub amount_micros: i64,
 }
 
-/// Everything an invoice bills: the period's own calls, calls of earlier
-/// months that were not invoiced yet (by month, oldest first), and top-ups.
+/// The one call of a month that crosses the end of the included minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StraddlingCall {
+    pub billed_seconds: i64,
+    pub cost_micros: i64,
+    /// The rate the call was rated at.
+    pub per_minute_micros: i64,
+}
+
+/// How a month's own calls fall against the plan's included minutes, taken
+/// in the order the calls started (then by id): the calls wholly inside the
+/// allowance, and the call that crosses its end, if any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IncludedUsage {
+    pub whole: UsageTotals,
+    pub straddling: Option<StraddlingCall>,
+}
+
+impl IncludedUsage {
+    /// Every call of `current` lies inside the allowance.
+    pub fn all(current: UsageTotals) -> Self {
+        IncludedUsage {
+            whole: current,
+            straddling: None,
+        }
+    }
+}
+
+/// The included-minutes credit: `(billed seconds credited, micros)`.
+///
+/// The credit is the sum of the included calls' own stored costs, so usage
+/// that lies wholly inside the allowance nets to exactly zero. Only the call
+/// that crosses the allowance is split: its seconds inside the allowance are
+/// priced once, at its own rate, rounded half up, and never above its cost.
+pub fn included_credit(allowance_seconds: i64, included: &IncludedUsage) -> (i64, i64) {
+    let whole = included.whole;
+    match included.straddling {
+        Some(call) if whole.billed_seconds < allowance_seconds => {
+            let seconds = (allowance_seconds - whole.billed_seconds).min(call.billed_seconds);
+            let cost = cost_of(seconds, call.per_minute_micros).min(call.cost_micros);
+            (
+                whole.billed_seconds.saturating_add(seconds),
+                whole.usage_micros.saturating_add(cost),
+            )
+        }
+        _ => (whole.billed_seconds, whole.usage_micros),
+    }
+}
+
+/// Everything an invoice bills: the period's own calls (and how they fall
+/// against the included minutes), calls of earlier months that were not
+/// invoiced yet (by month, oldest first), and top-ups.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClaimedUsage {
     pub current: UsageTotals,
+    pub included: IncludedUsage,
     pub late: Vec<(BillingPeriod, UsageTotals)>,
     pub top_ups: Vec<TopUpEntry>,
 }
@@ -98,21 +150,33 @@ pub struct InvoiceDraft {
     pub total_micros: i64,
 }
 
+/// The error of an invoice whose figures exceed what 64-bit micros hold.
+fn overflow(period: BillingPeriod) -> AppError {
+    AppError::FailedPrecondition(format!(
+        "the invoice for {period} cannot be issued: its amounts exceed the largest representable sum"
+    ))
+}
+
 /// Composes the invoice of `period` under `plan`.
 ///
 /// - Postpaid: the monthly fee, the period's usage, a credit for the
-///   included minutes (the cost of up to `included_minutes` of the period's
-///   billed time at the plan's rate, never more than the usage), and one
-///   late-usage line per earlier month.
+///   included minutes (see [`included_credit`]), and one late-usage line per
+///   earlier month.
 /// - Fixed: the monthly fee only, whatever the usage.
 /// - Prepaid: a statement of what was paid in: one line per top-up.
 ///
-/// In every case the call figures report all calls on the invoice.
-pub fn compose(plan: &Plan, period: BillingPeriod, usage: &ClaimedUsage) -> InvoiceDraft {
+/// In every case the call figures report all calls on the invoice. Every
+/// sum is checked: figures that overflow are `FAILED_PRECONDITION`.
+pub fn compose(
+    plan: &Plan,
+    period: BillingPeriod,
+    usage: &ClaimedUsage,
+) -> AppResult<InvoiceDraft> {
     let all_calls = usage
         .late
         .iter()
-        .fold(usage.current, |sum, (_, late)| sum.plus(*late));
+        .try_fold(usage.current, |sum, (_, late)| sum.checked_plus(*late))
+        .ok_or_else(|| overflow(period))?;
     let mut lines = Vec::new();
     let monthly_fee_micros = match plan.kind {
         PlanKind::Prepaid => 0,
@@ -131,11 +195,9 @@ pub fn compose(plan: &Plan, period: BillingPeriod, usage: &ClaimedUsage) -> Invo
                 quantity: usage.current.billed_seconds,
                 amount_micros: usage.current.usage_micros,
             });
-            let included_seconds = plan.included_minutes.saturating_mul(60);
-            let credited_seconds = usage.current.billed_seconds.min(included_seconds);
-            let credit =
-                cost_of(credited_seconds, plan.per_minute_micros).min(usage.current.usage_micros);
-            if credit > 0 {
+            let allowance = plan.included_minutes.saturating_mul(60);
+            let (credited_seconds, credit) = included_credit(allowance, &usage.included);
+            if credited_seconds > 0 {
                 lines.push(InvoiceLine {
                     kind: InvoiceLineKind::IncludedMinutes,
                     description: format!(
@@ -175,13 +237,16 @@ pub fn compose(plan: &Plan, period: BillingPeriod, usage: &ClaimedUsage) -> Invo
             }
         }
     }
-    let total_micros = lines.iter().map(|line| line.amount_micros).sum();
-    InvoiceDraft {
+    let total_micros = lines
+        .iter()
+        .try_fold(0_i64, |sum, line| sum.checked_add(line.amount_micros))
+        .ok_or_else(|| overflow(period))?;
+    Ok(InvoiceDraft {
         lines,
         usage: all_calls,
         monthly_fee_micros,
         total_micros,
-    }
+    })
 }
 
 fn fee_line(plan: &Plan, period: BillingPeriod) -> InvoiceLine {
@@ -320,16 +385,19 @@ mod tests {
 
     #[test]
     fn postpaid_bills_fee_plus_usage_minus_included_minutes() {
-        // 100 included minutes at 0.12/min; 150 minutes used.
+        // 100 included minutes at 0.12/min; 30 five-minute calls (150
+        // minutes) used: the first 20 are included.
         let usage = ClaimedUsage {
             current: totals(30, 9000, 18_000_000),
+            included: IncludedUsage::all(totals(20, 6000, 12_000_000)),
             ..Default::default()
         };
         let draft = compose(
             &plan(PlanKind::Postpaid, 10_000_000, 120_000, 100),
             period(2026, 10),
             &usage,
-        );
+        )
+        .unwrap();
         let kinds: Vec<_> = draft
             .lines
             .iter()
@@ -352,13 +420,15 @@ mod tests {
     fn included_minutes_never_credit_more_than_the_usage() {
         let usage = ClaimedUsage {
             current: totals(2, 120, 240_000),
+            included: IncludedUsage::all(totals(2, 120, 240_000)),
             ..Default::default()
         };
         let draft = compose(
             &plan(PlanKind::Postpaid, 5_000_000, 120_000, 100),
             period(2026, 10),
             &usage,
-        );
+        )
+        .unwrap();
         assert_eq!(draft.total_micros, 5_000_000);
         assert_eq!(draft.lines[2].amount_micros, -240_000);
         assert_eq!(draft.lines[2].quantity, 120);
@@ -368,6 +438,7 @@ mod tests {
     fn late_usage_gets_a_line_per_month_and_no_included_minutes() {
         let usage = ClaimedUsage {
             current: totals(0, 0, 0),
+            included: IncludedUsage::default(),
             late: vec![
                 (period(2026, 8), totals(1, 60, 120_000)),
                 (period(2026, 9), totals(2, 180, 360_000)),
@@ -378,7 +449,8 @@ mod tests {
             &plan(PlanKind::Postpaid, 1_000_000, 120_000, 100),
             period(2026, 10),
             &usage,
-        );
+        )
+        .unwrap();
         let late: Vec<_> = draft
             .lines
             .iter()
@@ -401,7 +473,8 @@ mod tests {
             &plan(PlanKind::Fixed, 29_000_000, 0, 0),
             period(2026, 10),
             &usage,
-        );
+        )
+        .unwrap();
         assert_eq!(draft.lines.len(), 1);
         assert_eq!(draft.total_micros, 29_000_000);
         assert_eq!(draft.usage.call_count, 500);
@@ -414,6 +487,7 @@ mod tests {
             .to_utc();
         let usage = ClaimedUsage {
             current: totals(4, 600, 900_000),
+            included: IncludedUsage::default(),
             late: vec![],
             top_ups: vec![
                 TopUpEntry {
@@ -430,7 +504,8 @@ mod tests {
             &plan(PlanKind::Prepaid, 0, 90_000, 0),
             period(2026, 10),
             &usage,
-        );
+        )
+        .unwrap();
         assert!(draft.lines.iter().all(|l| l.kind == InvoiceLineKind::TopUp));
         assert_eq!(draft.total_micros, 15_000_000);
         assert_eq!(draft.usage.usage_micros, 900_000);
@@ -446,6 +521,7 @@ mod tests {
                 period(2026, 1),
                 &empty
             )
+            .unwrap()
             .total_micros,
             0
         );
@@ -455,9 +531,89 @@ mod tests {
                 period(2026, 1),
                 &empty
             )
+            .unwrap()
             .total_micros,
             0
         );
+    }
+
+    #[test]
+    fn fully_included_usage_nets_to_exactly_zero() {
+        // 100 one-second calls at 90 micros/minute cost 2 micros each (1.5
+        // rounded half up): usage 200. Re-rating 100 s would credit only 150.
+        let current = totals(100, 100, 200);
+        let usage = ClaimedUsage {
+            current,
+            included: IncludedUsage::all(current),
+            ..Default::default()
+        };
+        let draft = compose(
+            &plan(PlanKind::Postpaid, 0, 90, 100),
+            period(2026, 10),
+            &usage,
+        )
+        .unwrap();
+        assert_eq!(draft.lines[2].amount_micros, -200);
+        assert_eq!(draft.lines[2].quantity, 100);
+        assert_eq!(draft.total_micros, 0);
+    }
+
+    #[test]
+    fn only_the_call_crossing_the_allowance_is_split_and_priced_once() {
+        // One included minute: a 50 s call (cost 75) is wholly inside; a
+        // 30 s call at 90/min (cost 45) crosses the end with 10 s inside:
+        // those cost 10 * 90 / 60 = 15.
+        let included = IncludedUsage {
+            whole: totals(1, 50, 75),
+            straddling: Some(StraddlingCall {
+                billed_seconds: 30,
+                cost_micros: 45,
+                per_minute_micros: 90,
+            }),
+        };
+        assert_eq!(included_credit(60, &included), (60, 90));
+        // Half up on the split part: 1 s at 90/min is 1.5 -> 2.
+        let one_second = IncludedUsage {
+            whole: totals(1, 59, 89),
+            straddling: Some(StraddlingCall {
+                billed_seconds: 60,
+                cost_micros: 90,
+                per_minute_micros: 90,
+            }),
+        };
+        assert_eq!(included_credit(60, &one_second), (60, 91));
+        // Never more than the crossing call's own cost.
+        let dear_rounding = IncludedUsage {
+            whole: totals(0, 0, 0),
+            straddling: Some(StraddlingCall {
+                billed_seconds: 2,
+                cost_micros: 2,
+                per_minute_micros: 90,
+            }),
+        };
+        assert_eq!(included_credit(1, &dear_rounding), (1, 2));
+        assert_eq!(included_credit(0, &IncludedUsage::default()), (0, 0));
+    }
+
+    #[test]
+    fn sums_that_overflow_are_refused_not_wrapped() {
+        let usage = ClaimedUsage {
+            current: totals(1, 60, i64::MAX - 10),
+            ..Default::default()
+        };
+        let err = compose(
+            &plan(PlanKind::Postpaid, 1_000_000, 90, 0),
+            period(2026, 10),
+            &usage,
+        )
+        .unwrap_err();
+        assert!(matches!(err, AppError::FailedPrecondition(_)), "{err:?}");
+        let late = ClaimedUsage {
+            current: totals(1, 60, i64::MAX - 10),
+            late: vec![(period(2026, 9), totals(1, 60, 100))],
+            ..Default::default()
+        };
+        assert!(compose(&plan(PlanKind::Fixed, 0, 0, 0), period(2026, 10), &late).is_err());
     }
 
     #[test]

@@ -60,6 +60,17 @@ pub struct Plan {
     pub created_at: DateTime<Utc>,
 }
 
+impl Plan {
+    /// Billed seconds of each month's own calls the plan includes: its
+    /// included minutes on a postpaid plan, none on others.
+    pub fn included_seconds(&self) -> i64 {
+        match self.kind {
+            PlanKind::Postpaid => self.included_minutes.saturating_mul(60),
+            PlanKind::Prepaid | PlanKind::Fixed => 0,
+        }
+    }
+}
+
 /// An operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operator {

@@ -186,12 +186,24 @@ impl InvoiceService for InvoiceApi {
                 period = %period,
                 issued = summary.issued,
                 already_issued = summary.already_issued,
+                earlier_issued = summary.earlier_issued,
+                failed = summary.failed,
                 "billing cycle complete"
             );
         }
         Ok(Response::new(pb::RunBillingCycleResponse {
             issued: summary.issued,
             already_issued: summary.already_issued,
+            failed: summary.failed,
+            failures: summary
+                .failures
+                .into_iter()
+                .map(|(customer_id, message)| pb::BillingFailure {
+                    customer_id,
+                    message,
+                })
+                .collect(),
+            earlier_issued: summary.earlier_issued,
         }))
     }
 

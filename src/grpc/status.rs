@@ -21,8 +21,8 @@ pub fn code_of(err: &AppError) -> Code {
 /// source chain goes to the log.
 pub fn message_of(err: &AppError) -> String {
     match err {
-        AppError::Internal(source) | AppError::Unavailable(source) => {
-            tracing::error!(error = %err, source = %chain(source.as_ref()), "request failed");
+        AppError::Internal(_) | AppError::Unavailable(_) => {
+            tracing::error!(error = %err.detail(), "request failed");
             err.to_string()
         }
         AppError::InvalidArgument { .. }
@@ -36,15 +36,4 @@ impl From<AppError> for Status {
     fn from(err: AppError) -> Self {
         Status::new(code_of(&err), message_of(&err))
     }
-}
-
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

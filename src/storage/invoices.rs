@@ -15,8 +15,8 @@ use sea_orm::{
 use super::entities::{call, customer, invoice, invoice_line, top_up};
 use super::{Store, instant, micros};
 use crate::domain::invoice::{
-    ClaimedUsage, Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, TopUpEntry, UsageTotals,
-    invoice_number,
+    ClaimedUsage, IncludedUsage, Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind,
+    StraddlingCall, TopUpEntry, UsageTotals, invoice_number,
 };
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
@@ -26,14 +26,27 @@ use crate::error::{AppError, AppResult};
 /// the same there.
 const ISSUE_LOCK_KEY: i64 = 0x0062_696c_6c69_6e67;
 
-/// What to issue.
+/// What to issue: one customer's invoice for one month.
 #[derive(Debug, Clone)]
 pub struct InvoiceRequest {
     pub customer_id: i64,
     pub period: BillingPeriod,
+    /// The customer's first month: no earlier month is ever invoiced.
+    pub first_period: BillingPeriod,
     pub tz: Tz,
     pub issued_at: DateTime<Utc>,
     pub currency_code: String,
+    /// Billed seconds of each month's own calls that the plan includes
+    /// (0: none).
+    pub included_seconds: i64,
+}
+
+/// A customer a billing cycle has yet to invoice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CustomerToInvoice {
+    pub customer_id: i64,
+    pub plan_id: i64,
+    pub created_at: DateTime<Utc>,
 }
 
 /// What issuing did.
@@ -45,33 +58,49 @@ pub enum IssueOutcome {
     AlreadyIssued(Invoice),
 }
 
+/// What issuing one request did: its month's outcome, and the invoices of
+/// the customer's earlier months that were missing and were issued first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueReport {
+    pub outcome: IssueOutcome,
+    /// Oldest first.
+    pub earlier: Vec<Invoice>,
+}
+
 impl Store {
     /// Issues the invoice of `request.period`, or returns the one issued
     /// before; see [`Store::issue_invoices`].
     pub async fn issue_invoice(
         &self,
         request: InvoiceRequest,
-        compose: impl Fn(&ClaimedUsage) -> InvoiceDraft,
-    ) -> AppResult<IssueOutcome> {
-        self.issue_invoices(vec![request], |_, usage| compose(usage))
+        compose: impl Fn(BillingPeriod, &ClaimedUsage) -> AppResult<InvoiceDraft>,
+    ) -> AppResult<IssueReport> {
+        self.issue_invoices(vec![request], |_, period, usage| compose(period, usage))
             .await?
             .pop()
             .ok_or_else(|| AppError::internal("issue_invoices returned no outcome"))
     }
 
     /// Issues a batch of invoices in one transaction (one commit for many
-    /// invoices), returning each request's outcome in order. Per request: the
-    /// invoice row is inserted (the unique `(customer, period)` key makes
-    /// concurrent issuers agree on one; a conflict means it exists and is
-    /// returned unchanged), every not-yet-invoiced call of the customer that
-    /// started before the period's end and every such top-up is claimed for
-    /// it, `compose` turns what was claimed into lines, and the invoice is
-    /// completed.
+    /// invoices), returning each request's report in order.
+    ///
+    /// Months are billed in order: a request first issues every month of
+    /// its customer after the latest invoiced one (or from the customer's
+    /// first month) that precedes the requested month, oldest first. Per
+    /// month: the invoice row is inserted (the unique `(customer, period)`
+    /// key makes concurrent issuers agree on one; a conflict means it exists
+    /// and is returned unchanged), every not-yet-invoiced call of the
+    /// customer that started before the month's end and every such top-up is
+    /// claimed for it, `compose` turns what was claimed into lines, and the
+    /// invoice is completed. So a call of an earlier month is claimed as
+    /// late usage only when it arrived after that month's invoice.
+    ///
+    /// Any error rolls the whole batch back.
     pub async fn issue_invoices(
         &self,
         requests: Vec<InvoiceRequest>,
-        compose: impl Fn(&InvoiceRequest, &ClaimedUsage) -> InvoiceDraft,
-    ) -> AppResult<Vec<IssueOutcome>> {
+        compose: impl Fn(&InvoiceRequest, BillingPeriod, &ClaimedUsage) -> AppResult<InvoiceDraft>,
+    ) -> AppResult<Vec<IssueReport>> {
         let txn = self.begin_write().await?;
         if txn.get_database_backend() == DatabaseBackend::Postgres {
             txn.execute_raw(Statement::from_sql_and_values(
@@ -83,21 +112,32 @@ impl Store {
         }
         let mut issued = Vec::with_capacity(requests.len());
         for request in &requests {
-            issued.push(issue_in(&txn, request, &compose).await?);
+            let mut earlier = Vec::new();
+            let mut target = None;
+            for month in months_to_issue(&txn, request).await? {
+                let invoice = issue_month(&txn, request, month, &compose).await?;
+                match invoice {
+                    Some(invoice) if month == request.period => target = Some(invoice),
+                    Some(invoice) => earlier.push(invoice),
+                    None => {}
+                }
+            }
+            issued.push((target, earlier));
         }
         txn.commit().await?;
-        let mut outcomes = Vec::with_capacity(requests.len());
-        for (request, invoice) in requests.into_iter().zip(issued) {
-            outcomes.push(match invoice {
+        let mut reports = Vec::with_capacity(requests.len());
+        for (request, (target, earlier)) in requests.into_iter().zip(issued) {
+            let outcome = match target {
                 Some(invoice) => IssueOutcome::Issued(invoice),
                 None => IssueOutcome::AlreadyIssued(
                     self.invoice_for(request.customer_id, request.period)
                         .await?
                         .ok_or_else(|| AppError::internal("conflicting invoice vanished"))?,
                 ),
-            });
+            };
+            reports.push(IssueReport { outcome, earlier });
         }
-        Ok(outcomes)
+        Ok(reports)
     }
 
     /// The invoice of one customer and month, if issued.
@@ -157,6 +197,27 @@ impl Store {
         .await
     }
 
+    /// How a customer's not-yet-invoiced calls that started in `[start,
+    /// end)` (totals `current`) fall against an allowance of `allowance`
+    /// billed seconds; see [`IncludedUsage`].
+    pub async fn uninvoiced_included(
+        &self,
+        customer_id: i64,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        current: UsageTotals,
+        allowance: i64,
+    ) -> AppResult<IncludedUsage> {
+        included_usage(
+            &self.db,
+            current,
+            allowance,
+            "customer_id = ? AND invoice_id IS NULL AND started_at >= ? AND started_at < ?",
+            vec![customer_id.into(), micros(start).into(), micros(end).into()],
+        )
+        .await
+    }
+
     /// Top-ups of a customer made in `[start, end)` and not invoiced yet.
     pub async fn uninvoiced_top_ups(
         &self,
@@ -178,25 +239,26 @@ impl Store {
             .collect())
     }
 
-    /// Up to `limit` customers, as `(id, plan id)`, with an id above
-    /// `after_id` that existed before `end` and have no invoice for `period`.
+    /// Up to `limit` customers with an id above `after_id` that existed
+    /// before `end` and have no invoice for `period`, in id order.
     pub async fn customers_to_invoice(
         &self,
         period: BillingPeriod,
         end: DateTime<Utc>,
         after_id: i64,
         limit: u64,
-    ) -> AppResult<Vec<(i64, i64)>> {
+    ) -> AppResult<Vec<CustomerToInvoice>> {
         let invoiced = Query::select()
             .column(invoice::Column::CustomerId)
             .from(invoice::Entity)
             .and_where(invoice::Column::PeriodYear.eq(period.year()))
             .and_where(invoice::Column::PeriodMonth.eq(period.month()))
             .to_owned();
-        Ok(customer::Entity::find()
+        let rows: Vec<(i64, i64, i64)> = customer::Entity::find()
             .select_only()
             .column(customer::Column::Id)
             .column(customer::Column::PlanId)
+            .column(customer::Column::CreatedAt)
             .filter(customer::Column::Id.gt(after_id))
             .filter(customer::Column::CreatedAt.lt(micros(end)))
             .filter(customer::Column::Id.not_in_subquery(invoiced))
@@ -204,7 +266,15 @@ impl Store {
             .limit(limit)
             .into_tuple()
             .all(&self.db)
-            .await?)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(customer_id, plan_id, created_at)| CustomerToInvoice {
+                customer_id,
+                plan_id,
+                created_at: instant(created_at),
+            })
+            .collect())
     }
 
     /// How many customers existed before `end`.
@@ -318,6 +388,90 @@ async fn usage_totals(
     })
 }
 
+/// How the calls matching `filter` (one month's own calls, `?` for each
+/// of `values`), taken in start order, fall against an allowance of
+/// `allowance` billed seconds: the calls wholly inside it, summed, and the
+/// one call crossing its end. One window query; none when the allowance is
+/// 0 or every call fits (`current` is the filter's totals).
+async fn included_usage(
+    db: &impl ConnectionTrait,
+    current: UsageTotals,
+    allowance: i64,
+    filter: &str,
+    values: Vec<sea_orm::Value>,
+) -> AppResult<IncludedUsage> {
+    if allowance <= 0 {
+        return Ok(IncludedUsage::default());
+    }
+    if current.billed_seconds <= allowance {
+        return Ok(IncludedUsage::all(current));
+    }
+    let within = format!("running <= {allowance}");
+    let crossing = format!("running > {allowance} AND running - billed_seconds < {allowance}");
+    let sql = format!(
+        "WITH ordered AS ( \
+           SELECT billed_seconds, cost_micros, per_minute_micros, \
+                  SUM(billed_seconds) OVER (ORDER BY started_at, id \
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
+           FROM calls WHERE {filter}) \
+         SELECT COUNT(CASE WHEN {within} THEN 1 END), \
+                CAST(COALESCE(SUM(CASE WHEN {within} THEN billed_seconds END), 0) AS BIGINT), \
+                CAST(COALESCE(SUM(CASE WHEN {within} THEN cost_micros END), 0) AS BIGINT), \
+                MAX(CASE WHEN {crossing} THEN billed_seconds END), \
+                MAX(CASE WHEN {crossing} THEN cost_micros END), \
+                MAX(CASE WHEN {crossing} THEN per_minute_micros END) \
+         FROM ordered"
+    );
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            numbered_placeholders(backend, &sql),
+            values,
+        ))
+        .await?
+        .ok_or_else(|| AppError::internal("an aggregate returned no row"))?;
+    let whole = UsageTotals {
+        call_count: row.try_get_by_index(0)?,
+        billed_seconds: row.try_get_by_index(1)?,
+        usage_micros: row.try_get_by_index(2)?,
+    };
+    let straddling = match (
+        row.try_get_by_index::<Option<i64>>(3)?,
+        row.try_get_by_index::<Option<i64>>(4)?,
+        row.try_get_by_index::<Option<i64>>(5)?,
+    ) {
+        (Some(billed_seconds), Some(cost_micros), Some(per_minute_micros)) => {
+            Some(StraddlingCall {
+                billed_seconds,
+                cost_micros,
+                per_minute_micros,
+            })
+        }
+        _ => None,
+    };
+    Ok(IncludedUsage { whole, straddling })
+}
+
+/// `sql` with its `?` placeholders as the backend numbers them (`$1`, `$2`
+/// … on PostgreSQL).
+fn numbered_placeholders(backend: DatabaseBackend, sql: &str) -> String {
+    if backend != DatabaseBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut numbered = String::with_capacity(sql.len() + 8);
+    let mut next = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            next += 1;
+            numbered.push_str(&format!("${next}"));
+        } else {
+            numbered.push(c);
+        }
+    }
+    numbered
+}
+
 fn top_up_entry(model: top_up::Model) -> TopUpEntry {
     TopUpEntry {
         created_at: instant(model.created_at),
@@ -325,18 +479,55 @@ fn top_up_entry(model: top_up::Model) -> TopUpEntry {
     }
 }
 
-/// Issues one invoice inside `txn`; `None` when the period's invoice exists.
-async fn issue_in(
+/// The months a request issues, oldest first: every month after the
+/// customer's latest invoice (or from its first month) up to the requested
+/// one. A month at or before the latest invoice is issued alone (it exists
+/// already, or predates the month-order rule).
+async fn months_to_issue(
     txn: &DatabaseTransaction,
     request: &InvoiceRequest,
-    compose: &impl Fn(&InvoiceRequest, &ClaimedUsage) -> InvoiceDraft,
+) -> AppResult<Vec<BillingPeriod>> {
+    let latest: Option<(i32, i32)> = invoice::Entity::find()
+        .select_only()
+        .column(invoice::Column::PeriodYear)
+        .column(invoice::Column::PeriodMonth)
+        .filter(invoice::Column::CustomerId.eq(request.customer_id))
+        .order_by_desc(invoice::Column::PeriodYear)
+        .order_by_desc(invoice::Column::PeriodMonth)
+        .limit(1)
+        .into_tuple()
+        .one(txn)
+        .await?;
+    let first = match latest {
+        Some((year, month)) => BillingPeriod::new("period", year, month)?.next(),
+        None => request.first_period,
+    };
+    if first >= request.period {
+        return Ok(vec![request.period]);
+    }
+    let mut months = vec![first];
+    while let Some(&last) = months.last()
+        && last < request.period
+    {
+        months.push(last.next());
+    }
+    Ok(months)
+}
+
+/// Issues one month's invoice inside `txn`; `None` when it exists.
+async fn issue_month(
+    txn: &DatabaseTransaction,
+    request: &InvoiceRequest,
+    period: BillingPeriod,
+    compose: &impl Fn(&InvoiceRequest, BillingPeriod, &ClaimedUsage) -> AppResult<InvoiceDraft>,
 ) -> AppResult<Option<Invoice>> {
     let InvoiceRequest {
         customer_id,
-        period,
         tz,
         issued_at,
         ref currency_code,
+        included_seconds,
+        ..
     } = *request;
     let (start, end) = (micros(period.start(tz)), micros(period.end(tz)));
     let row = invoice::ActiveModel {
@@ -389,6 +580,14 @@ async fn issue_in(
         call::Column::StartedAt.gte(start),
     )
     .await?;
+    let included = included_usage(
+        txn,
+        current,
+        included_seconds,
+        "invoice_id = ? AND started_at >= ?",
+        vec![invoice_id.into(), start.into()],
+    )
+    .await?;
     let late_calls: Vec<(i64, i64, i64)> = call::Entity::find()
         .select_only()
         .column(call::Column::StartedAt)
@@ -403,11 +602,17 @@ async fn issue_in(
     for (started_at, billed_seconds, cost_micros) in late_calls {
         let month = BillingPeriod::containing(instant(started_at), tz);
         let totals = late.entry(month).or_default();
-        *totals = totals.plus(UsageTotals {
-            call_count: 1,
-            billed_seconds,
-            usage_micros: cost_micros,
-        });
+        *totals = totals
+            .checked_plus(UsageTotals {
+                call_count: 1,
+                billed_seconds,
+                usage_micros: cost_micros,
+            })
+            .ok_or_else(|| {
+                AppError::FailedPrecondition(format!(
+                    "the invoice for {period} cannot be issued: the late usage of {month} exceeds the largest representable sum"
+                ))
+            })?;
     }
     let top_ups = top_up::Entity::find()
         .filter(top_up::Column::InvoiceId.eq(invoice_id))
@@ -420,12 +625,14 @@ async fn issue_in(
         .collect();
     let draft = compose(
         request,
+        period,
         &ClaimedUsage {
             current,
+            included,
             late: late.into_iter().collect(),
             top_ups,
         },
-    );
+    )?;
 
     let number = invoice_number(period, invoice_id);
     invoice::Entity::update_many()

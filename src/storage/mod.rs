@@ -20,7 +20,7 @@ use sea_orm::{
 use crate::error::AppError;
 
 pub use calls::CallFilter;
-pub use invoices::{InvoiceRequest, IssueOutcome};
+pub use invoices::{CustomerToInvoice, InvoiceRequest, IssueOutcome, IssueReport};
 
 /// How long a writer waits for SQLite's write lock before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);

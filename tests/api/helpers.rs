@@ -322,6 +322,16 @@ impl TestApp {
             .into_inner()
     }
 
+    /// Runs SQL on the application's database from outside the service:
+    /// for tests that need a state no RPC can make (a damaged row).
+    pub async fn execute_sql(&self, sql: &str) {
+        let db = sea_orm::Database::connect(&self.database.url)
+            .await
+            .expect("test connection");
+        db.execute_unprepared(sql).await.expect("test SQL");
+        db.close().await.expect("close test connection");
+    }
+
     /// The customer's current state.
     pub async fn get_customer(&self, customer_id: i64) -> pb::Customer {
         self.customers

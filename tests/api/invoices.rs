@@ -12,11 +12,11 @@ use crate::helpers::{
     AppOptions, TestApp, assert_status, at, call, spawn_app_at, spawn_app_with, ts,
 };
 
-fn period(year: i32, month: i32) -> Option<pb::BillingPeriod> {
+pub(crate) fn period(year: i32, month: i32) -> Option<pb::BillingPeriod> {
     Some(pb::BillingPeriod { year, month })
 }
 
-async fn plan_with(
+pub(crate) async fn plan_with(
     app: &TestApp,
     kind: PlanKind,
     fee: i64,
@@ -40,7 +40,12 @@ async fn plan_with(
         .into_inner()
 }
 
-async fn add_call_at(app: &TestApp, customer_id: i64, seconds: i64, started_at: &str) -> pb::Call {
+pub(crate) async fn add_call_at(
+    app: &TestApp,
+    customer_id: i64,
+    seconds: i64,
+    started_at: &str,
+) -> pb::Call {
     let mut request = call(customer_id, seconds);
     request.started_at = Some(ts(started_at));
     app.calls
@@ -53,7 +58,7 @@ async fn add_call_at(app: &TestApp, customer_id: i64, seconds: i64, started_at: 
         .unwrap()
 }
 
-async fn generate(
+pub(crate) async fn generate(
     app: &TestApp,
     customer_id: i64,
     period: Option<pb::BillingPeriod>,
@@ -68,7 +73,12 @@ async fn generate(
         .map(|r| r.into_inner().result.expect("a result"))
 }
 
-async fn invoice_of(app: &TestApp, customer_id: i64, year: i32, month: i32) -> pb::Invoice {
+pub(crate) async fn invoice_of(
+    app: &TestApp,
+    customer_id: i64,
+    year: i32,
+    month: i32,
+) -> pb::Invoice {
     match generate(app, customer_id, period(year, month))
         .await
         .unwrap()
@@ -78,7 +88,7 @@ async fn invoice_of(app: &TestApp, customer_id: i64, year: i32, month: i32) -> p
     }
 }
 
-async fn run_cycle(
+pub(crate) async fn run_cycle(
     app: &TestApp,
     period: Option<pb::BillingPeriod>,
 ) -> pb::RunBillingCycleResponse {
@@ -90,7 +100,7 @@ async fn run_cycle(
         .into_inner()
 }
 
-async fn month_invoice(
+pub(crate) async fn month_invoice(
     app: &TestApp,
     customer_id: i64,
     period: Option<pb::BillingPeriod>,
@@ -106,7 +116,7 @@ async fn month_invoice(
         .into_inner()
 }
 
-fn line_amounts(invoice: &pb::Invoice) -> Vec<(InvoiceLineKind, i64)> {
+pub(crate) fn line_amounts(invoice: &pb::Invoice) -> Vec<(InvoiceLineKind, i64)> {
     invoice
         .lines
         .iter()
@@ -114,7 +124,7 @@ fn line_amounts(invoice: &pb::Invoice) -> Vec<(InvoiceLineKind, i64)> {
         .collect()
 }
 
-fn assert_total_is_sum_of_lines(invoice: &pb::Invoice) {
+pub(crate) fn assert_total_is_sum_of_lines(invoice: &pb::Invoice) {
     let sum: i64 = invoice.lines.iter().map(|l| l.amount_micros).sum();
     assert_eq!(invoice.total_micros, sum, "{invoice:?}");
 }

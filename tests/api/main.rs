@@ -3,6 +3,7 @@
 
 mod bounds;
 mod calls;
+mod correctness;
 mod customers;
 mod helpers;
 mod ingest;
