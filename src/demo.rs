@@ -126,7 +126,7 @@ pub async fn fill(store: &Store, now: DateTime<Utc>) -> AppResult<DemoSummary> {
         }
     }
     let call_count = calls.len();
-    for outcome in store.store_calls(calls).await? {
+    for outcome in store.store_calls(&calls).await? {
         outcome?;
     }
     Ok(DemoSummary {

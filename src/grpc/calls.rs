@@ -140,23 +140,50 @@ impl IngestTally {
         }
     }
 
-    /// Writes a batch and counts its outcomes.
+    /// Writes a batch and counts its outcomes. If the batch as a whole is
+    /// refused for a reason tied to its records (a balance that cannot take
+    /// a debit, say), it is stored again record by record, so only the
+    /// records at fault are rejected. Only an unavailable database ends the
+    /// stream; batches written before stay written.
     async fn flush(&mut self, store: &Store, batch: &mut Vec<(i64, NewCall)>) -> AppResult<()> {
         let (indexes, calls): (Vec<i64>, Vec<NewCall>) = std::mem::take(batch).into_iter().unzip();
-        let call_ids: Vec<String> = calls
-            .iter()
-            .map(|c| c.record.call_id.clone().unwrap_or_default())
-            .collect();
-        let outcomes = store.store_calls(calls).await?;
-        for ((index, call_id), outcome) in indexes.into_iter().zip(call_ids).zip(outcomes) {
-            match outcome {
-                Ok(StoredCall::Inserted(_)) => self.accepted += 1,
-                Ok(StoredCall::Duplicate(_)) => self.duplicates += 1,
-                Err(err) => self.reject(index, call_id, &err),
+        match store.store_calls(&calls).await {
+            Ok(outcomes) => {
+                for ((index, new), outcome) in indexes.into_iter().zip(&calls).zip(outcomes) {
+                    self.count(index, new, outcome);
+                }
+            }
+            Err(err @ AppError::Unavailable(_)) => return Err(err),
+            Err(err) => {
+                tracing::debug!(error = %err.detail(), "ingest batch refused; storing it record by record");
+                for (index, new) in indexes.into_iter().zip(&calls) {
+                    match store.store_calls(std::slice::from_ref(new)).await {
+                        Ok(mut outcomes) => {
+                            let outcome = outcomes.pop().ok_or_else(|| {
+                                AppError::internal("store_calls returned no outcome")
+                            })?;
+                            self.count(index, new, outcome);
+                        }
+                        Err(err @ AppError::Unavailable(_)) => return Err(err),
+                        Err(err) => self.reject(index, call_id_of(new), &err),
+                    }
+                }
             }
         }
         Ok(())
     }
+
+    fn count(&mut self, index: i64, new: &NewCall, outcome: AppResult<StoredCall>) {
+        match outcome {
+            Ok(StoredCall::Inserted(_)) => self.accepted += 1,
+            Ok(StoredCall::Duplicate(_)) => self.duplicates += 1,
+            Err(err) => self.reject(index, call_id_of(new), &err),
+        }
+    }
+}
+
+fn call_id_of(new: &NewCall) -> String {
+    new.record.call_id.clone().unwrap_or_default()
 }
 
 /// A rejected record's `call_id` as reported: whole when it is a valid key
@@ -180,7 +207,7 @@ impl CallService for CallApi {
             .await?;
         let outcome = self
             .store
-            .store_calls(vec![new])
+            .store_calls(std::slice::from_ref(&new))
             .await?
             .pop()
             .ok_or_else(|| AppError::internal("store_calls returned no outcome"))??;

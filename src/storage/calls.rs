@@ -37,25 +37,34 @@ impl Store {
     /// call. Uniqueness of `call_id` is a database constraint, so concurrent
     /// duplicates store exactly one row and debit once. The batch is one
     /// multi-row `INSERT … ON CONFLICT (call_id) DO NOTHING RETURNING *`
-    /// plus one lookup of the conflicting keys. An `Err` means nothing of the
-    /// batch was stored.
-    pub async fn store_calls(&self, batch: Vec<NewCall>) -> AppResult<Vec<AppResult<StoredCall>>> {
+    /// plus one lookup of the conflicting keys. Rows are inserted in
+    /// `call_id` order and balances debited in customer order, so batches
+    /// that overlap (on two replicas) take their locks in one order and
+    /// cannot deadlock.
+    ///
+    /// A prepaid debit that would take a balance below the smallest 64-bit
+    /// amount fails the batch with `FAILED_PRECONDITION`. An `Err` means
+    /// nothing of the batch was stored.
+    pub async fn store_calls(&self, batch: &[NewCall]) -> AppResult<Vec<AppResult<StoredCall>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         // The first record of each call_id is the one that may be inserted;
         // repeats within the batch are judged against whatever is stored.
         let mut first_of_key: HashMap<String, usize> = HashMap::new();
-        let mut candidates = Vec::with_capacity(batch.len());
+        let mut candidates: Vec<&NewCall> = Vec::with_capacity(batch.len());
         for (index, new) in batch.iter().enumerate() {
             let first = match &new.record.call_id {
                 Some(key) => *first_of_key.entry(key.clone()).or_insert(index) == index,
                 None => true,
             };
             if first {
-                candidates.push(active_call(new));
+                candidates.push(new);
             }
         }
+        // Unkeyed calls (None) sort first; keyed ones in call_id order.
+        candidates.sort_by(|a, b| a.record.call_id.cmp(&b.record.call_id));
+        let candidates = candidates.into_iter().map(active_call);
         let txn = self.begin_write().await?;
         let inserted = match call::Entity::insert_many(candidates)
             .on_conflict_do_nothing_on([call::Column::CallId])
@@ -98,19 +107,22 @@ impl Store {
 
         let mut debits: BTreeMap<i64, i64> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (index, new) in batch.into_iter().enumerate() {
+        for (index, new) in batch.iter().enumerate() {
             let newly_stored = match new.record.call_id.as_deref() {
                 Some(key) if first_of_key.get(key) == Some(&index) => inserted_by_key.remove(key),
                 Some(_) => None,
                 None => inserted_unkeyed
-                    .get_mut(&UnkeyedCall::of_new(&new))
+                    .get_mut(&UnkeyedCall::of_new(new))
                     .and_then(Vec::pop),
             };
             let outcome = match (newly_stored, new.record.call_id.clone()) {
                 (Some(model), key) => {
                     if new.plan_kind == PlanKind::Prepaid && new.rating.cost_micros != 0 {
-                        *debits.entry(new.record.customer_id).or_default() +=
-                            new.rating.cost_micros;
+                        let customer_id = new.record.customer_id;
+                        let debit = debits.entry(customer_id).or_default();
+                        *debit = debit
+                            .checked_add(new.rating.cost_micros)
+                            .ok_or_else(|| balance_overflow(customer_id))?;
                     }
                     let call = call_from(model);
                     if let Some(key) = key {
@@ -144,14 +156,20 @@ impl Store {
             outcomes.push(outcome);
         }
         for (customer_id, debit_micros) in debits {
-            customer::Entity::update_many()
+            // Checked in the statement itself: a balance that cannot take the
+            // debit is left alone (SQLite would otherwise store a REAL).
+            let debited = customer::Entity::update_many()
                 .col_expr(
                     customer::Column::BalanceMicros,
                     Expr::col(customer::Column::BalanceMicros).sub(debit_micros),
                 )
                 .filter(customer::Column::Id.eq(customer_id))
+                .filter(customer::Column::BalanceMicros.gte(i64::MIN + debit_micros))
                 .exec(&txn)
                 .await?;
+            if debited.rows_affected == 0 {
+                return Err(balance_overflow(customer_id));
+            }
         }
         txn.commit().await?;
         Ok(outcomes)
@@ -209,6 +227,13 @@ impl Store {
             .map(call_from)
             .collect())
     }
+}
+
+/// The error of a prepaid balance that cannot take a debit.
+fn balance_overflow(customer_id: i64) -> AppError {
+    AppError::FailedPrecondition(format!(
+        "customer {customer_id}'s prepaid balance cannot take this debit: it would fall below the smallest amount the service can hold"
+    ))
 }
 
 fn active_call(new: &NewCall) -> call::ActiveModel {

@@ -284,25 +284,24 @@ impl Store {
             .await?;
         let duplicate = match inserted {
             TryInsertResult::Inserted(rows) if rows > 0 => {
-                // SQLite would turn an overflowing sum into a REAL: refuse it.
-                let balance = customer::Entity::find_by_id(request.customer_id)
-                    .one(&txn)
-                    .await?
-                    .map_or(0, |c| c.balance_micros);
-                if balance.checked_add(request.amount_micros).is_none() {
-                    return Err(AppError::FailedPrecondition(format!(
-                        "customer {} balance cannot hold another {} micros",
-                        request.customer_id, request.amount_micros
-                    )));
-                }
-                customer::Entity::update_many()
+                // Checked in the statement itself: a balance that cannot take
+                // the credit is left alone (SQLite would otherwise store a
+                // REAL), and the transaction with the top-up row rolls back.
+                let credited = customer::Entity::update_many()
                     .col_expr(
                         customer::Column::BalanceMicros,
                         Expr::col(customer::Column::BalanceMicros).add(request.amount_micros),
                     )
                     .filter(customer::Column::Id.eq(request.customer_id))
+                    .filter(customer::Column::BalanceMicros.lte(i64::MAX - request.amount_micros))
                     .exec(&txn)
                     .await?;
+                if credited.rows_affected == 0 {
+                    return Err(AppError::FailedPrecondition(format!(
+                        "customer {}'s balance cannot hold another {} micros",
+                        request.customer_id, request.amount_micros
+                    )));
+                }
                 false
             }
             TryInsertResult::Inserted(_) | TryInsertResult::Conflicted | TryInsertResult::Empty => {

@@ -81,14 +81,92 @@ impl Store {
     }
 }
 
+/// What a database error means for the request that met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DbErrorKind {
+    /// Busy, locked, deadlocked, a serialization failure, or the connection
+    /// is gone: nothing was done, and a retry may succeed.
+    Retryable,
+    /// A number left the range its column or expression holds (an
+    /// overflowing sum of money).
+    OutOfRange,
+    /// A `CHECK` constraint refused a row.
+    CheckViolation,
+    /// Anything else: a fault of the service.
+    Other,
+}
+
+/// Classifies `err` by its codes: PostgreSQL SQLSTATEs, SQLite result
+/// codes, and the driver's connection errors. The one exception is SQLite's
+/// integer overflow in `SUM`, which has no code of its own (plain
+/// `SQLITE_ERROR`) and is recognised by its fixed message.
+fn kind_of(err: &DbErr) -> DbErrorKind {
+    use sea_orm::sqlx::Error as SqlxError;
+    use sea_orm::{RuntimeErr, sqlx};
+    let sqlx_err = match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return DbErrorKind::Retryable,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return DbErrorKind::Other,
+    };
+    let database = match sqlx_err.as_ref() {
+        SqlxError::Database(database) => database,
+        SqlxError::Io(_)
+        | SqlxError::Tls(_)
+        | SqlxError::Protocol(_)
+        | SqlxError::PoolTimedOut
+        | SqlxError::PoolClosed
+        | SqlxError::WorkerCrashed => return DbErrorKind::Retryable,
+        _ => return DbErrorKind::Other,
+    };
+    if let Some(pg) = database.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        return match code {
+            // serialization_failure, deadlock_detected, lock_not_available,
+            // too_many_connections, admin/crash shutdown, cannot_connect_now.
+            "40001" | "40P01" | "55P03" | "53300" | "57P01" | "57P02" | "57P03" => {
+                DbErrorKind::Retryable
+            }
+            // connection_exception and its subclasses.
+            _ if code.starts_with("08") => DbErrorKind::Retryable,
+            // numeric_value_out_of_range.
+            "22003" => DbErrorKind::OutOfRange,
+            // check_violation.
+            "23514" => DbErrorKind::CheckViolation,
+            _ => DbErrorKind::Other,
+        };
+    }
+    if database
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        let extended: i32 = database
+            .code()
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        return match extended & 0xff {
+            // SQLITE_BUSY, SQLITE_LOCKED (and their extended codes).
+            5 | 6 => DbErrorKind::Retryable,
+            // SQLITE_CONSTRAINT_CHECK.
+            19 if extended == 275 => DbErrorKind::CheckViolation,
+            // SQLITE_ERROR from sum() of integers that overflow.
+            1 if database.message() == "integer overflow" => DbErrorKind::OutOfRange,
+            _ => DbErrorKind::Other,
+        };
+    }
+    DbErrorKind::Other
+}
+
 impl From<DbErr> for AppError {
     fn from(err: DbErr) -> Self {
-        let busy = matches!(err, DbErr::ConnectionAcquire(_))
-            || err.to_string().contains("database is locked");
-        if busy {
-            AppError::Unavailable(Box::new(err))
-        } else {
-            AppError::internal(err)
+        match kind_of(&err) {
+            DbErrorKind::Retryable => AppError::Unavailable(Box::new(err)),
+            DbErrorKind::OutOfRange => AppError::FailedPrecondition(
+                "the amounts involved exceed the largest sum the service can hold".to_owned(),
+            ),
+            DbErrorKind::CheckViolation => AppError::FailedPrecondition(
+                "the change would break a rule the database enforces".to_owned(),
+            ),
+            DbErrorKind::Other => AppError::internal(err),
         }
     }
 }

@@ -379,3 +379,91 @@ async fn one_customer_that_cannot_be_invoiced_never_stops_the_cycle() {
     );
     assert!(repaired.failures.is_empty());
 }
+
+#[tokio::test]
+async fn a_debit_or_credit_that_would_overflow_a_balance_is_refused_and_writes_nothing() {
+    let app = spawn_app_at(at("2026-03-01T00:00:00Z")).await;
+    let plan = plan_with(&app, PlanKind::Prepaid, 0, 60_000, 1, 0).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    app.set_balance(customer.id, i64::MIN + 5).await;
+    assert_status(
+        app.calls.clone().add_call(call(customer.id, 60)).await,
+        Code::FailedPrecondition,
+        "balance",
+    );
+    assert!(app.history(customer.id).await.is_empty());
+    assert_eq!(
+        app.get_customer(customer.id).await.balance_micros,
+        i64::MIN + 5
+    );
+
+    app.set_balance(customer.id, i64::MAX - 5).await;
+    let top_up = pb::TopUpRequest {
+        customer_id: customer.id,
+        amount_micros: 10,
+        request_id: "overflowing".into(),
+    };
+    assert_status(
+        app.customers.clone().top_up(top_up.clone()).await,
+        Code::FailedPrecondition,
+        "balance",
+    );
+    assert_eq!(
+        app.get_customer(customer.id).await.balance_micros,
+        i64::MAX - 5
+    );
+    // Nothing of the refused top-up was kept: its key is still free.
+    app.set_balance(customer.id, 0).await;
+    let credited = app
+        .customers
+        .clone()
+        .top_up(top_up)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((credited.balance_micros, credited.duplicate), (10, false));
+}
+
+#[tokio::test]
+async fn an_invoice_whose_sums_overflow_is_failed_precondition_not_internal() {
+    let app = spawn_app_at(at("2026-03-01T00:00:00Z")).await;
+    let plan = postpaid(&app, 0, 60_000, 0).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    app.clock.set(at("2026-03-10T00:00:00Z"));
+    let first = add_call_at(&app, customer.id, 60, "2026-03-02T00:00:00Z").await;
+    let second = add_call_at(&app, customer.id, 60, "2026-03-03T00:00:00Z").await;
+    // Two damaged rows whose costs add up past the largest 64-bit amount:
+    // the database's own SUM overflows.
+    app.execute_sql(&format!(
+        "UPDATE calls SET cost_micros = {} WHERE id IN ({}, {})",
+        i64::MAX / 2 + 1,
+        first.id,
+        second.id
+    ))
+    .await;
+    app.clock.set(at("2026-04-01T00:00:01Z"));
+    assert_status(
+        issue(&app, customer.id, period(2026, 3)).await,
+        Code::FailedPrecondition,
+        "largest",
+    );
+    let preview = app
+        .invoices
+        .clone()
+        .stream_consolidated(pb::StreamConsolidatedRequest {
+            customer_id: customer.id,
+            ..Default::default()
+        })
+        .await;
+    if let Err(status) = preview {
+        assert_ne!(status.code(), Code::Internal, "{status:?}");
+    }
+    assert!(
+        app.history(customer.id)
+            .await
+            .iter()
+            .all(|c| c.invoice_id == 0)
+    );
+    let cycle = run_cycle(&app, period(2026, 3)).await;
+    assert_eq!((cycle.issued, cycle.failed), (0, 1));
+}

@@ -332,6 +332,15 @@ impl TestApp {
         db.close().await.expect("close test connection");
     }
 
+    /// Sets a customer's stored balance directly (a state that would take
+    /// millions of calls to reach through the API).
+    pub async fn set_balance(&self, customer_id: i64, balance_micros: i64) {
+        self.execute_sql(&format!(
+            "UPDATE customers SET balance_micros = {balance_micros} WHERE id = {customer_id}"
+        ))
+        .await;
+    }
+
     /// The customer's current state.
     pub async fn get_customer(&self, customer_id: i64) -> pb::Customer {
         self.customers

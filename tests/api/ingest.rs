@@ -140,3 +140,48 @@ async fn a_flood_of_bad_records_is_counted_whole_and_described_up_to_ten_thousan
     let indexes: Vec<i64> = response.errors.iter().map(|e| e.index).collect();
     assert_eq!(indexes, (0..10_000).collect::<Vec<i64>>());
 }
+
+#[tokio::test]
+async fn a_batch_refused_for_one_customer_is_stored_record_by_record() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
+    let full = app.customer(plan.id, 1, vec![]).await;
+    let fine = app.customer(plan.id, 2, vec![]).await;
+    // One customer's balance cannot take another debit.
+    app.set_balance(full.id, i64::MIN + 100).await;
+    let records: Vec<_> = (0..10)
+        .map(|n| {
+            let customer_id = if n % 2 == 0 { full.id } else { fine.id };
+            let mut request = call(customer_id, 60);
+            request.call_id = format!("mixed-{n}");
+            request.started_at = Some(ts("2026-06-01T00:00:00Z"));
+            request
+        })
+        .collect();
+    let report = app.ingest(records).await;
+    assert_eq!(
+        (report.accepted, report.duplicates, report.rejected),
+        (5, 0, 5)
+    );
+    let rejected: Vec<(i64, Code)> = report
+        .errors
+        .iter()
+        .map(|e| (e.index, Code::from_i32(e.code)))
+        .collect();
+    assert_eq!(
+        rejected,
+        (0..10)
+            .step_by(2)
+            .map(|i| (i, Code::FailedPrecondition))
+            .collect::<Vec<_>>()
+    );
+    assert!(report.errors[0].message.contains("balance"));
+    assert_eq!(
+        app.get_customer(full.id).await.balance_micros,
+        i64::MIN + 100,
+        "left alone, not wrapped"
+    );
+    assert!(app.history(full.id).await.is_empty());
+    assert_eq!(app.get_customer(fine.id).await.balance_micros, -300_000);
+    assert_eq!(app.history(fine.id).await.len(), 5);
+}
