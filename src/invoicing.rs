@@ -4,8 +4,8 @@
 //! `domain::invoice`, persistence from `storage`; this module only sequences
 //! them and announces each newly issued invoice to watchers.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Utc};
@@ -368,23 +368,108 @@ impl Invoicing {
         })
     }
 
-    /// A month's consolidated figures: its invoice's, or those so far.
-    /// `None` for a month without activity.
-    pub async fn consolidated_month(
+    /// The months a consolidated history covers: the requested range
+    /// (default: the customer's first month to the current month) clamped to
+    /// those bounds, since no month outside them has anything to show;
+    /// `None` when nothing of the range lies within them.
+    pub fn consolidated_range(
+        &self,
+        customer: &Customer,
+        from: Option<BillingPeriod>,
+        to: Option<BillingPeriod>,
+    ) -> AppResult<Option<(BillingPeriod, BillingPeriod)>> {
+        if let (Some(from), Some(to)) = (from, to)
+            && from > to
+        {
+            return Err(AppError::invalid(
+                "to_period",
+                format!("{to} is before from_period {from}"),
+            ));
+        }
+        let first = BillingPeriod::containing(customer.created_at, self.tz);
+        let current = BillingPeriod::containing(self.clock.now(), self.tz);
+        let from = from.map_or(first, |from| from.max(first));
+        let to = to.map_or(current, |to| to.min(current));
+        Ok((from <= to).then_some((from, to)))
+    }
+
+    /// The consolidated months `from..=to` of a customer with any activity,
+    /// oldest first: each issued month as its invoice states it, each other
+    /// month with its figures so far. Three queries whatever the number of
+    /// months: the invoices, the uninvoiced calls grouped by month, and the
+    /// uninvoiced top-ups.
+    pub async fn consolidated_page(
         &self,
         customer: &Customer,
         plan: &Plan,
-        period: BillingPeriod,
-    ) -> AppResult<Option<ConsolidatedMonth>> {
-        if let Some(invoice) = self.store.invoice_for(customer.id, period).await? {
-            return Ok(Some(ConsolidatedMonth::issued(&invoice)));
+        from: BillingPeriod,
+        to: BillingPeriod,
+    ) -> AppResult<Vec<ConsolidatedMonth>> {
+        let mut issued: BTreeMap<BillingPeriod, ConsolidatedMonth> = self
+            .store
+            .invoiced_months(customer.id, from, to)
+            .await?
+            .into_iter()
+            .map(|month| (month.period, month))
+            .collect();
+        let mut open = Vec::new();
+        let mut month = from;
+        loop {
+            if !issued.contains_key(&month) {
+                open.push(month);
+            }
+            if month >= to {
+                break;
+            }
+            month = month.next();
         }
-        if period.end(self.tz) <= customer.created_at {
-            return Ok(None);
+        let bounds: Vec<_> = open
+            .iter()
+            .map(|month| (month.start(self.tz), month.end(self.tz)))
+            .collect();
+        let usage = self
+            .store
+            .uninvoiced_usage_by_month(customer.id, &bounds, plan.included_seconds())
+            .await?;
+        let mut top_ups: BTreeMap<BillingPeriod, Vec<invoice::TopUpEntry>> = BTreeMap::new();
+        if let (Some(first), Some(last)) = (bounds.first(), bounds.last()) {
+            for top_up in self
+                .store
+                .uninvoiced_top_ups(customer.id, first.0, last.1)
+                .await?
+            {
+                top_ups
+                    .entry(BillingPeriod::containing(top_up.created_at, self.tz))
+                    .or_default()
+                    .push(top_up);
+            }
         }
-        let (draft, top_ups) = self.open_month(customer, plan, period).await?;
-        let month = ConsolidatedMonth::open(period, &draft, &plan.currency_code);
-        Ok(month.has_activity(top_ups).then_some(month))
+        let mut months = Vec::new();
+        let mut open_usage = open.into_iter().zip(usage).peekable();
+        let mut month = from;
+        loop {
+            if let Some(invoiced) = issued.remove(&month) {
+                months.push(invoiced);
+            } else if let Some((_, (current, included))) = open_usage.next_if(|(m, _)| *m == month)
+            {
+                let claimed = ClaimedUsage {
+                    current,
+                    included,
+                    late: Vec::new(),
+                    top_ups: top_ups.remove(&month).unwrap_or_default(),
+                };
+                let draft = invoice::compose(plan, month, &claimed)?;
+                let consolidated = ConsolidatedMonth::open(month, &draft, &plan.currency_code);
+                if consolidated.has_activity(claimed.top_ups.len()) {
+                    months.push(consolidated);
+                }
+            }
+            if month >= to {
+                break;
+            }
+            month = month.next();
+        }
+        Ok(months)
     }
 
     /// The draft invoice of a month not invoiced yet, from its uninvoiced

@@ -13,7 +13,6 @@ use tonic::{Request, Response, Status};
 use super::IdPage;
 use super::convert::period;
 use super::pb::{self, invoice_service_server::InvoiceService};
-use crate::domain::period::BillingPeriod;
 use crate::domain::validation as valid;
 use crate::error::AppError;
 use crate::invoicing::{Generated, Invoicing};
@@ -24,6 +23,8 @@ const WATCH_BATCH: u64 = 100;
 const WATCH_POLL: Duration = Duration::from_secs(2);
 /// Messages buffered per server stream.
 const STREAM_BUFFER: usize = 16;
+/// Months of consolidated history computed per page (three queries each).
+const CONSOLIDATED_PAGE_MONTHS: usize = 120;
 
 type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -139,36 +140,47 @@ impl InvoiceService for InvoiceApi {
         let from = from_period.map(|p| period("from_period", p)).transpose()?;
         let to = to_period.map(|p| period("to_period", p)).transpose()?;
         let (customer, plan) = self.invoicing.customer_and_plan(customer_id).await?;
-        let tz = self.invoicing.tz();
-        let from = from.unwrap_or_else(|| BillingPeriod::containing(customer.created_at, tz));
-        let to = to.unwrap_or_else(|| BillingPeriod::containing(self.invoicing.clock().now(), tz));
-        if from > to {
-            return Err(AppError::invalid(
-                "to_period",
-                format!("{to} is before from_period {from}"),
-            )
-            .into());
-        }
+        let range = self.invoicing.consolidated_range(&customer, from, to)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let invoicing = self.invoicing.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
-            let mut month = from;
-            while month <= to {
-                let item = match invoicing.consolidated_month(&customer, &plan, month).await {
-                    Ok(None) => None,
-                    Ok(Some(consolidated)) => Some(Ok(consolidated.into())),
-                    Err(err) => Some(Err(Status::from(err))),
+            let Some((mut from, to)) = range else { return };
+            loop {
+                let mut until = from;
+                for _ in 1..CONSOLIDATED_PAGE_MONTHS {
+                    if until >= to {
+                        break;
+                    }
+                    until = until.next();
+                }
+                // The task ends as soon as the client is gone or the server
+                // stops, even mid-query.
+                let page = tokio::select! {
+                    page = invoicing.consolidated_page(&customer, &plan, from, until) => page,
+                    () = tx.closed() => return,
+                    () = crate::app::until_stopping(&mut stopping) => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
+                        return;
+                    }
                 };
-                let failed = matches!(item, Some(Err(_)));
-                if let Some(item) = item
-                    && tx.send(item).await.is_err()
-                {
+                match page {
+                    Ok(months) => {
+                        for month in months {
+                            if tx.send(Ok(month.into())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                }
+                if until >= to {
                     return;
                 }
-                if failed {
-                    return;
-                }
-                month = month.next();
+                from = until.next();
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -15,8 +15,8 @@ use sea_orm::{
 use super::entities::{call, customer, invoice, invoice_line, top_up};
 use super::{Store, instant, micros};
 use crate::domain::invoice::{
-    ClaimedUsage, IncludedUsage, Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind,
-    StraddlingCall, TopUpEntry, UsageTotals, invoice_number,
+    ClaimedUsage, ConsolidatedMonth, IncludedUsage, Invoice, InvoiceDraft, InvoiceLine,
+    InvoiceLineKind, StraddlingCall, TopUpEntry, UsageTotals, invoice_number,
 };
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
@@ -216,6 +216,126 @@ impl Store {
             vec![customer_id.into(), micros(start).into(), micros(end).into()],
         )
         .await
+    }
+
+    /// The issued invoices of a customer for the months `from..=to`, as
+    /// consolidated months (figures only, no lines), oldest first.
+    pub async fn invoiced_months(
+        &self,
+        customer_id: i64,
+        from: BillingPeriod,
+        to: BillingPeriod,
+    ) -> AppResult<Vec<ConsolidatedMonth>> {
+        let key =
+            |period: BillingPeriod| i64::from(period.year()) * 100 + i64::from(period.month());
+        let month_key = Expr::col(invoice::Column::PeriodYear)
+            .mul(100)
+            .add(Expr::col(invoice::Column::PeriodMonth));
+        let models = invoice::Entity::find()
+            .filter(invoice::Column::CustomerId.eq(customer_id))
+            .filter(month_key.between(key(from), key(to)))
+            .order_by_asc(invoice::Column::PeriodYear)
+            .order_by_asc(invoice::Column::PeriodMonth)
+            .all(&self.db)
+            .await?;
+        models
+            .into_iter()
+            .map(|m| {
+                Ok(ConsolidatedMonth {
+                    period: BillingPeriod::new("period", m.period_year, m.period_month)?,
+                    usage: UsageTotals {
+                        call_count: m.call_count,
+                        billed_seconds: m.billed_seconds,
+                        usage_micros: m.usage_micros,
+                    },
+                    monthly_fee_micros: m.monthly_fee_micros,
+                    total_micros: m.total_micros,
+                    currency_code: m.currency_code,
+                    invoice_number: Some(m.number),
+                })
+            })
+            .collect()
+    }
+
+    /// A customer's not-yet-invoiced calls in each of `months` (`[start,
+    /// end)` instants), summed, and how each month's calls fall against an
+    /// allowance of `allowance` billed seconds; in the order of `months`.
+    /// One grouped query for all the months.
+    pub async fn uninvoiced_usage_by_month(
+        &self,
+        customer_id: i64,
+        months: &[(DateTime<Utc>, DateTime<Utc>)],
+        allowance: i64,
+    ) -> AppResult<Vec<(UsageTotals, IncludedUsage)>> {
+        let mut figures = vec![(UsageTotals::default(), IncludedUsage::default()); months.len()];
+        if months.is_empty() {
+            return Ok(figures);
+        }
+        let allowance = Ord::max(allowance, 0);
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(2 * months.len() + 1);
+        let mut rows = Vec::with_capacity(months.len());
+        for (index, (start, end)) in months.iter().enumerate() {
+            rows.push(format!("({index}, ?, ?)"));
+            values.push(micros(*start).into());
+            values.push(micros(*end).into());
+        }
+        values.push(customer_id.into());
+        let within = format!("running <= {allowance}");
+        let crossing = format!("running > {allowance} AND running - billed_seconds < {allowance}");
+        let sql = format!(
+            "WITH months(idx, lo, hi) AS (VALUES {}), \
+             ordered AS ( \
+               SELECT m.idx AS idx, c.billed_seconds AS billed_seconds, \
+                      c.cost_micros AS cost_micros, c.per_minute_micros AS per_minute_micros, \
+                      SUM(c.billed_seconds) OVER (PARTITION BY m.idx ORDER BY c.started_at, c.id \
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
+               FROM months m JOIN calls c ON c.started_at >= m.lo AND c.started_at < m.hi \
+               WHERE c.customer_id = ? AND c.invoice_id IS NULL) \
+             SELECT idx, COUNT(*), \
+                    CAST(SUM(billed_seconds) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), \
+                    COUNT(CASE WHEN {within} THEN 1 END), \
+                    CAST(COALESCE(SUM(CASE WHEN {within} THEN billed_seconds END), 0) AS BIGINT), \
+                    CAST(COALESCE(SUM(CASE WHEN {within} THEN cost_micros END), 0) AS BIGINT), \
+                    MAX(CASE WHEN {crossing} THEN billed_seconds END), \
+                    MAX(CASE WHEN {crossing} THEN cost_micros END), \
+                    MAX(CASE WHEN {crossing} THEN per_minute_micros END) \
+             FROM ordered GROUP BY idx",
+            rows.join(", ")
+        );
+        let backend = self.db.get_database_backend();
+        for row in self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                numbered_placeholders(backend, &sql),
+                values,
+            ))
+            .await?
+        {
+            let index: i32 = row.try_get_by_index(0)?;
+            let current = UsageTotals {
+                call_count: row.try_get_by_index(1)?,
+                billed_seconds: row.try_get_by_index(2)?,
+                usage_micros: row.try_get_by_index(3)?,
+            };
+            let whole = UsageTotals {
+                call_count: row.try_get_by_index(4)?,
+                billed_seconds: row.try_get_by_index(5)?,
+                usage_micros: row.try_get_by_index(6)?,
+            };
+            let included = if allowance == 0 {
+                IncludedUsage::default()
+            } else {
+                IncludedUsage {
+                    whole,
+                    straddling: straddling_call(&row, 7)?,
+                }
+            };
+            if let Some(slot) = usize::try_from(index).ok().and_then(|i| figures.get_mut(i)) {
+                *slot = (current, included);
+            }
+        }
+        Ok(figures)
     }
 
     /// Top-ups of a customer made in `[start, end)` and not invoiced yet.
@@ -436,21 +556,29 @@ async fn included_usage(
         billed_seconds: row.try_get_by_index(1)?,
         usage_micros: row.try_get_by_index(2)?,
     };
-    let straddling = match (
-        row.try_get_by_index::<Option<i64>>(3)?,
-        row.try_get_by_index::<Option<i64>>(4)?,
-        row.try_get_by_index::<Option<i64>>(5)?,
-    ) {
-        (Some(billed_seconds), Some(cost_micros), Some(per_minute_micros)) => {
-            Some(StraddlingCall {
-                billed_seconds,
-                cost_micros,
-                per_minute_micros,
-            })
-        }
-        _ => None,
-    };
+    let straddling = straddling_call(&row, 3)?;
     Ok(IncludedUsage { whole, straddling })
+}
+
+/// The crossing call's billed seconds, cost and rate, read from three
+/// columns of `row` starting at `first` (all NULL when there is none).
+fn straddling_call(row: &sea_orm::QueryResult, first: usize) -> AppResult<Option<StraddlingCall>> {
+    Ok(
+        match (
+            row.try_get_by_index::<Option<i64>>(first)?,
+            row.try_get_by_index::<Option<i64>>(first + 1)?,
+            row.try_get_by_index::<Option<i64>>(first + 2)?,
+        ) {
+            (Some(billed_seconds), Some(cost_micros), Some(per_minute_micros)) => {
+                Some(StraddlingCall {
+                    billed_seconds,
+                    cost_micros,
+                    per_minute_micros,
+                })
+            }
+            _ => None,
+        },
+    )
 }
 
 /// `sql` with its `?` placeholders as the backend numbers them (`$1`, `$2`

@@ -467,3 +467,111 @@ async fn an_invoice_whose_sums_overflow_is_failed_precondition_not_internal() {
     let cycle = run_cycle(&app, period(2026, 3)).await;
     assert_eq!((cycle.issued, cycle.failed), (0, 1));
 }
+
+async fn consolidated(
+    app: &TestApp,
+    customer_id: i64,
+    from: Option<pb::BillingPeriod>,
+    to: Option<pb::BillingPeriod>,
+) -> Vec<pb::ConsolidatedMonth> {
+    use tokio_stream::StreamExt;
+    let stream = app
+        .invoices
+        .clone()
+        .stream_consolidated(pb::StreamConsolidatedRequest {
+            customer_id,
+            from_period: from,
+            to_period: to,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.collect::<Result<Vec<_>, _>>(),
+    )
+    .await
+    .expect("the stream ends")
+    .unwrap()
+}
+
+#[tokio::test]
+async fn consolidated_history_never_streams_months_outside_the_customers_life() {
+    let app = spawn_app_at(at("2026-01-15T00:00:00Z")).await;
+    let plan = plan_with(&app, PlanKind::Fixed, 2_000_000, 0, 60, 0).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    app.clock.set(at("2026-04-20T00:00:00Z"));
+    // 1970-01 to 9998-12: over 96,000 months asked for, four exist.
+    let months = consolidated(&app, customer.id, period(1970, 1), period(9998, 12)).await;
+    let streamed: Vec<(i32, i32)> = months
+        .iter()
+        .map(|m| (m.period.unwrap().year, m.period.unwrap().month))
+        .collect();
+    assert_eq!(streamed, vec![(2026, 1), (2026, 2), (2026, 3), (2026, 4)]);
+    assert!(months.iter().all(|m| m.total_micros == 2_000_000));
+    // A range wholly before the customer or after today is empty.
+    assert!(
+        consolidated(&app, customer.id, period(2020, 1), period(2025, 12))
+            .await
+            .is_empty()
+    );
+    assert!(
+        consolidated(&app, customer.id, period(2026, 5), period(2030, 1))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_long_consolidated_history_streams_every_month_once_in_order() {
+    let app = spawn_app_at(at("2010-01-15T00:00:00Z")).await;
+    let plan = plan_with(&app, PlanKind::Fixed, 1_000_000, 0, 60, 0).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    app.clock.set(at("2026-06-10T00:00:00Z"));
+    // Issuing June 2015 issues every month from January 2010 first.
+    let cycle = run_cycle(&app, period(2015, 6)).await;
+    assert_eq!((cycle.issued, cycle.earlier_issued), (1, 65));
+    let months = consolidated(&app, customer.id, None, None).await;
+    assert_eq!(months.len(), 16 * 12 + 6, "2010-01 to 2026-06");
+    let mut expected = (2010, 1);
+    for (n, month) in months.iter().enumerate() {
+        let p = month.period.unwrap();
+        assert_eq!((p.year, p.month), expected);
+        expected = if expected.1 == 12 {
+            (expected.0 + 1, 1)
+        } else {
+            (expected.0, expected.1 + 1)
+        };
+        let status = if n < 66 {
+            pb::ConsolidatedStatus::Issued
+        } else {
+            pb::ConsolidatedStatus::Open
+        };
+        assert_eq!(month.status(), status, "{month:?}");
+        assert_eq!(month.total_micros, 1_000_000);
+    }
+}
+
+#[tokio::test]
+async fn an_open_months_figures_are_those_its_invoice_will_state() {
+    let app = spawn_app_at(at("2026-03-01T00:00:00Z")).await;
+    let plan = postpaid(&app, 1_000_000, 90, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    app.clock.set(at("2026-03-20T00:00:00Z"));
+    add_call_at(&app, customer.id, 40, "2026-03-12T00:00:00Z").await;
+    add_call_at(&app, customer.id, 50, "2026-03-10T00:00:00Z").await;
+    add_call_at(&app, customer.id, 30, "2026-03-11T00:00:00Z").await;
+    let open = consolidated(&app, customer.id, None, None).await;
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].status(), pb::ConsolidatedStatus::Open);
+    assert_eq!(
+        (open[0].usage_micros, open[0].total_micros),
+        (180, 1_000_090)
+    );
+    app.clock.set(at("2026-04-02T00:00:00Z"));
+    let invoice = issue(&app, customer.id, period(2026, 3)).await.unwrap();
+    assert_eq!(invoice.total_micros, open[0].total_micros);
+    let after = consolidated(&app, customer.id, period(2026, 3), period(2026, 3)).await;
+    assert_eq!(after[0].status(), pb::ConsolidatedStatus::Issued);
+    assert_eq!(after[0].invoice_number, invoice.number);
+}
