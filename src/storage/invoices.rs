@@ -241,13 +241,10 @@ impl Store {
         models
             .into_iter()
             .map(|m| {
+                let usage = usage_of(&m);
                 Ok(ConsolidatedMonth {
                     period: BillingPeriod::new("period", m.period_year, m.period_month)?,
-                    usage: UsageTotals {
-                        call_count: m.call_count,
-                        billed_seconds: m.billed_seconds,
-                        usage_micros: m.usage_micros,
-                    },
+                    usage,
                     monthly_fee_micros: m.monthly_fee_micros,
                     total_micros: m.total_micros,
                     currency_code: m.currency_code,
@@ -453,6 +450,7 @@ impl Store {
             .into_iter()
             .map(|m| {
                 let period = BillingPeriod::new("period", m.period_year, m.period_month)?;
+                let usage = usage_of(&m);
                 Ok(Invoice {
                     id: m.id,
                     number: m.number,
@@ -463,11 +461,7 @@ impl Store {
                     issued_at: instant(m.issued_at),
                     currency_code: m.currency_code,
                     lines: lines.remove(&m.id).unwrap_or_default(),
-                    usage: UsageTotals {
-                        call_count: m.call_count,
-                        billed_seconds: m.billed_seconds,
-                        usage_micros: m.usage_micros,
-                    },
+                    usage,
                     monthly_fee_micros: m.monthly_fee_micros,
                     total_micros: m.total_micros,
                 })
@@ -598,6 +592,15 @@ fn numbered_placeholders(backend: DatabaseBackend, sql: &str) -> String {
         }
     }
     numbered
+}
+
+/// The call figures stored on an invoice row.
+fn usage_of(model: &invoice::Model) -> UsageTotals {
+    UsageTotals {
+        call_count: model.call_count,
+        billed_seconds: model.billed_seconds,
+        usage_micros: model.usage_micros,
+    }
 }
 
 fn top_up_entry(model: top_up::Model) -> TopUpEntry {
