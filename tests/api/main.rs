@@ -11,3 +11,4 @@ mod invoices;
 mod operations;
 mod paging;
 mod property;
+mod robustness;
