@@ -394,3 +394,32 @@ pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, 
         }
     }
 }
+
+/// A small deterministic generator (SplitMix64), so random tests reproduce
+/// from their seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound`, as `i64`.
+    pub fn below(&mut self, bound: u64) -> i64 {
+        i64::try_from(self.below_u64(bound)).expect("below i64::MAX")
+    }
+
+    /// A number in `0..bound`.
+    pub fn below_u64(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below_u64(100) < percent
+    }
+}

@@ -6,24 +6,7 @@ use std::collections::BTreeMap;
 
 use billing::grpc::pb::{self, PlanKind};
 
-use crate::helpers::{TestApp, at, call, spawn_app_at};
-
-/// A small deterministic generator (SplitMix64), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> i64 {
-        i64::try_from(self.next() % bound).unwrap()
-    }
-}
+use crate::helpers::{Rng, TestApp, at, call, spawn_app_at};
 
 async fn run_scenario(seed: u64) {
     let mut rng = Rng(seed);

@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::{TestApp, call, spawn_app};
+use crate::helpers::{Rng, TestApp, call, spawn_app};
 
 /// Random messages per RPC, and random byte strings per RPC.
 const MESSAGES_PER_RPC: usize = 60;
@@ -65,27 +65,6 @@ impl Decoder for RawCodec {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
     }
 }
 
@@ -138,7 +117,7 @@ impl Contract {
                 continue;
             }
             let repeats = if field.label() == Label::Repeated {
-                rng.below(4) + usize::from(rng.chance(5)) as u64 * 150
+                rng.below_u64(4) + usize::from(rng.chance(5)) as u64 * 150
             } else {
                 1
             };
@@ -177,7 +156,7 @@ impl Contract {
             }
             Type::String => put_bytes(out, number, random_text(rng).as_bytes()),
             Type::Bytes => {
-                let bytes: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..rng.below_u64(64)).map(|_| rng.next() as u8).collect();
                 put_bytes(out, number, &bytes);
             }
             Type::Message if depth < 4 => {
@@ -204,10 +183,10 @@ fn collect_messages(
 /// Integers that tend to find edges: ids that exist, zero, negatives,
 /// extremes, and anything at all.
 fn random_integer(rng: &mut Rng) -> i64 {
-    match rng.below(10) {
+    match rng.below_u64(10) {
         0 => 0,
-        1..=3 => i64::try_from(rng.below(4)).expect("small"),
-        4 => -1 - i64::try_from(rng.below(1000)).expect("small"),
+        1..=3 => i64::try_from(rng.below_u64(4)).expect("small"),
+        4 => -1 - i64::try_from(rng.below_u64(1000)).expect("small"),
         5 => [
             i64::MAX,
             i64::MIN,
@@ -215,9 +194,9 @@ fn random_integer(rng: &mut Rng) -> i64 {
             i64::from(i32::MIN),
             86_400,
             86_401,
-        ][usize::try_from(rng.below(6)).expect("index")],
-        6 => 2026 + i64::try_from(rng.below(3)).expect("small") - 1,
-        7 => 1_700_000_000 + i64::try_from(rng.below(100_000_000)).expect("small"),
+        ][usize::try_from(rng.below_u64(6)).expect("index")],
+        6 => 2026 + i64::try_from(rng.below_u64(3)).expect("small") - 1,
+        7 => 1_700_000_000 + i64::try_from(rng.below_u64(100_000_000)).expect("small"),
         _ => rng.next() as i64,
     }
 }
@@ -225,18 +204,18 @@ fn random_integer(rng: &mut Rng) -> i64 {
 /// Text that tends to find edges: empty, numbers, keys, long, control
 /// characters and other scripts.
 fn random_text(rng: &mut Rng) -> String {
-    match rng.below(8) {
+    match rng.below_u64(8) {
         0 => String::new(),
-        1 => format!("+1415555{:04}", rng.below(10_000)),
-        2 => format!("key-{}", rng.below(20)),
-        3 => "x".repeat(usize::try_from(rng.below(3000)).expect("small")),
-        4 => "\u{0}\u{1b}[31m\n\r\t".repeat(usize::try_from(1 + rng.below(20)).expect("small")),
-        5 => "é漢字🙂".repeat(usize::try_from(1 + rng.below(100)).expect("small")),
+        1 => format!("+1415555{:04}", rng.below_u64(10_000)),
+        2 => format!("key-{}", rng.below_u64(20)),
+        3 => "x".repeat(usize::try_from(rng.below_u64(3000)).expect("small")),
+        4 => "\u{0}\u{1b}[31m\n\r\t".repeat(usize::try_from(1 + rng.below_u64(20)).expect("small")),
+        5 => "é漢字🙂".repeat(usize::try_from(1 + rng.below_u64(100)).expect("small")),
         6 => ["USD", "eur", "", "12", "+", "+0", "%", "%00"]
-            [usize::try_from(rng.below(8)).expect("index")]
+            [usize::try_from(rng.below_u64(8)).expect("index")]
         .to_owned(),
-        _ => (0..rng.below(40))
-            .map(|_| char::from(u8::try_from(32 + rng.below(95)).expect("ascii")))
+        _ => (0..rng.below_u64(40))
+            .map(|_| char::from(u8::try_from(32 + rng.below_u64(95)).expect("ascii")))
             .collect(),
     }
 }
@@ -335,7 +314,7 @@ async fn every_rpc_survives_random_bytes_and_random_messages_without_internal() 
         for case in 0..MESSAGES_PER_RPC + BYTE_STRINGS_PER_RPC {
             let well_formed = case < MESSAGES_PER_RPC;
             let count = if rpc.client_streaming {
-                1 + rng.below(5)
+                1 + rng.below_u64(5)
             } else {
                 1
             };
@@ -344,7 +323,7 @@ async fn every_rpc_survives_random_bytes_and_random_messages_without_internal() 
                     if well_formed {
                         Bytes::from(contract.random_message(&rpc.input, &mut rng, 0))
                     } else {
-                        let length = rng.below(80);
+                        let length = rng.below_u64(80);
                         Bytes::from((0..length).map(|_| rng.next() as u8).collect::<Vec<u8>>())
                     }
                 })
