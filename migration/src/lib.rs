@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_core;
 mod m20261124_000002_invoices;
+mod m20261124_000003_money_checks;
 
 /// The service's migrations, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_core::Migration),
             Box::new(m20261124_000002_invoices::Migration),
+            Box::new(m20261124_000003_money_checks::Migration),
         ]
     }
 }

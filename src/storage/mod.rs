@@ -146,8 +146,9 @@ fn kind_of(err: &DbErr) -> DbErrorKind {
         return match extended & 0xff {
             // SQLITE_BUSY, SQLITE_LOCKED (and their extended codes).
             5 | 6 => DbErrorKind::Retryable,
-            // SQLITE_CONSTRAINT_CHECK.
-            19 if extended == 275 => DbErrorKind::CheckViolation,
+            // SQLITE_CONSTRAINT_CHECK, and _TRIGGER (the migrations' checks
+            // are triggers on SQLite).
+            19 if extended == 275 || extended == 1811 => DbErrorKind::CheckViolation,
             // SQLITE_ERROR from sum() of integers that overflow.
             1 if database.message() == "integer overflow" => DbErrorKind::OutOfRange,
             _ => DbErrorKind::Other,
