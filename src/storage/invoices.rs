@@ -1,7 +1,7 @@
 //! Invoices: issuing (claiming calls and top-ups in one transaction),
 //! reading, and the usage figures of months not invoiced yet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -110,11 +110,12 @@ impl Store {
             ))
             .await?;
         }
+        let latest = latest_invoiced_months(&txn, &requests).await?;
         let mut issued = Vec::with_capacity(requests.len());
         for request in &requests {
             let mut earlier = Vec::new();
             let mut target = None;
-            for month in months_to_issue(&txn, request).await? {
+            for month in months_to_issue(request, latest.get(&request.customer_id).copied()) {
                 let invoice = issue_month(&txn, request, month, &compose).await?;
                 match invoice {
                     Some(invoice) if month == request.period => target = Some(invoice),
@@ -228,12 +229,9 @@ impl Store {
     ) -> AppResult<Vec<ConsolidatedMonth>> {
         let key =
             |period: BillingPeriod| i64::from(period.year()) * 100 + i64::from(period.month());
-        let month_key = Expr::col(invoice::Column::PeriodYear)
-            .mul(100)
-            .add(Expr::col(invoice::Column::PeriodMonth));
         let models = invoice::Entity::find()
             .filter(invoice::Column::CustomerId.eq(customer_id))
-            .filter(month_key.between(key(from), key(to)))
+            .filter(period_key().between(key(from), key(to)))
             .order_by_asc(invoice::Column::PeriodYear)
             .order_by_asc(invoice::Column::PeriodMonth)
             .all(&self.db)
@@ -277,8 +275,6 @@ impl Store {
             values.push(micros(*end).into());
         }
         values.push(customer_id.into());
-        let within = format!("running <= {allowance}");
-        let crossing = format!("running > {allowance} AND running - billed_seconds < {allowance}");
         let sql = format!(
             "WITH months(idx, lo, hi) AS (VALUES {}), \
              ordered AS ( \
@@ -289,15 +285,10 @@ impl Store {
                FROM months m JOIN calls c ON c.started_at >= m.lo AND c.started_at < m.hi \
                WHERE c.customer_id = ? AND c.invoice_id IS NULL) \
              SELECT idx, COUNT(*), \
-                    CAST(SUM(billed_seconds) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), \
-                    COUNT(CASE WHEN {within} THEN 1 END), \
-                    CAST(COALESCE(SUM(CASE WHEN {within} THEN billed_seconds END), 0) AS BIGINT), \
-                    CAST(COALESCE(SUM(CASE WHEN {within} THEN cost_micros END), 0) AS BIGINT), \
-                    MAX(CASE WHEN {crossing} THEN billed_seconds END), \
-                    MAX(CASE WHEN {crossing} THEN cost_micros END), \
-                    MAX(CASE WHEN {crossing} THEN per_minute_micros END) \
+                    CAST(SUM(billed_seconds) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), {} \
              FROM ordered GROUP BY idx",
-            rows.join(", ")
+            rows.join(", "),
+            included_split_columns(allowance)
         );
         let backend = self.db.get_database_backend();
         for row in self
@@ -520,21 +511,14 @@ async fn included_usage(
     if current.billed_seconds <= allowance {
         return Ok(IncludedUsage::all(current));
     }
-    let within = format!("running <= {allowance}");
-    let crossing = format!("running > {allowance} AND running - billed_seconds < {allowance}");
     let sql = format!(
         "WITH ordered AS ( \
            SELECT billed_seconds, cost_micros, per_minute_micros, \
                   SUM(billed_seconds) OVER (ORDER BY started_at, id \
                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
            FROM calls WHERE {filter}) \
-         SELECT COUNT(CASE WHEN {within} THEN 1 END), \
-                CAST(COALESCE(SUM(CASE WHEN {within} THEN billed_seconds END), 0) AS BIGINT), \
-                CAST(COALESCE(SUM(CASE WHEN {within} THEN cost_micros END), 0) AS BIGINT), \
-                MAX(CASE WHEN {crossing} THEN billed_seconds END), \
-                MAX(CASE WHEN {crossing} THEN cost_micros END), \
-                MAX(CASE WHEN {crossing} THEN per_minute_micros END) \
-         FROM ordered"
+         SELECT {} FROM ordered",
+        included_split_columns(allowance)
     );
     let backend = db.get_database_backend();
     let row = db
@@ -575,6 +559,23 @@ fn straddling_call(row: &sea_orm::QueryResult, first: usize) -> AppResult<Option
     )
 }
 
+/// The six aggregate columns of an [`IncludedUsage`] over `ordered` rows
+/// carrying a `running` sum of billed seconds: count, seconds and cost of the
+/// calls wholly inside `allowance`, then the crossing call's billed seconds,
+/// cost and rate (NULL when none crosses).
+fn included_split_columns(allowance: i64) -> String {
+    let within = format!("running <= {allowance}");
+    let crossing = format!("running > {allowance} AND running - billed_seconds < {allowance}");
+    format!(
+        "COUNT(CASE WHEN {within} THEN 1 END), \
+         CAST(COALESCE(SUM(CASE WHEN {within} THEN billed_seconds END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN {within} THEN cost_micros END), 0) AS BIGINT), \
+         MAX(CASE WHEN {crossing} THEN billed_seconds END), \
+         MAX(CASE WHEN {crossing} THEN cost_micros END), \
+         MAX(CASE WHEN {crossing} THEN per_minute_micros END)"
+    )
+}
+
 /// `sql` with its `?` placeholders as the backend numbers them (`$1`, `$2`
 /// … on PostgreSQL).
 fn numbered_placeholders(backend: DatabaseBackend, sql: &str) -> String {
@@ -610,31 +611,47 @@ fn top_up_entry(model: top_up::Model) -> TopUpEntry {
     }
 }
 
+/// The latest invoiced month of each requested customer that has one: one
+/// grouped query for the whole batch, read inside its transaction.
+async fn latest_invoiced_months(
+    txn: &DatabaseTransaction,
+    requests: &[InvoiceRequest],
+) -> AppResult<HashMap<i64, BillingPeriod>> {
+    let customer_ids: Vec<i64> = requests.iter().map(|r| r.customer_id).collect();
+    let rows: Vec<(i64, i32)> = invoice::Entity::find()
+        .select_only()
+        .column(invoice::Column::CustomerId)
+        .expr(Func::max(period_key()))
+        .filter(invoice::Column::CustomerId.is_in(customer_ids))
+        .group_by(invoice::Column::CustomerId)
+        .into_tuple()
+        .all(txn)
+        .await?;
+    rows.into_iter()
+        .map(|(customer_id, key)| {
+            Ok((
+                customer_id,
+                BillingPeriod::new("period", key / 100, key % 100)?,
+            ))
+        })
+        .collect()
+}
+
+/// An invoice's month as one sortable number, `year * 100 + month`.
+fn period_key() -> sea_orm::sea_query::SimpleExpr {
+    Expr::col(invoice::Column::PeriodYear)
+        .mul(100)
+        .add(Expr::col(invoice::Column::PeriodMonth))
+}
+
 /// The months a request issues, oldest first: every month after the
-/// customer's latest invoice (or from its first month) up to the requested
+/// customer's `latest` invoice (or from its first month) up to the requested
 /// one. A month at or before the latest invoice is issued alone (it exists
 /// already, or predates the month-order rule).
-async fn months_to_issue(
-    txn: &DatabaseTransaction,
-    request: &InvoiceRequest,
-) -> AppResult<Vec<BillingPeriod>> {
-    let latest: Option<(i32, i32)> = invoice::Entity::find()
-        .select_only()
-        .column(invoice::Column::PeriodYear)
-        .column(invoice::Column::PeriodMonth)
-        .filter(invoice::Column::CustomerId.eq(request.customer_id))
-        .order_by_desc(invoice::Column::PeriodYear)
-        .order_by_desc(invoice::Column::PeriodMonth)
-        .limit(1)
-        .into_tuple()
-        .one(txn)
-        .await?;
-    let first = match latest {
-        Some((year, month)) => BillingPeriod::new("period", year, month)?.next(),
-        None => request.first_period,
-    };
+fn months_to_issue(request: &InvoiceRequest, latest: Option<BillingPeriod>) -> Vec<BillingPeriod> {
+    let first = latest.map_or(request.first_period, BillingPeriod::next);
     if first >= request.period {
-        return Ok(vec![request.period]);
+        return vec![request.period];
     }
     let mut months = vec![first];
     while let Some(&last) = months.last()
@@ -642,7 +659,7 @@ async fn months_to_issue(
     {
         months.push(last.next());
     }
-    Ok(months)
+    months
 }
 
 /// Issues one month's invoice inside `txn`; `None` when it exists.
