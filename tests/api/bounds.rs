@@ -8,7 +8,7 @@ use billing::grpc::pb::{self, PlanKind};
 use prost::Message;
 use tonic::Code;
 
-use crate::helpers::{AppOptions, assert_status, at, call, spawn_app, spawn_app_with, ts};
+use crate::helpers::{AppOptions, TestApp, assert_status, at, call, spawn_app, spawn_app_with, ts};
 
 fn plan_request(per_minute_micros: i64, monthly_fee_micros: i64) -> pb::CreatePlanRequest {
     pb::CreatePlanRequest {
@@ -392,34 +392,42 @@ async fn link_operator_keeps_the_cap_of_operators_per_customer_under_concurrency
         .unwrap();
 }
 
-#[tokio::test]
-async fn invoice_watchers_beyond_the_cap_are_resource_exhausted() {
-    let app = spawn_app_with(AppOptions {
-        limits: Limits {
-            max_invoice_watchers: 2,
-            ..Limits::default()
-        },
+/// The application with `limits`.
+async fn spawn_with(limits: Limits) -> TestApp {
+    spawn_app_with(AppOptions {
+        limits,
         ..AppOptions::default()
     })
+    .await
+}
+
+/// Opens a WatchInvoices stream of every invoice.
+async fn watch_all(
+    app: &TestApp,
+) -> Result<tonic::Response<tonic::Streaming<pb::Invoice>>, tonic::Status> {
+    app.invoices
+        .clone()
+        .watch_invoices(pb::WatchInvoicesRequest {
+            after_invoice_id: 0,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn invoice_watchers_beyond_the_cap_are_resource_exhausted() {
+    let app = spawn_with(Limits {
+        max_invoice_watchers: 2,
+        ..Limits::default()
+    })
     .await;
-    let watch = || {
-        let mut client = app.invoices.clone();
-        async move {
-            client
-                .watch_invoices(pb::WatchInvoicesRequest {
-                    after_invoice_id: 0,
-                })
-                .await
-        }
-    };
-    let first = watch().await.unwrap().into_inner();
-    let _second = watch().await.unwrap().into_inner();
-    assert_status(watch().await, Code::ResourceExhausted, "watchers");
+    let first = watch_all(&app).await.unwrap();
+    let _second = watch_all(&app).await.unwrap();
+    assert_status(watch_all(&app).await, Code::ResourceExhausted, "watchers");
     // A watcher that leaves frees its place once the server sees it go.
     drop(first);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match watch().await {
+        match watch_all(&app).await {
             Ok(_) => break,
             Err(status) => {
                 assert_eq!(status.code(), Code::ResourceExhausted);
@@ -435,36 +443,14 @@ async fn invoice_watchers_beyond_the_cap_are_resource_exhausted() {
 
 #[tokio::test]
 async fn a_unary_rpc_that_outlasts_the_timeout_is_deadline_exceeded_and_writes_nothing() {
-    use sea_orm::{ConnectionTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait};
-    let app = spawn_app_with(AppOptions {
-        limits: Limits {
-            unary_timeout: Duration::from_secs(1),
-            ..Limits::default()
-        },
-        ..AppOptions::default()
+    let app = spawn_with(Limits {
+        unary_timeout: Duration::from_secs(1),
+        ..Limits::default()
     })
     .await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
     let customer = app.customer(plan.id, 1, vec![]).await;
-    // Another client of the database holds what the call must write: SQLite's
-    // write lock, or PostgreSQL's lock on the customer's row.
-    let db = sea_orm::Database::connect(&app.database.url).await.unwrap();
-    let holder = db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    if app.database.url.starts_with("postgres") {
-        holder
-            .execute_unprepared(&format!(
-                "SELECT id FROM customers WHERE id = {} FOR UPDATE",
-                customer.id
-            ))
-            .await
-            .unwrap();
-    }
+    let lock = app.hold_lock(customer.id).await;
     let status = app
         .calls
         .clone()
@@ -472,8 +458,45 @@ async fn a_unary_rpc_that_outlasts_the_timeout_is_deadline_exceeded_and_writes_n
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    holder.rollback().await.unwrap();
-    db.close().await.unwrap();
+    lock.release().await;
     assert!(app.history(customer.id).await.is_empty());
     assert_eq!(app.get_customer(customer.id).await.balance_micros, 0);
+}
+
+#[tokio::test]
+async fn a_connection_opens_no_more_streams_than_the_limit() {
+    let app = spawn_with(Limits {
+        max_concurrent_streams: 2,
+        ..Limits::default()
+    })
+    .await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    // Two open streams fill the connection (one client channel is one
+    // HTTP/2 connection); a third RPC on it waits for a free stream.
+    let first = watch_all(&app).await.unwrap();
+    let _second = watch_all(&app).await.unwrap();
+    let mut customers = app.customers.clone();
+    let mut third = tokio::spawn(async move {
+        customers
+            .get_customer(pb::GetCustomerRequest {
+                customer_id: customer.id,
+            })
+            .await
+    });
+    // A bound on a negative observation: the call has not completed.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut third)
+            .await
+            .is_err(),
+        "a third stream was opened beyond the limit"
+    );
+    drop(first);
+    let answered = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served once a stream is free")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(answered.id, customer.id);
 }

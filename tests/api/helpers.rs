@@ -332,6 +332,31 @@ impl TestApp {
         db.close().await.expect("close test connection");
     }
 
+    /// Holds, from another client of the database, what a call of
+    /// `customer_id` must write: SQLite's write lock, or PostgreSQL's lock on
+    /// the customer's row (inserting a call needs a key-share lock on it).
+    pub async fn hold_lock(&self, customer_id: i64) -> LockHolder {
+        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+        let db = sea_orm::Database::connect(&self.database.url)
+            .await
+            .expect("test connection");
+        let txn = db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+            .expect("lock taken");
+        if self.database.url.starts_with("postgres") {
+            txn.execute_unprepared(&format!(
+                "SELECT id FROM customers WHERE id = {customer_id} FOR UPDATE"
+            ))
+            .await
+            .expect("row locked");
+        }
+        LockHolder { db, txn }
+    }
+
     /// Sets a customer's stored balance directly (a state that would take
     /// millions of calls to reach through the API).
     pub async fn set_balance(&self, customer_id: i64, balance_micros: i64) {
@@ -421,5 +446,19 @@ impl Rng {
     /// True `percent` times in a hundred.
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below_u64(100) < percent
+    }
+}
+
+/// A lock on the database held by a test; see [`TestApp::hold_lock`].
+pub struct LockHolder {
+    db: sea_orm::DatabaseConnection,
+    txn: sea_orm::DatabaseTransaction,
+}
+
+impl LockHolder {
+    /// Releases the lock (rolling back) and closes the connection.
+    pub async fn release(self) {
+        self.txn.rollback().await.expect("rollback");
+        self.db.close().await.expect("close");
     }
 }

@@ -185,3 +185,53 @@ async fn a_batch_refused_for_one_customer_is_stored_record_by_record() {
     assert_eq!(app.get_customer(fine.id).await.balance_micros, -300_000);
     assert_eq!(app.history(fine.id).await.len(), 5);
 }
+
+#[tokio::test]
+async fn a_database_that_stays_locked_ends_a_stream_unavailable_keeping_what_was_acknowledged() {
+    let app = spawn_app().await;
+    if app.database.url.starts_with("postgres") {
+        // PostgreSQL waits on a row lock without a time limit; what is
+        // checked here is SQLite's busy time-out (SQLITE_BUSY) classified by
+        // its code as UNAVAILABLE.
+        return;
+    }
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let record = |n: usize| {
+        let mut request = call(customer.id, 60);
+        request.call_id = format!("held-{n}");
+        request.started_at = Some(ts("2026-06-01T00:00:00Z"));
+        request
+    };
+    let (records, stream) = tokio::sync::mpsc::channel(1000);
+    let mut client = app.calls.clone();
+    let ingest = tokio::spawn(async move {
+        client
+            .ingest_calls(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+    });
+    // One full batch (500 records) is written and acknowledged by the
+    // database before the lock is taken.
+    for n in 0..500 {
+        records.send(record(n)).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.history(customer.id).await.len() < 500 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first batch was never written"
+        );
+        tokio::task::yield_now().await;
+    }
+    let lock = app.hold_lock(customer.id).await;
+    for n in 500..510 {
+        records.send(record(n)).await.unwrap();
+    }
+    drop(records);
+    let unary = app.calls.clone().add_call(record(999)).await.unwrap_err();
+    let streamed = ingest.await.unwrap().unwrap_err();
+    lock.release().await;
+    assert_eq!(unary.code(), Code::Unavailable, "{unary:?}");
+    assert_eq!(streamed.code(), Code::Unavailable, "{streamed:?}");
+    assert_eq!(app.history(customer.id).await.len(), 500);
+}
