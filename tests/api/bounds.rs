@@ -500,3 +500,44 @@ async fn a_connection_opens_no_more_streams_than_the_limit() {
         .into_inner();
     assert_eq!(answered.id, customer.id);
 }
+
+#[tokio::test]
+async fn a_connection_has_no_more_requests_served_at_once_than_the_limit() {
+    let app = spawn_with(Limits {
+        max_requests_per_connection: 1,
+        ..Limits::default()
+    })
+    .await;
+    let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    // The first request is served and waits on a lock the test holds; the
+    // second, a read that needs no lock, waits for the first's place.
+    let lock = app.hold_lock(customer.id).await;
+    let mut calls = app.calls.clone();
+    let first = tokio::spawn(async move { calls.add_call(call(customer.id, 60)).await });
+    let mut customers = app.customers.clone();
+    let mut second = tokio::spawn(async move {
+        customers
+            .get_customer(pb::GetCustomerRequest {
+                customer_id: customer.id,
+            })
+            .await
+    });
+    // A bound on a negative observation: the read has not completed.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut second)
+            .await
+            .is_err(),
+        "a second request was served beyond the limit"
+    );
+    lock.release().await;
+    let stored = first.await.unwrap().unwrap().into_inner();
+    assert!(!stored.duplicate);
+    let read = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("served once the first request ended")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.balance_micros, -60_000);
+}
