@@ -211,12 +211,10 @@ impl Application {
             stopping.send_replace(true);
         };
         // Keepalive pings find dead peers of long-lived streams (invoice
-        // watchers) instead of holding their tasks forever. TCP_NODELAY is a
-        // property of the accepted sockets, so it is set on the incoming
-        // stream (the builder's `tcp_nodelay` applies only to `serve`). The
-        // reset-stream limits keep hyper's protection against rapid-reset
-        // floods on, at its defaults, explicitly.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // watchers) instead of holding their tasks forever. The reset-stream
+        // limits keep hyper's protection against rapid-reset floods on, at
+        // its defaults, explicitly.
+        let incoming = accepted_connections(listener);
         let server = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -267,6 +265,13 @@ impl Application {
         tracing::info!("stopped");
         served.map_err(StartupError::Serve)
     }
+}
+
+/// The connections the server accepts on `listener`, with TCP_NODELAY set
+/// on each: it is a property of the accepted sockets, so it belongs to the
+/// incoming stream (the builder's `tcp_nodelay` applies only to `serve`).
+pub fn accepted_connections(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Resolves once `stopping` turns true (or its sender is gone): the signal

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use billing::app::Limits;
 use billing::grpc::pb::{self, PlanKind};
+use futures_util::StreamExt;
 use prost::Message;
 use tonic::Code;
 
@@ -540,4 +541,65 @@ async fn a_connection_has_no_more_requests_served_at_once_than_the_limit() {
         .unwrap()
         .into_inner();
     assert_eq!(read.balance_micros, -60_000);
+}
+
+#[tokio::test]
+async fn accepted_connections_have_tcp_nodelay_set() {
+    // The server's own accept path: what `run_until_stopped` serves from.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut incoming = billing::app::accepted_connections(listener);
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let accepted = tokio::time::timeout(Duration::from_secs(10), incoming.next())
+        .await
+        .expect("a connection is accepted")
+        .expect("the listener is open")
+        .expect("accepted without error");
+    assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is not set");
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_gets_the_connection_closed_and_the_server_serves_on() {
+    let app = spawn_app().await;
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // Open streams and cancel each at once (CVE-2023-44487), as fast as the
+    // client can; the server must end the connection rather than serve on.
+    let mut sent = 0;
+    for _ in 0..100_000 {
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let request =
+            http::Request::post(format!("http://{}/grpc.health.v1.Health/Check", app.addr))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+        let Ok((_response, mut stream)) = client.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+        if sent % 64 == 0 {
+            // Let the connection task write the frames and read replies.
+            tokio::task::yield_now().await;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the server closes the flooding connection")
+        .unwrap();
+    let err = ended.expect_err("the connection ends with an error");
+    assert_eq!(
+        err.reason(),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "after {sent} resets: {err}"
+    );
+    assert!(sent < 100_000, "every reset was accepted");
+    // Other clients are still served.
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    assert!(plan.id > 0);
 }

@@ -5,6 +5,7 @@
 //! `TEST_DATABASE_URL` names a PostgreSQL server, a new database created on
 //! it per test. Logs stay silent unless `TEST_LOG` is set.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -38,6 +39,8 @@ pub struct TestApp {
     pub calls: CallServiceClient<Channel>,
     pub invoices: InvoiceServiceClient<Channel>,
     pub channel: Channel,
+    /// Where the server listens.
+    pub addr: SocketAddr,
     /// The application's clock; tests may move it.
     pub clock: Clock,
     /// The application's database, to start another application on it.
@@ -173,6 +176,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         calls: CallServiceClient::new(channel.clone()),
         invoices: InvoiceServiceClient::new(channel.clone()),
         channel,
+        addr,
         clock,
         database,
         shutdown: Some(shutdown),
