@@ -59,6 +59,8 @@ async fn main() {
         scheduler: false,
         shutdown_grace: Duration::from_secs(1),
         limits: Limits::default(),
+        auth: false,
+        token_ttl: billing::app::DEFAULT_TOKEN_TTL,
     })
     .await
     .expect("application starts");

@@ -10,7 +10,6 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use chrono_tz::Tz;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -18,13 +17,16 @@ use tonic_health::server::HealthReporter;
 
 use crate::clock::Clock;
 use crate::domain::validation::DEFAULT_MAX_CALL_AGE_DAYS;
+use crate::grpc::auth::{AuthLayer, Authentication};
 use crate::grpc::limits::UnaryTimeoutLayer;
 use crate::grpc::logging::RpcLogLayer;
+use crate::grpc::pb::account_service_server::AccountServiceServer;
 use crate::grpc::pb::call_service_server::CallServiceServer;
 use crate::grpc::pb::customer_service_server::CustomerServiceServer;
 use crate::grpc::pb::invoice_service_server::InvoiceServiceServer;
-use crate::grpc::{CallApi, CustomerApi, InvoiceApi, pb};
-use crate::invoicing::Invoicing;
+use crate::grpc::{AccountApi, CallApi, CustomerApi, InvoiceApi, pb};
+use crate::service::{Accounts, Calls, Customers, Invoicing};
+use crate::shutdown::{self, until_stopping};
 use crate::storage::Store;
 
 /// Everything `serve` needs to start.
@@ -45,7 +47,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// What one request or connection may cost.
     pub limits: Limits,
+    /// Whether RPCs need credentials (`--no-auth` turns this off).
+    pub auth: bool,
+    /// How long an access token from `Login` is accepted.
+    pub token_ttl: TimeDelta,
 }
+
+/// How long access tokens live unless `--token-ttl` says otherwise.
+pub const DEFAULT_TOKEN_TTL: TimeDelta = TimeDelta::hours(12);
 
 /// Bounds on the work one request, stream or connection may cause. Each is
 /// a `serve` flag; the defaults are documented in the README.
@@ -115,6 +124,8 @@ pub struct Application {
     scheduler: bool,
     shutdown_grace: Duration,
     limits: Limits,
+    auth: bool,
+    token_ttl: TimeDelta,
 }
 
 impl Application {
@@ -139,6 +150,8 @@ impl Application {
             scheduler: config.scheduler,
             shutdown_grace: config.shutdown_grace,
             limits: config.limits,
+            auth: config.auth,
+            token_ttl: config.token_ttl,
         })
     }
 
@@ -174,9 +187,18 @@ impl Application {
             scheduler,
             shutdown_grace,
             limits,
+            auth,
+            token_ttl,
         } = self;
         let invoicing = Invoicing::new(store.clone(), clock.clone(), billing_tz);
-        let (stopping, stopping_rx) = watch::channel(false);
+        let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl);
+        let authentication = if auth {
+            Authentication::On(accounts.clone())
+        } else {
+            tracing::warn!("authentication is OFF (--no-auth): every caller has full access");
+            Authentication::Off
+        };
+        let (stopping, stopping_rx) = shutdown::signal();
         let scheduler_task = scheduler.then(|| {
             tokio::spawn(crate::scheduler::run(
                 invoicing.clone(),
@@ -224,16 +246,28 @@ impl Application {
             .http2_max_local_error_reset_streams(Some(1024))
             .layer(RpcLogLayer)
             .layer(UnaryTimeoutLayer::new(limits.unary_timeout))
+            .layer(AuthLayer::new(authentication))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                CustomerServiceServer::new(CustomerApi::new(store.clone(), clock.clone()))
+                AccountServiceServer::new(AccountApi::new(accounts))
                     .max_decoding_message_size(max_bytes),
             )
             .add_service(
-                CallServiceServer::new(CallApi::new(store.clone(), clock, limits.max_call_age()))
-                    .max_decoding_message_size(max_bytes),
+                CustomerServiceServer::new(CustomerApi::new(Customers::new(
+                    store.clone(),
+                    clock.clone(),
+                )))
+                .max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                CallServiceServer::new(CallApi::new(Calls::new(
+                    store.clone(),
+                    clock,
+                    limits.max_call_age(),
+                )))
+                .max_decoding_message_size(max_bytes),
             )
             .add_service(
                 InvoiceServiceServer::new(InvoiceApi::new(
@@ -274,14 +308,14 @@ pub fn accepted_connections(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Resolves once `stopping` turns true (or its sender is gone): the signal
-/// for long-running tasks and streams to end.
-pub async fn until_stopping(stopping: &mut watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await;
-}
-
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <AccountServiceServer<AccountApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
     reporter
         .set_service_status(
             <CustomerServiceServer<CustomerApi> as tonic::server::NamedService>::NAME,

@@ -2,26 +2,34 @@
 //! every RPC at once. Goes through the same validation, rating and storage
 //! paths as the API.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 
+use crate::clock::Clock;
+use crate::domain::access::{NewAccount, Principal, Role};
+use crate::domain::credentials;
 use crate::domain::model::{CallRecord, NewCall, NewCustomer, NewPlan, PlanKind, TopUpRequest};
 use crate::domain::rating;
 use crate::error::{AppError, AppResult};
+use crate::service::Accounts;
 use crate::storage::Store;
 
 /// What `fill` created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DemoSummary {
     pub plans: usize,
     pub operators: usize,
     pub customers: usize,
     pub calls: usize,
+    /// One account of each role: `(role, username, password)`.
+    pub accounts: Vec<(&'static str, String, String)>,
 }
 
 /// Fills an empty database: three plans (one of each kind), two operators,
 /// five customers linked to them, monthly top-ups for the prepaid customers and a
-/// few hundred calls over the three months before `now`.
-pub async fn fill(store: &Store, now: DateTime<Utc>) -> AppResult<DemoSummary> {
+/// few hundred calls over the three months before now, and one account of
+/// each role with a random password.
+pub async fn fill(store: &Store, clock: Clock) -> AppResult<DemoSummary> {
+    let now = clock.now();
     if !store.list_plans(0, 1).await?.is_empty() {
         return Err(AppError::FailedPrecondition(
             "the database already holds data; demo-data fills only an empty database".into(),
@@ -129,10 +137,31 @@ pub async fn fill(store: &Store, now: DateTime<Utc>) -> AppResult<DemoSummary> {
     for outcome in store.store_calls(&calls).await? {
         outcome?;
     }
+    let accounts = Accounts::new(store.clone(), clock, TimeDelta::hours(12));
+    let demo = Principal::System("demo-data creates the first accounts");
+    let mut created = Vec::new();
+    for (username, role, operator_id, customer_id) in [
+        ("demo-admin", Role::Admin, 0, 0),
+        ("north-ops", Role::Operator, north, 0),
+        ("north-switch", Role::Switch, north, 0),
+        ("ada", Role::Customer, 0, customers[0].id),
+    ] {
+        let password = credentials::random_password()?;
+        let new = NewAccount::new(
+            username.into(),
+            password.clone(),
+            Some(role),
+            operator_id,
+            customer_id,
+        )?;
+        accounts.create_account(&demo, new).await?;
+        created.push((role.as_str(), username.to_owned(), password));
+    }
     Ok(DemoSummary {
         plans: plan_ids.len(),
         operators: 2,
         customers: customers.len(),
         calls: call_count,
+        accounts: created,
     })
 }

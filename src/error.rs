@@ -17,6 +17,17 @@ pub enum AppError {
     /// an idempotency key reused with a different request).
     #[error("{0}")]
     AlreadyExists(String),
+    /// The caller has no valid credentials; the text says what is wrong
+    /// without saying which part of a login was.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A limit on the caller was reached (the login throttle, the number of
+    /// watchers); the text says which and for how long.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The request is valid but the system is not in a state to perform it.
     #[error("{0}")]
     FailedPrecondition(String),

@@ -1,14 +1,15 @@
-//! The `billing` command: `serve`, `migrate` and `demo-data`.
+//! The `billing` command: `serve`, `migrate`, `demo-data` and `create-admin`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use billing::app::{Application, Config, Limits};
+use billing::app::{Application, Config, DEFAULT_TOKEN_TTL, Limits};
 use billing::clock::Clock;
+use billing::service::Accounts;
 use billing::storage::Store;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -54,13 +55,53 @@ enum Command {
         /// server closes them.
         #[arg(long, env = "BILLING_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
         shutdown_grace_seconds: u64,
+        /// Serve without authentication: every caller has full access. For
+        /// local development only; a warning is logged at startup.
+        #[arg(long, env = "BILLING_NO_AUTH")]
+        no_auth: bool,
+        /// How long an access token from Login is accepted: a number with a
+        /// unit `s`, `m`, `h` or `d` (e.g. `12h`, `90m`), 1 minute to 30 days.
+        #[arg(long, env = "BILLING_TOKEN_TTL", default_value = "12h", value_parser = parse_ttl)]
+        token_ttl: TimeDelta,
         #[command(flatten)]
         limits: LimitFlags,
     },
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Fill an empty database with demo plans, operators, customers and calls.
+    /// Fill an empty database with demo plans, operators, customers, calls
+    /// and one account of each role (their passwords are printed).
     DemoData,
+    /// Create an admin account, or reset the password of the admin account
+    /// of that name. The password is read from the first line of standard
+    /// input (at least 12 characters); migrations run first.
+    CreateAdmin {
+        /// The admin's username.
+        username: String,
+    },
+}
+
+/// Parses a token lifetime such as `12h`, `90m`, `3600s` or `1d`.
+fn parse_ttl(text: &str) -> Result<TimeDelta, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number followed by s, m, h or d"))?;
+    let seconds = match unit {
+        "" | "s" => Some(number),
+        "m" => number.checked_mul(60),
+        "h" => number.checked_mul(3600),
+        "d" => number.checked_mul(86_400),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`{text}`: the unit must be s, m, h or d"))?;
+    if !(60..=30 * 86_400).contains(&seconds) {
+        return Err(format!("`{text}` must be between 1 minute and 30 days"));
+    }
+    Ok(TimeDelta::seconds(seconds))
 }
 
 /// Bounds on what one request or connection may cost.
@@ -125,6 +166,8 @@ async fn main() -> ExitCode {
             billing_timezone,
             no_scheduler,
             shutdown_grace_seconds,
+            no_auth,
+            token_ttl,
             limits,
         } => {
             let clock = clock_start.map_or_else(Clock::system, Clock::starting_at);
@@ -136,11 +179,14 @@ async fn main() -> ExitCode {
                 scheduler: !no_scheduler,
                 shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
                 limits: limits.limits(),
+                auth: !no_auth,
+                token_ttl,
             };
             serve(config).await
         }
         Command::Migrate => migrate(&cli.database_url).await,
         Command::DemoData => demo_data(&cli.database_url).await,
+        Command::CreateAdmin { username } => create_admin(&cli.database_url, username).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -171,12 +217,39 @@ async fn migrate(database_url: &str) -> CliResult {
 async fn demo_data(database_url: &str) -> CliResult {
     let store = Store::connect(database_url).await?;
     store.migrate().await?;
-    let summary = billing::demo::fill(&store, Clock::system().now()).await?;
+    let summary = billing::demo::fill(&store, Clock::system()).await?;
     store.close().await?;
     println!(
         "demo data: {} plans, {} operators, {} customers, {} calls",
         summary.plans, summary.operators, summary.customers, summary.calls
     );
+    println!("accounts (sign in with AccountService/Login):");
+    for (role, username, password) in &summary.accounts {
+        println!("  {role:<8}  username {username:<16}  password {password}");
+    }
+    Ok(())
+}
+
+async fn create_admin(database_url: &str, username: String) -> CliResult {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\n', '\r']).to_owned();
+    let store = Store::connect(database_url).await?;
+    store.migrate().await?;
+    let accounts = Accounts::new(store.clone(), Clock::system(), DEFAULT_TOKEN_TTL);
+    let (account, created) = accounts.create_admin(username, password).await?;
+    store.close().await?;
+    if created {
+        println!(
+            "admin account {} created (id {})",
+            account.username, account.id
+        );
+    } else {
+        println!(
+            "password of admin account {} (id {}) reset",
+            account.username, account.id
+        );
+    }
     Ok(())
 }
 

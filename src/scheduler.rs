@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
-
+use crate::domain::access::Principal;
 use crate::domain::period::BillingPeriod;
-use crate::invoicing::Invoicing;
+use crate::service::Invoicing;
+use crate::shutdown::{Stopping, until_stopping};
 
 /// The longest single sleep: the next month start is recomputed at least
 /// this often, so a changed system clock is noticed.
@@ -16,8 +16,11 @@ const MAX_NAP: Duration = Duration::from_secs(3600);
 /// Wait before retrying after a failed cycle.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// The scheduler acts as the service itself.
+const SCHEDULER: Principal = Principal::System("the billing scheduler");
+
 /// Runs until `stopping` turns true.
-pub async fn run(invoicing: Invoicing, mut stopping: watch::Receiver<bool>) {
+pub async fn run(invoicing: Invoicing, mut stopping: Stopping) {
     let mut clock_moved = invoicing.clock().moved();
     loop {
         let pending = match invoicing.months_to_catch_up().await {
@@ -45,14 +48,14 @@ pub async fn run(invoicing: Invoicing, mut stopping: watch::Receiver<bool>) {
                     return;
                 }
             }
-            () = crate::app::until_stopping(&mut stopping) => return,
+            () = until_stopping(&mut stopping) => return,
         }
     }
 }
 
 /// Runs one cycle and logs its summary; false if it failed as a whole.
 async fn run_cycle(invoicing: &Invoicing, period: BillingPeriod) -> bool {
-    match invoicing.run_cycle(Some(period)).await {
+    match invoicing.run_cycle(&SCHEDULER, Some(period)).await {
         Ok(summary) => {
             tracing::info!(
                 period = %period,

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_core;
 mod m20261124_000002_invoices;
 mod m20261124_000003_money_checks;
+mod m20261124_000004_accounts;
 
 /// The service's migrations, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_core::Migration),
             Box::new(m20261124_000002_invoices::Migration),
             Box::new(m20261124_000003_money_checks::Migration),
+            Box::new(m20261124_000004_accounts::Migration),
         ]
     }
 }

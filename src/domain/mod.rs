@@ -2,6 +2,8 @@
 //! imports tonic or sea_orm; the gRPC layer converts into these types and the
 //! storage layer persists them.
 
+pub mod access;
+pub mod credentials;
 pub mod invoice;
 pub mod model;
 pub mod paging;

@@ -1,23 +1,21 @@
 //! `billing.v1.CallService`: rated call ingestion (single and streamed) and
 //! call listings.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-
-use chrono::TimeDelta;
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::caller;
 use super::convert;
 use super::page_of;
 use super::pb::{self, call_service_server::CallService};
 use super::status::{code_of, message_of};
-use crate::clock::Clock;
-use crate::domain::model::{Call, CallRecord, NewCall, Plan, StoredCall};
+use crate::domain::access::Principal;
+use crate::domain::model::{Call, CallRecord, NewCall, StoredCall};
 use crate::domain::paging::{self, TokenScope};
-use crate::domain::{rating, validation as valid};
+use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
-use crate::storage::{CallFilter, Store};
+use crate::service::Calls;
+use crate::service::calls::CustomerCache;
 
 /// Records of a stream written per transaction: large enough to amortise the
 /// commit, small enough to bound memory and lock hold time.
@@ -31,47 +29,12 @@ const MAX_REPORTED_ERROR_BYTES: usize = 900 * 1024;
 /// The CallService implementation.
 #[derive(Debug, Clone)]
 pub struct CallApi {
-    store: Store,
-    clock: Clock,
-    /// How long ago a call may have started.
-    max_call_age: TimeDelta,
+    calls: Calls,
 }
 
 impl CallApi {
-    /// A service over `store`, reading time from `clock`, accepting calls
-    /// that started at most `max_call_age` ago.
-    pub fn new(store: Store, clock: Clock, max_call_age: TimeDelta) -> Self {
-        CallApi {
-            store,
-            clock,
-            max_call_age,
-        }
-    }
-
-    /// Validates and rates one record. `plans` caches each customer's plan
-    /// for the length of one request (a customer's plan never changes).
-    async fn prepare(
-        &self,
-        request: pb::AddCallRequest,
-        plans: &mut HashMap<i64, Plan>,
-    ) -> AppResult<NewCall> {
-        let record = CallRecord::try_from(request)?;
-        let plan = match plans.entry(record.customer_id) {
-            Entry::Occupied(cached) => cached.into_mut(),
-            Entry::Vacant(slot) => {
-                slot.insert(self.store.plan_of_customer(record.customer_id).await?)
-            }
-        };
-        let now = self.clock.now();
-        let started_at = valid::call_start(&record, now, self.max_call_age)?;
-        let rating = rating::rate(record.duration_seconds, plan);
-        Ok(NewCall {
-            record,
-            started_at,
-            rating,
-            received_at: now,
-            plan_kind: plan.kind,
-        })
+    pub fn new(calls: Calls) -> Self {
+        CallApi { calls }
     }
 }
 
@@ -145,9 +108,9 @@ impl IngestTally {
     /// a debit, say), it is stored again record by record, so only the
     /// records at fault are rejected. Only an unavailable database ends the
     /// stream; batches written before stay written.
-    async fn flush(&mut self, store: &Store, batch: &mut Vec<(i64, NewCall)>) -> AppResult<()> {
+    async fn flush(&mut self, store: &Calls, batch: &mut Vec<(i64, NewCall)>) -> AppResult<()> {
         let (indexes, calls): (Vec<i64>, Vec<NewCall>) = std::mem::take(batch).into_iter().unzip();
-        match store.store_calls(&calls).await {
+        match store.store(&calls).await {
             Ok(outcomes) => {
                 for ((index, new), outcome) in indexes.into_iter().zip(&calls).zip(outcomes) {
                     self.count(index, new, outcome);
@@ -157,7 +120,7 @@ impl IngestTally {
             Err(err) => {
                 tracing::debug!(error = %err.detail(), "ingest batch refused; storing it record by record");
                 for (index, new) in indexes.into_iter().zip(&calls) {
-                    match store.store_calls(std::slice::from_ref(new)).await {
+                    match store.store(std::slice::from_ref(new)).await {
                         Ok(mut outcomes) => {
                             let outcome = outcomes.pop().ok_or_else(|| {
                                 AppError::internal("store_calls returned no outcome")
@@ -202,19 +165,9 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::AddCallRequest>,
     ) -> Result<Response<pb::AddCallResponse>, Status> {
-        let new = self
-            .prepare(request.into_inner(), &mut HashMap::new())
-            .await?;
-        let outcome = self
-            .store
-            .store_calls(std::slice::from_ref(&new))
-            .await?
-            .pop()
-            .ok_or_else(|| AppError::internal("store_calls returned no outcome"))??;
-        let (call, duplicate) = match outcome {
-            StoredCall::Inserted(call) => (call, false),
-            StoredCall::Duplicate(call) => (call, true),
-        };
+        let principal = caller(&request)?;
+        let record = CallRecord::try_from(request.into_inner())?;
+        let (call, duplicate) = self.calls.add_call(&principal, record).await?;
         Ok(Response::new(pb::AddCallResponse {
             call: Some(call.into()),
             duplicate,
@@ -225,23 +178,25 @@ impl CallService for CallApi {
         &self,
         request: Request<Streaming<pb::AddCallRequest>>,
     ) -> Result<Response<pb::IngestCallsResponse>, Status> {
+        let principal = caller(&request)?;
+        self.calls.may_add_calls(&principal)?;
         let mut stream = request.into_inner();
-        let mut plans = HashMap::new();
+        let mut customers = CustomerCache::new();
         let mut tally = IngestTally::default();
         let mut batch = Vec::with_capacity(INGEST_BATCH);
         let mut index: i64 = 0;
         while let Some(record) = stream.message().await? {
             let call_id = record.call_id.clone();
-            match self.prepare(record, &mut plans).await {
+            match self.prepare(&principal, record, &mut customers).await {
                 Ok(new) => batch.push((index, new)),
                 Err(err) => tally.reject(index, call_id, &err),
             }
             if batch.len() >= INGEST_BATCH {
-                tally.flush(&self.store, &mut batch).await?;
+                tally.flush(&self.calls, &mut batch).await?;
             }
             index += 1;
         }
-        tally.flush(&self.store, &mut batch).await?;
+        tally.flush(&self.calls, &mut batch).await?;
         Ok(Response::new(tally.into_response()))
     }
 
@@ -249,6 +204,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::GetCallHistoryRequest>,
     ) -> Result<Response<pb::GetCallHistoryResponse>, Status> {
+        let principal = caller(&request)?;
         let pb::GetCallHistoryRequest {
             customer_id,
             start_time,
@@ -259,7 +215,8 @@ impl CallService for CallApi {
         let customer_id = valid::id("customer_id", customer_id)?;
         let (calls, next_page_token) = self
             .page_of_calls(
-                CallFilter::Customer(customer_id),
+                &principal,
+                Listing::History(customer_id),
                 "call_history",
                 vec![customer_id],
                 (start_time, end_time, page_size, page_token),
@@ -275,6 +232,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::ListCallsRequest>,
     ) -> Result<Response<pb::ListCallsResponse>, Status> {
+        let principal = caller(&request)?;
         let pb::ListCallsRequest {
             operator_id,
             start_time,
@@ -283,10 +241,10 @@ impl CallService for CallApi {
             page_token,
         } = request.into_inner();
         let operator_id = valid::optional_id("operator_id", operator_id)?;
-        let filter = operator_id.map_or(CallFilter::All, CallFilter::Operator);
         let (calls, next_page_token) = self
             .page_of_calls(
-                filter,
+                &principal,
+                Listing::Calls(operator_id),
                 "calls",
                 vec![operator_id.unwrap_or(0)],
                 (start_time, end_time, page_size, page_token),
@@ -299,6 +257,14 @@ impl CallService for CallApi {
     }
 }
 
+/// Which call listing a page is of.
+enum Listing {
+    /// One customer's history.
+    History(i64),
+    /// All calls, or an operator's.
+    Calls(Option<i64>),
+}
+
 /// The paging fields shared by both call listings:
 /// `(start_time, end_time, page_size, page_token)`.
 type CallPaging = (
@@ -309,11 +275,23 @@ type CallPaging = (
 );
 
 impl CallApi {
+    /// Converts and prepares one streamed record.
+    async fn prepare(
+        &self,
+        principal: &Principal,
+        request: pb::AddCallRequest,
+        customers: &mut CustomerCache,
+    ) -> AppResult<NewCall> {
+        let record = CallRecord::try_from(request)?;
+        self.calls.prepare(principal, record, customers).await
+    }
+
     /// One page of calls in `(started_at, id)` order, and the next token. The
     /// token is bound to the listing, its filter ids and its time range.
     async fn page_of_calls(
         &self,
-        filter: CallFilter,
+        principal: &Principal,
+        listing_of: Listing,
         listing: &'static str,
         mut filters: Vec<i64>,
         (start_time, end_time, page_size, page_token): CallPaging,
@@ -324,15 +302,18 @@ impl CallApi {
         filters.push(range.end.map_or(i64::MAX, |at| at.timestamp_micros()));
         let scope = TokenScope { listing, filters };
         let after = paging::decode_token(&scope, &page_token, 2)?.map(|keys| (keys[0], keys[1]));
-        match filter {
-            CallFilter::All => {}
-            CallFilter::Customer(id) => self.store.ensure_customer(id).await?,
-            CallFilter::Operator(id) => self.store.ensure_operator(id).await?,
-        }
-        let calls = self
-            .store
-            .list_calls(filter, range, after, limit + 1)
-            .await?;
+        let calls = match listing_of {
+            Listing::History(customer_id) => {
+                self.calls
+                    .history(principal, customer_id, range, after, limit + 1)
+                    .await?
+            }
+            Listing::Calls(operator_id) => {
+                self.calls
+                    .list(principal, operator_id, range, after, limit + 1)
+                    .await?
+            }
+        };
         let (calls, token) = page_of(calls, limit, |last: &Call| {
             paging::encode_token(&scope, &[last.started_at.timestamp_micros(), last.id])
         });

@@ -345,3 +345,48 @@ impl From<ConsolidatedMonth> for pb::ConsolidatedMonth {
         }
     }
 }
+
+impl From<crate::domain::access::Role> for pb::Role {
+    fn from(role: crate::domain::access::Role) -> Self {
+        use crate::domain::access::Role;
+        match role {
+            Role::Admin => pb::Role::Admin,
+            Role::Operator => pb::Role::Operator,
+            Role::Customer => pb::Role::Customer,
+            Role::Switch => pb::Role::Switch,
+        }
+    }
+}
+
+/// The role of a request's `role` field; `None` when unset or unknown.
+pub fn role(value: i32) -> Option<crate::domain::access::Role> {
+    use crate::domain::access::Role;
+    match pb::Role::try_from(value).ok()? {
+        pb::Role::Unspecified => None,
+        pb::Role::Admin => Some(Role::Admin),
+        pb::Role::Operator => Some(Role::Operator),
+        pb::Role::Customer => Some(Role::Customer),
+        pb::Role::Switch => Some(Role::Switch),
+    }
+}
+
+impl From<crate::domain::access::Account> for pb::Account {
+    fn from(account: crate::domain::access::Account) -> Self {
+        let crate::domain::access::Account {
+            id,
+            username,
+            role,
+            operator_id,
+            customer_id,
+            created_at,
+        } = account;
+        pb::Account {
+            id,
+            username,
+            role: pb::Role::from(role).into(),
+            operator_id: operator_id.unwrap_or(0),
+            customer_id: customer_id.unwrap_or(0),
+            created_at: Some(timestamp(created_at)),
+        }
+    }
+}

@@ -3,23 +3,21 @@
 use tonic::{Request, Response, Status};
 
 use super::IdPage;
+use super::auth::caller;
 use super::pb::{self, customer_service_server::CustomerService};
-use crate::clock::Clock;
 use crate::domain::model::{NewCustomer, NewPlan, TopUpRequest};
 use crate::domain::validation as valid;
-use crate::storage::Store;
+use crate::service::Customers;
 
 /// The CustomerService implementation.
 #[derive(Debug, Clone)]
 pub struct CustomerApi {
-    store: Store,
-    clock: Clock,
+    customers: Customers,
 }
 
 impl CustomerApi {
-    /// A service over `store`, reading time from `clock`.
-    pub fn new(store: Store, clock: Clock) -> Self {
-        CustomerApi { store, clock }
+    pub fn new(customers: Customers) -> Self {
+        CustomerApi { customers }
     }
 }
 
@@ -29,8 +27,9 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreatePlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
+        let principal = caller(&request)?;
         let new = NewPlan::try_from(request.into_inner())?;
-        let plan = self.store.create_plan(new, self.clock.now()).await?;
+        let plan = self.customers.create_plan(&principal, new).await?;
         Ok(Response::new(plan.into()))
     }
 
@@ -38,12 +37,16 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        let principal = caller(&request)?;
         let pb::ListPlansRequest {
             page_size,
             page_token,
         } = request.into_inner();
         let page = IdPage::of("plans", Vec::new(), page_size, &page_token)?;
-        let plans = self.store.list_plans(page.after_id, page.fetch()).await?;
+        let plans = self
+            .customers
+            .list_plans(&principal, page.after_id, page.fetch())
+            .await?;
         let (plans, next_page_token) = page.finish(plans, |plan| plan.id);
         Ok(Response::new(pb::ListPlansResponse {
             plans: plans.into_iter().map(Into::into).collect(),
@@ -55,9 +58,10 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreateOperatorRequest>,
     ) -> Result<Response<pb::Operator>, Status> {
+        let principal = caller(&request)?;
         let pb::CreateOperatorRequest { name } = request.into_inner();
         let name = valid::name("name", &name)?;
-        let operator = self.store.create_operator(name, self.clock.now()).await?;
+        let operator = self.customers.create_operator(&principal, name).await?;
         Ok(Response::new(operator.into()))
     }
 
@@ -65,14 +69,15 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        let principal = caller(&request)?;
         let pb::ListOperatorsRequest {
             page_size,
             page_token,
         } = request.into_inner();
         let page = IdPage::of("operators", Vec::new(), page_size, &page_token)?;
         let operators = self
-            .store
-            .list_operators(page.after_id, page.fetch())
+            .customers
+            .list_operators(&principal, page.after_id, page.fetch())
             .await?;
         let (operators, next_page_token) = page.finish(operators, |operator| operator.id);
         Ok(Response::new(pb::ListOperatorsResponse {
@@ -85,8 +90,9 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
+        let principal = caller(&request)?;
         let new = NewCustomer::try_from(request.into_inner())?;
-        let customer = self.store.create_customer(new, self.clock.now()).await?;
+        let customer = self.customers.create_customer(&principal, new).await?;
         Ok(Response::new(customer.into()))
     }
 
@@ -94,10 +100,11 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
+        let principal = caller(&request)?;
         let pb::GetCustomerRequest { customer_id } = request.into_inner();
         let customer = self
-            .store
-            .customer(valid::id("customer_id", customer_id)?)
+            .customers
+            .customer(&principal, valid::id("customer_id", customer_id)?)
             .await?;
         Ok(Response::new(customer.into()))
     }
@@ -106,6 +113,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
+        let principal = caller(&request)?;
         let pb::ListCustomersRequest {
             operator_id,
             page_size,
@@ -118,12 +126,9 @@ impl CustomerService for CustomerApi {
             page_size,
             &page_token,
         )?;
-        if let Some(operator_id) = operator_id {
-            self.store.ensure_operator(operator_id).await?;
-        }
         let customers = self
-            .store
-            .list_customers(operator_id, page.after_id, page.fetch())
+            .customers
+            .list_customers(&principal, operator_id, page.after_id, page.fetch())
             .await?;
         let (customers, next_page_token) = page.finish(customers, |customer| customer.id);
         Ok(Response::new(pb::ListCustomersResponse {
@@ -136,16 +141,17 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::LinkOperatorRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
+        let principal = caller(&request)?;
         let pb::LinkOperatorRequest {
             customer_id,
             operator_id,
         } = request.into_inner();
         let customer = self
-            .store
+            .customers
             .link_operator(
+                &principal,
                 valid::id("customer_id", customer_id)?,
                 valid::id("operator_id", operator_id)?,
-                valid::MAX_OPERATORS_PER_CUSTOMER,
             )
             .await?;
         Ok(Response::new(customer.into()))
@@ -155,8 +161,9 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::TopUpRequest>,
     ) -> Result<Response<pb::TopUpResponse>, Status> {
+        let principal = caller(&request)?;
         let top_up = TopUpRequest::try_from(request.into_inner())?;
-        let outcome = self.store.top_up(top_up, self.clock.now()).await?;
+        let outcome = self.customers.top_up(&principal, top_up).await?;
         Ok(Response::new(pb::TopUpResponse {
             balance_micros: outcome.balance_micros,
             duplicate: outcome.duplicate,

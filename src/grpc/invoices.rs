@@ -5,17 +5,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::IdPage;
+use super::auth::caller;
 use super::convert::period;
 use super::pb::{self, invoice_service_server::InvoiceService};
 use crate::domain::validation as valid;
 use crate::error::AppError;
-use crate::invoicing::{Generated, Invoicing};
+use crate::service::invoicing::{Generated, Invoicing};
+use crate::shutdown::{Stopping, until_stopping};
 
 /// Invoices sent per database read while replaying history.
 const WATCH_BATCH: u64 = 100;
@@ -32,7 +34,7 @@ type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'st
 #[derive(Debug, Clone)]
 pub struct InvoiceApi {
     invoicing: Invoicing,
-    stopping: watch::Receiver<bool>,
+    stopping: Stopping,
     /// One permit per open WatchInvoices stream.
     watchers: Arc<Semaphore>,
     max_watchers: usize,
@@ -41,7 +43,7 @@ pub struct InvoiceApi {
 impl InvoiceApi {
     /// A service over `invoicing`; its streams end when `stopping` turns
     /// true; at most `max_watchers` WatchInvoices streams are open at once.
-    pub fn new(invoicing: Invoicing, stopping: watch::Receiver<bool>, max_watchers: usize) -> Self {
+    pub fn new(invoicing: Invoicing, stopping: Stopping, max_watchers: usize) -> Self {
         InvoiceApi {
             invoicing,
             stopping,
@@ -57,13 +59,18 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::GenerateInvoiceRequest>,
     ) -> Result<Response<pb::GenerateInvoiceResponse>, Status> {
+        let principal = caller(&request)?;
         let pb::GenerateInvoiceRequest {
             customer_id,
             period: requested,
         } = request.into_inner();
         let customer_id = valid::id("customer_id", customer_id)?;
         let requested = requested.map(|p| period("period", p)).transpose()?;
-        let result = match self.invoicing.generate(customer_id, requested).await? {
+        let result = match self
+            .invoicing
+            .generate(&principal, customer_id, requested)
+            .await?
+        {
             Generated::Invoice(invoice) => {
                 pb::generate_invoice_response::Result::Invoice(invoice.into())
             }
@@ -80,6 +87,7 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::GetMonthInvoiceRequest>,
     ) -> Result<Response<pb::Invoice>, Status> {
+        let principal = caller(&request)?;
         let pb::GetMonthInvoiceRequest {
             customer_id,
             period,
@@ -90,7 +98,7 @@ impl InvoiceService for InvoiceApi {
         let year = (year != 0).then_some(year);
         let invoice = self
             .invoicing
-            .month_invoice(customer_id, year, month)
+            .month_invoice(&principal, customer_id, year, month)
             .await?;
         Ok(Response::new(invoice.into()))
     }
@@ -99,6 +107,7 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::ListInvoicesRequest>,
     ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
+        let principal = caller(&request)?;
         let pb::ListInvoicesRequest {
             customer_id,
             page_size,
@@ -111,12 +120,9 @@ impl InvoiceService for InvoiceApi {
             page_size,
             &page_token,
         )?;
-        let store = self.invoicing.store();
-        if let Some(customer_id) = customer_id {
-            store.ensure_customer(customer_id).await?;
-        }
-        let invoices = store
-            .list_invoices(customer_id, page.after_id, page.fetch())
+        let invoices = self
+            .invoicing
+            .list_invoices(&principal, customer_id, page.after_id, page.fetch())
             .await?;
         let (invoices, next_page_token) = page.finish(invoices, |invoice| invoice.id);
         Ok(Response::new(pb::ListInvoicesResponse {
@@ -131,6 +137,7 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::StreamConsolidatedRequest>,
     ) -> Result<Response<Self::StreamConsolidatedStream>, Status> {
+        let principal = caller(&request)?;
         let pb::StreamConsolidatedRequest {
             customer_id,
             from_period,
@@ -139,7 +146,10 @@ impl InvoiceService for InvoiceApi {
         let customer_id = valid::id("customer_id", customer_id)?;
         let from = from_period.map(|p| period("from_period", p)).transpose()?;
         let to = to_period.map(|p| period("to_period", p)).transpose()?;
-        let (customer, plan) = self.invoicing.customer_and_plan(customer_id).await?;
+        let (customer, plan) = self
+            .invoicing
+            .consolidated_customer(&principal, customer_id)
+            .await?;
         let range = self.invoicing.consolidated_range(&customer, from, to)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let invoicing = self.invoicing.clone();
@@ -159,7 +169,7 @@ impl InvoiceService for InvoiceApi {
                 let page = tokio::select! {
                     page = invoicing.consolidated_page(&customer, &plan, from, until) => page,
                     () = tx.closed() => return,
-                    () = crate::app::until_stopping(&mut stopping) => {
+                    () = until_stopping(&mut stopping) => {
                         let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
                         return;
                     }
@@ -190,9 +200,10 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::RunBillingCycleRequest>,
     ) -> Result<Response<pb::RunBillingCycleResponse>, Status> {
+        let principal = caller(&request)?;
         let pb::RunBillingCycleRequest { period: requested } = request.into_inner();
         let requested = requested.map(|p| period("period", p)).transpose()?;
-        let summary = self.invoicing.run_cycle(requested).await?;
+        let summary = self.invoicing.run_cycle(&principal, requested).await?;
         if let Some(period) = summary.period {
             tracing::info!(
                 period = %period,
@@ -225,10 +236,12 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::WatchInvoicesRequest>,
     ) -> Result<Response<Self::WatchInvoicesStream>, Status> {
+        let principal = caller(&request)?;
         let pb::WatchInvoicesRequest { after_invoice_id } = request.into_inner();
         if after_invoice_id < 0 {
             return Err(AppError::invalid("after_invoice_id", "must not be negative").into());
         }
+        let filter = self.invoicing.watch_filter(&principal)?;
         let Ok(permit) = self.watchers.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "this server already serves {} invoice watchers (--max-invoice-watchers); retry later",
@@ -247,11 +260,7 @@ impl InvoiceService for InvoiceApi {
                 // Mark the latest issue as seen before reading, so an invoice
                 // committed after this read wakes the wait below.
                 issued.borrow_and_update();
-                let batch = match invoicing
-                    .store()
-                    .list_invoices(None, last_id, WATCH_BATCH)
-                    .await
-                {
+                let batch = match invoicing.feed_page(filter, last_id, WATCH_BATCH).await {
                     Ok(batch) => batch,
                     Err(err) => {
                         let _ = tx.send(Err(Status::from(err))).await;
@@ -272,7 +281,7 @@ impl InvoiceService for InvoiceApi {
                     _ = issued.changed() => {}
                     () = tokio::time::sleep(WATCH_POLL) => {}
                     () = tx.closed() => return,
-                    () = crate::app::until_stopping(&mut stopping) => {
+                    () = until_stopping(&mut stopping) => {
                         let _ = tx.send(Err(Status::unavailable("server shutting down; reconnect with your last invoice id"))).await;
                         return;
                     }

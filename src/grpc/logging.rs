@@ -1,4 +1,5 @@
-//! One log line per RPC: method, gRPC status code and latency. The status is
+//! One log line per RPC: method, the caller's account id (`-` for none;
+//! never a token), gRPC status code and latency. The status is
 //! read from the response headers (trailers-only errors) or, for ordinary and
 //! streamed responses, from the trailers when the body ends; a response body
 //! dropped before its end (a cancelled stream) is logged as `Cancelled`.
@@ -10,6 +11,8 @@ use std::time::Instant;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
 use tower::{Layer, Service};
+
+use super::auth::CallerAccount;
 
 /// Wraps every RPC of a server in [`RpcLog`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,10 +53,15 @@ where
         Box::pin(async move {
             let response = response.await?;
             let status = status_in(response.headers());
+            let account = response
+                .extensions()
+                .get::<CallerAccount>()
+                .and_then(|caller| caller.0);
             Ok(response.map(|inner| LoggedBody {
                 inner,
                 pending: Some(PendingLog {
                     method,
+                    account,
                     started,
                     status,
                 }),
@@ -66,6 +74,7 @@ where
 #[derive(Debug)]
 struct PendingLog {
     method: String,
+    account: Option<i64>,
     started: Instant,
     status: Option<Code>,
 }
@@ -74,13 +83,16 @@ impl PendingLog {
     fn emit(self, fallback: Code) {
         let code = self.status.unwrap_or(fallback);
         let latency = self.started.elapsed();
+        let account = self
+            .account
+            .map_or_else(|| "-".to_owned(), |id| id.to_string());
         if matches!(
             code,
             Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable
         ) {
-            tracing::warn!(method = %self.method, code = ?code, latency = ?latency, "rpc");
+            tracing::warn!(method = %self.method, account = %account, code = ?code, latency = ?latency, "rpc");
         } else {
-            tracing::info!(method = %self.method, code = ?code, latency = ?latency, "rpc");
+            tracing::info!(method = %self.method, account = %account, code = ?code, latency = ?latency, "rpc");
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The gRPC layer: tonic services that translate protobuf messages into the
-//! domain's types, call storage and the billing rules, and map errors to
-//! statuses. Only this layer touches generated `pb` types.
+//! domain's types, call the use cases of `service` with the caller's
+//! principal, and map errors to statuses. Only this layer touches generated
+//! `pb` types.
 
+mod accounts;
+pub mod auth;
 mod calls;
 mod convert;
 mod customers;
@@ -10,6 +13,7 @@ pub mod limits;
 pub mod logging;
 pub mod status;
 
+pub use accounts::AccountApi;
 pub use calls::CallApi;
 pub use customers::CustomerApi;
 pub use invoices::InvoiceApi;

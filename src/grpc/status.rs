@@ -11,6 +11,9 @@ pub fn code_of(err: &AppError) -> Code {
         AppError::NotFound(_) => Code::NotFound,
         AppError::AlreadyExists(_) => Code::AlreadyExists,
         AppError::FailedPrecondition(_) => Code::FailedPrecondition,
+        AppError::Unauthenticated(_) => Code::Unauthenticated,
+        AppError::PermissionDenied(_) => Code::PermissionDenied,
+        AppError::ResourceExhausted(_) => Code::ResourceExhausted,
         AppError::Unavailable(_) => Code::Unavailable,
         AppError::Internal(_) => Code::Internal,
     }
@@ -28,7 +31,10 @@ pub fn message_of(err: &AppError) -> String {
         AppError::InvalidArgument { .. }
         | AppError::NotFound(_)
         | AppError::AlreadyExists(_)
-        | AppError::FailedPrecondition(_) => err.to_string(),
+        | AppError::FailedPrecondition(_)
+        | AppError::Unauthenticated(_)
+        | AppError::PermissionDenied(_)
+        | AppError::ResourceExhausted(_) => err.to_string(),
     }
 }
 

@@ -12,7 +12,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, Statement, TryInsertResult,
 };
 
-use super::entities::{call, customer, invoice, invoice_line, top_up};
+use super::entities::{call, customer, customer_operator, invoice, invoice_line, top_up};
 use super::{Store, instant, micros};
 use crate::domain::invoice::{
     ClaimedUsage, ConsolidatedMonth, IncludedUsage, Invoice, InvoiceDraft, InvoiceLine,
@@ -65,6 +65,17 @@ pub struct IssueReport {
     pub outcome: IssueOutcome,
     /// Oldest first.
     pub earlier: Vec<Invoice>,
+}
+
+/// Whose invoices a listing returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvoiceFilter {
+    /// Every invoice.
+    All,
+    /// One customer's invoices.
+    Customer(i64),
+    /// The invoices of every customer linked to one operator.
+    Operator(i64),
 }
 
 impl Store {
@@ -163,7 +174,7 @@ impl Store {
     /// one customer or of all.
     pub async fn list_invoices(
         &self,
-        customer_id: Option<i64>,
+        filter: InvoiceFilter,
         after_id: i64,
         limit: u64,
     ) -> AppResult<Vec<Invoice>> {
@@ -171,9 +182,21 @@ impl Store {
             .filter(invoice::Column::Id.gt(after_id))
             .order_by_asc(invoice::Column::Id)
             .limit(limit);
-        if let Some(customer_id) = customer_id {
-            query = query.filter(invoice::Column::CustomerId.eq(customer_id));
-        }
+        query = match filter {
+            InvoiceFilter::All => query,
+            InvoiceFilter::Customer(customer_id) => {
+                query.filter(invoice::Column::CustomerId.eq(customer_id))
+            }
+            InvoiceFilter::Operator(operator_id) => query.filter(
+                invoice::Column::CustomerId.in_subquery(
+                    Query::select()
+                        .column(customer_operator::Column::CustomerId)
+                        .from(customer_operator::Entity)
+                        .and_where(customer_operator::Column::OperatorId.eq(operator_id))
+                        .to_owned(),
+                ),
+            ),
+        };
         let models = query.all(&self.db).await?;
         self.with_lines(models).await
     }

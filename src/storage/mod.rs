@@ -2,6 +2,7 @@
 //! domain's types and enforces, with constraints and transactions, every
 //! guarantee that must hold across replicas sharing one database.
 
+mod accounts;
 mod calls;
 mod customers;
 pub mod entities;
@@ -19,8 +20,9 @@ use sea_orm::{
 
 use crate::error::AppError;
 
+pub use accounts::{AccountRow, ApiKeyState, StoredCredential};
 pub use calls::CallFilter;
-pub use invoices::{CustomerToInvoice, InvoiceRequest, IssueOutcome, IssueReport};
+pub use invoices::{CustomerToInvoice, InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport};
 
 /// How long a writer waits for SQLite's write lock before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -99,6 +99,9 @@ pub struct AppOptions {
     /// An existing database; `None` creates a fresh one.
     pub database: Option<Database>,
     pub limits: Limits,
+    /// Whether RPCs need credentials; off unless a test is about access.
+    pub auth: bool,
+    pub token_ttl: chrono::TimeDelta,
 }
 
 impl Default for AppOptions {
@@ -109,6 +112,8 @@ impl Default for AppOptions {
             scheduler: false,
             database: None,
             limits: Limits::default(),
+            auth: false,
+            token_ttl: billing::app::DEFAULT_TOKEN_TTL,
         }
     }
 }
@@ -154,6 +159,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         scheduler: options.scheduler,
         shutdown_grace: Duration::from_secs(2),
         limits: options.limits,
+        auth: options.auth,
+        token_ttl: options.token_ttl,
     })
     .await
     .expect("application starts");
@@ -464,5 +471,24 @@ impl LockHolder {
     pub async fn release(self) {
         self.txn.rollback().await.expect("rollback");
         self.db.close().await.expect("close");
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request of a client.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        Bearer(format!("Bearer {token}").parse().expect("a token is ASCII"))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
     }
 }

@@ -6,13 +6,14 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
 use billing::grpc::pb;
+use billing::grpc::pb::account_service_client::AccountServiceClient;
 use billing::grpc::pb::customer_service_client::CustomerServiceClient;
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{Bearer, spawn_app};
 
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_each_service() {
@@ -169,7 +170,14 @@ async fn the_binary_fills_demo_data_serves_it_and_exits_cleanly_on_sigterm() {
         .wait_with_output()
         .unwrap();
     assert!(demo.status.success(), "demo-data failed: {demo:?}");
-    assert!(String::from_utf8_lossy(&demo.stdout).contains("3 plans, 2 operators"));
+    let printed = String::from_utf8_lossy(&demo.stdout);
+    assert!(printed.contains("3 plans, 2 operators"), "{printed}");
+    let admin_password = printed
+        .lines()
+        .find(|line| line.contains("username demo-admin"))
+        .and_then(|line| line.split_whitespace().last())
+        .expect("demo-data prints the admin's password")
+        .to_owned();
 
     let server = billing(&["serve", "--listen", "127.0.0.1:0"], &url);
     let addr = loop {
@@ -181,9 +189,22 @@ async fn the_binary_fills_demo_data_serves_it_and_exits_cleanly_on_sigterm() {
             break rest.trim().to_owned();
         }
     };
-    let mut client = CustomerServiceClient::connect(format!("http://{addr}"))
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let session = AccountServiceClient::new(channel.clone())
+        .login(pb::LoginRequest {
+            username: "demo-admin".into(),
+            password: admin_password,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let admin_id = session.account.as_ref().unwrap().id;
+    let mut client =
+        CustomerServiceClient::with_interceptor(channel, Bearer::new(&session.access_token));
     let plans = client
         .list_plans(pb::ListPlansRequest::default())
         .await
@@ -208,7 +229,9 @@ async fn the_binary_fills_demo_data_serves_it_and_exits_cleanly_on_sigterm() {
         }
     };
     assert!(
-        log_line.contains("code=Ok") && log_line.contains("latency="),
+        log_line.contains("code=Ok")
+            && log_line.contains("latency=")
+            && log_line.contains(&format!("account={admin_id}")),
         "{log_line}"
     );
 

@@ -1,11 +1,15 @@
 //! SeaORM entities, one per table. Timestamps are UTC microseconds since the
 //! epoch; money is integer micros.
 
+pub mod access_token;
+pub mod account;
+pub mod api_key;
 pub mod call;
 pub mod customer;
 pub mod customer_operator;
 pub mod invoice;
 pub mod invoice_line;
+pub mod login_failure;
 pub mod operator;
 pub mod plan;
 pub mod top_up;

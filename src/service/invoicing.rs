@@ -1,8 +1,10 @@
 //! The invoicing use cases, shared by the gRPC InvoiceService and the
 //! scheduler: issue an invoice, run a billing cycle, preview the current
-//! month, consolidate a customer's history. Billing rules come from
-//! `domain::invoice`, persistence from `storage`; this module only sequences
-//! them and announces each newly issued invoice to watchers.
+//! month, consolidate a customer's history, list and watch invoices. Each
+//! public use case takes the caller's principal and checks it first.
+//! Billing rules come from `domain::invoice`, persistence from `storage`;
+//! this module only sequences them and announces each newly issued invoice
+//! to watchers.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -12,12 +14,14 @@ use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::Tz;
 use tokio::sync::watch;
 
+use super::Access;
 use crate::clock::Clock;
+use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::invoice::{self, ClaimedUsage, ConsolidatedMonth, Invoice, UsagePreview};
 use crate::domain::model::{Customer, Plan};
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
-use crate::storage::{InvoiceRequest, IssueOutcome, IssueReport, Store};
+use crate::storage::{InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport, Store};
 
 /// Customers fetched per page while running a billing cycle.
 const CYCLE_PAGE: u64 = 500;
@@ -66,6 +70,7 @@ impl CycleSummary {
 #[derive(Debug, Clone)]
 pub struct Invoicing {
     store: Store,
+    access: Access,
     clock: Clock,
     tz: Tz,
     /// The highest invoice id this process has issued; watchers wait on it.
@@ -76,6 +81,7 @@ impl Invoicing {
     /// Invoicing over `store`, with periods in `tz`.
     pub fn new(store: Store, clock: Clock, tz: Tz) -> Self {
         Invoicing {
+            access: Access::new(store.clone()),
             store,
             clock,
             tz,
@@ -93,11 +99,6 @@ impl Invoicing {
         &self.clock
     }
 
-    /// The storage.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// A receiver that changes whenever this process issues an invoice.
     pub fn issued(&self) -> watch::Receiver<i64> {
         self.issued.subscribe()
@@ -108,11 +109,14 @@ impl Invoicing {
     /// month.
     pub async fn generate(
         &self,
+        principal: &Principal,
         customer_id: i64,
         period: Option<BillingPeriod>,
     ) -> AppResult<Generated> {
+        let (customer, plan) = self
+            .customer_and_plan(principal, Action::GenerateInvoice, customer_id)
+            .await?;
         let now = self.clock.now();
-        let (customer, plan) = self.customer_and_plan(customer_id).await?;
         let today = now.with_timezone(&self.tz);
         let current = BillingPeriod::containing(now, self.tz);
         let period = match period {
@@ -198,10 +202,14 @@ impl Invoicing {
     /// started when `year` is `None`.
     pub async fn month_invoice(
         &self,
+        principal: &Principal,
         customer_id: i64,
         year: Option<i32>,
         month: i32,
     ) -> AppResult<Invoice> {
+        self.access
+            .customer(principal, Action::ReadInvoices, customer_id)
+            .await?;
         self.store.ensure_customer(customer_id).await?;
         let period = match year {
             Some(year) => BillingPeriod::new("period", year, month)?,
@@ -223,7 +231,12 @@ impl Invoicing {
     /// and period. A customer whose invoice cannot be issued is logged,
     /// counted and skipped (the next cycle retries it); only an unavailable
     /// database ends the cycle early, keeping what it committed.
-    pub async fn run_cycle(&self, period: Option<BillingPeriod>) -> AppResult<CycleSummary> {
+    pub async fn run_cycle(
+        &self,
+        principal: &Principal,
+        period: Option<BillingPeriod>,
+    ) -> AppResult<CycleSummary> {
+        access::permits(principal, Action::RunBillingCycle)?;
         let now = self.clock.now();
         let period = period.unwrap_or_else(|| BillingPeriod::containing(now, self.tz).previous());
         let end = period.end(self.tz);
@@ -499,9 +512,73 @@ impl Invoicing {
         Ok((invoice::compose(plan, period, &usage)?, top_ups))
     }
 
-    /// A customer and its plan, or `NOT_FOUND`.
-    pub async fn customer_and_plan(&self, customer_id: i64) -> AppResult<(Customer, Plan)> {
-        let customer = self.store.customer(customer_id).await?;
+    /// Up to `limit` invoices after `after_id`, of one customer or of every
+    /// customer the caller may see.
+    pub async fn list_invoices(
+        &self,
+        principal: &Principal,
+        customer_id: Option<i64>,
+        after_id: i64,
+        limit: u64,
+    ) -> AppResult<Vec<Invoice>> {
+        let filter = match customer_id {
+            Some(customer_id) => {
+                let pass = self
+                    .access
+                    .customer(principal, Action::ReadInvoices, customer_id)
+                    .await?;
+                self.store.ensure_customer(pass.customer_id()).await?;
+                InvoiceFilter::Customer(pass.customer_id())
+            }
+            None => self.scope_filter(principal, Action::ReadInvoices)?,
+        };
+        self.store.list_invoices(filter, after_id, limit).await
+    }
+
+    /// The invoices a `WatchInvoices` stream of `principal` may carry.
+    pub fn watch_filter(&self, principal: &Principal) -> AppResult<InvoiceFilter> {
+        self.scope_filter(principal, Action::WatchInvoices)
+    }
+
+    /// Up to `limit` invoices matching `filter` after `after_id`, for a
+    /// feed whose filter was checked by [`Invoicing::watch_filter`].
+    pub async fn feed_page(
+        &self,
+        filter: InvoiceFilter,
+        after_id: i64,
+        limit: u64,
+    ) -> AppResult<Vec<Invoice>> {
+        self.store.list_invoices(filter, after_id, limit).await
+    }
+
+    fn scope_filter(&self, principal: &Principal, action: Action) -> AppResult<InvoiceFilter> {
+        access::permits(principal, action)?;
+        Ok(match access::customer_scope(principal) {
+            CustomerScope::All => InvoiceFilter::All,
+            CustomerScope::Operator(id) => InvoiceFilter::Operator(id),
+            CustomerScope::Customer(id) => InvoiceFilter::Customer(id),
+        })
+    }
+
+    /// A customer and its plan for a consolidated history, or `NOT_FOUND`.
+    pub async fn consolidated_customer(
+        &self,
+        principal: &Principal,
+        customer_id: i64,
+    ) -> AppResult<(Customer, Plan)> {
+        self.customer_and_plan(principal, Action::StreamConsolidated, customer_id)
+            .await
+    }
+
+    /// A customer the caller may `action` on, and its plan, or `NOT_FOUND`.
+    async fn customer_and_plan(
+        &self,
+        principal: &Principal,
+        action: Action,
+        customer_id: i64,
+    ) -> AppResult<(Customer, Plan)> {
+        let pass = self.access.customer(principal, action, customer_id).await?;
+        let customer = self.store.customer(pass.customer_id()).await?;
         let plan = self.store.plan(customer.plan_id).await?;
         Ok((customer, plan))
     }

@@ -1,0 +1,106 @@
+//! `billing.v1.AccountService`: sign-in, accounts and API keys.
+
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use super::convert::{self, timestamp};
+use super::pb::{self, account_service_server::AccountService};
+use crate::domain::access::NewAccount;
+use crate::domain::validation as valid;
+use crate::error::AppError;
+use crate::service::Accounts;
+
+/// The AccountService implementation.
+#[derive(Debug, Clone)]
+pub struct AccountApi {
+    accounts: Accounts,
+}
+
+impl AccountApi {
+    pub fn new(accounts: Accounts) -> Self {
+        AccountApi { accounts }
+    }
+}
+
+#[tonic::async_trait]
+impl AccountService for AccountApi {
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let pb::LoginRequest { username, password } = request.into_inner();
+        let session = self.accounts.login(&username, &password).await?;
+        Ok(Response::new(pb::LoginResponse {
+            access_token: session.access_token,
+            expires_at: Some(timestamp(session.expires_at)),
+            account: Some(session.account.into()),
+        }))
+    }
+
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let principal = caller(&request)?;
+        let pb::CreateAccountRequest {
+            username,
+            password,
+            role,
+            operator_id,
+            customer_id,
+        } = request.into_inner();
+        let new = NewAccount::new(
+            username,
+            password,
+            convert::role(role),
+            operator_id,
+            customer_id,
+        )?;
+        let account = self.accounts.create_account(&principal, new).await?;
+        Ok(Response::new(account.into()))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let principal = caller(&request)?;
+        let pb::CreateApiKeyRequest { name, account_id } = request.into_inner();
+        let account_id = valid::optional_id("account_id", account_id)?;
+        let (key_id, secret) = self
+            .accounts
+            .create_api_key(&principal, name, account_id)
+            .await?;
+        Ok(Response::new(pb::CreateApiKeyResponse { key_id, secret }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let principal = caller(&request)?;
+        let pb::RevokeApiKeyRequest { key_id } = request.into_inner();
+        let key_id = valid::id("key_id", key_id)?;
+        let already_revoked = self.accounts.revoke_api_key(&principal, key_id).await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse { already_revoked }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let principal = caller(&request)?;
+        let pb::WhoAmIRequest {} = request.into_inner();
+        let account = self
+            .accounts
+            .who_am_i(&principal)
+            .await
+            .map_err(|err| match err {
+                AppError::NotFound(_) => {
+                    Status::unauthenticated("the caller's account no longer exists")
+                }
+                err => err.into(),
+            })?;
+        Ok(Response::new(account.into()))
+    }
+}

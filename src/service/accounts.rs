@@ -1,0 +1,305 @@
+//! The account use cases: sign-in with its throttle, accounts, API keys,
+//! and turning a presented bearer token into the caller's principal.
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::Access;
+use crate::clock::Clock;
+use crate::domain::access::{self, Account, Action, NewAccount, Principal};
+use crate::domain::credentials::{self, TokenKind};
+use crate::domain::validation::shown;
+use crate::error::{AppError, AppResult};
+use crate::storage::{AccountRow, Store};
+
+/// Consecutive failed logins of one username that lock it.
+pub const MAX_LOGIN_FAILURES: i32 = 10;
+/// How long a locked username stays locked.
+pub const LOGIN_LOCK: TimeDelta = TimeDelta::seconds(60);
+/// Characters of an API key's name, at most.
+pub const MAX_KEY_NAME_CHARS: usize = 100;
+/// The one message of a failed login, whichever part was wrong.
+const LOGIN_FAILED: &str = "wrong username or password";
+
+/// A successful login.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub access_token: String,
+    pub expires_at: DateTime<Utc>,
+    pub account: Account,
+}
+
+/// The account use cases. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    store: Store,
+    clock: Clock,
+    access: Access,
+    token_ttl: TimeDelta,
+}
+
+impl Accounts {
+    /// Accounts over `store`; access tokens live for `token_ttl`.
+    pub fn new(store: Store, clock: Clock, token_ttl: TimeDelta) -> Self {
+        Accounts {
+            access: Access::new(store.clone()),
+            store,
+            clock,
+            token_ttl,
+        }
+    }
+
+    /// Signs in. A wrong username and a wrong password fail alike, and take
+    /// as long (an unknown username is checked against a decoy hash). After
+    /// [`MAX_LOGIN_FAILURES`] consecutive failures the username is locked
+    /// for [`LOGIN_LOCK`]: every attempt is `RESOURCE_EXHAUSTED`, even with
+    /// the right password, and does not extend the lock.
+    pub async fn login(&self, username: &str, password: &str) -> AppResult<Session> {
+        // No stored username is invalid, so an invalid one is said so
+        // (and never reaches the database).
+        credentials::valid_username(username.to_owned())?;
+        if password.len() > credentials::MAX_PASSWORD_BYTES {
+            return Err(AppError::invalid(
+                "password",
+                format!(
+                    "must have at most {} bytes",
+                    credentials::MAX_PASSWORD_BYTES
+                ),
+            ));
+        }
+        let now = self.clock.now();
+        if let Some(until) = self.store.login_locked_until(username, now).await? {
+            return Err(locked(until, now));
+        }
+        let found = self.store.account_for_login(username).await?;
+        let stored_hash = found.as_ref().map_or_else(
+            || credentials::decoy_hash().to_owned(),
+            |(_, hash)| hash.clone(),
+        );
+        let attempt = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || {
+            credentials::verify_password(&attempt, &stored_hash)
+        })
+        .await
+        .map_err(AppError::internal)?;
+        let account = match found {
+            Some((account, _)) if matches => account,
+            _ => {
+                let now = self.clock.now();
+                let locked_until = self
+                    .store
+                    .record_login_failure(username, now, MAX_LOGIN_FAILURES, LOGIN_LOCK)
+                    .await?;
+                tracing::info!(username = %shown(username), locked = locked_until.is_some(), "login failed");
+                return Err(AppError::Unauthenticated(LOGIN_FAILED.to_owned()));
+            }
+        };
+        // A lock set by a concurrent failure wins over this success.
+        let now = self.clock.now();
+        if let Some(until) = self.store.login_locked_until(username, now).await? {
+            return Err(locked(until, now));
+        }
+        self.store.clear_login_failures(username).await?;
+        let token = credentials::issue_token(TokenKind::Access)?;
+        let expires_at = now + self.token_ttl;
+        self.store
+            .store_access_token(account.id, &token, expires_at, now)
+            .await?;
+        Ok(Session {
+            access_token: token.presented,
+            expires_at,
+            account,
+        })
+    }
+
+    /// The principal a bearer token acts as: `UNAUTHENTICATED` unless it is
+    /// a known, unexpired access token or unrevoked API key.
+    pub async fn authenticate(&self, bearer: &str) -> AppResult<Principal> {
+        let refused = |why: &str| AppError::Unauthenticated(format!("{why}; sign in with Login"));
+        let presented = credentials::parse_token(bearer)
+            .ok_or_else(|| refused("the bearer token is not a token of this service"))?;
+        let stored = match presented.kind {
+            TokenKind::Access => self.store.access_token(&presented.selector).await?,
+            TokenKind::ApiKey => self.store.api_key(&presented.selector).await?,
+        };
+        let Some(stored) = stored.filter(|stored| presented.matches(&stored.secret_hash)) else {
+            return Err(refused("unknown bearer token"));
+        };
+        if stored.revoked {
+            return Err(refused("the API key was revoked"));
+        }
+        if stored
+            .expires_at
+            .is_some_and(|expires_at| expires_at <= self.clock.now())
+        {
+            return Err(refused("the access token has expired"));
+        }
+        let account = self.store.account(stored.account_id).await?;
+        Principal::of(&account)
+    }
+
+    /// The caller's own account.
+    pub async fn who_am_i(&self, principal: &Principal) -> AppResult<Account> {
+        access::permits(principal, Action::WhoAmI)?;
+        let Some(account_id) = principal.account_id() else {
+            return Err(AppError::FailedPrecondition(
+                "authentication is off on this server: the caller has no account".to_owned(),
+            ));
+        };
+        self.store.account(account_id).await
+    }
+
+    /// Creates an account (see `domain::access::may_create_account` for
+    /// who may create which).
+    pub async fn create_account(
+        &self,
+        principal: &Principal,
+        new: NewAccount,
+    ) -> AppResult<Account> {
+        access::permits(principal, Action::CreateAccount)?;
+        let linked = match new.customer_id {
+            Some(customer_id) => self.access.sees(principal, customer_id).await?,
+            None => false,
+        };
+        access::may_create_account(principal, &new, linked)?;
+        if let Some(operator_id) = new.operator_id {
+            self.store.ensure_operator(operator_id).await?;
+        }
+        if let Some(customer_id) = new.customer_id {
+            self.store.ensure_customer(customer_id).await?;
+        }
+        let password_hash = hash_off_runtime(new.password).await?;
+        let row = AccountRow {
+            username: new.username,
+            password_hash,
+            role: new.role,
+            operator_id: new.operator_id,
+            customer_id: new.customer_id,
+        };
+        let account = self.store.create_account(row, self.clock.now()).await?;
+        tracing::info!(
+            account_id = account.id,
+            role = account.role.as_str(),
+            "account created"
+        );
+        Ok(account)
+    }
+
+    /// Creates (or resets the password of) an admin account; for the
+    /// `create-admin` command. Returns the account and whether it is new.
+    pub async fn create_admin(
+        &self,
+        username: String,
+        password: String,
+    ) -> AppResult<(Account, bool)> {
+        let username = credentials::valid_username(username)?;
+        credentials::valid_new_password(&password)?;
+        let password_hash = hash_off_runtime(password).await?;
+        self.store
+            .upsert_admin(username, password_hash, self.clock.now())
+            .await
+    }
+
+    /// Creates an API key acting as `account_id` (`None`: the caller's own
+    /// account). Returns its id and the secret, which is never shown again.
+    pub async fn create_api_key(
+        &self,
+        principal: &Principal,
+        name: String,
+        account_id: Option<i64>,
+    ) -> AppResult<(i64, String)> {
+        access::permits(principal, Action::ManageApiKeys)?;
+        let name_chars = name.chars().count();
+        if name_chars > MAX_KEY_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(AppError::invalid(
+                "name",
+                format!(
+                    "must have at most {MAX_KEY_NAME_CHARS} characters and no control characters"
+                ),
+            ));
+        }
+        let account_id = match account_id.or(principal.account_id()) {
+            Some(id) => id,
+            None => {
+                return Err(AppError::invalid(
+                    "account_id",
+                    "is required when authentication is off",
+                ));
+            }
+        };
+        let owner = self.owner_for(principal, account_id).await?;
+        let token = credentials::issue_token(TokenKind::ApiKey)?;
+        let key_id = self
+            .store
+            .store_api_key(owner.id, name, &token, self.clock.now())
+            .await?;
+        tracing::info!(key_id, account_id = owner.id, "API key created");
+        Ok((key_id, token.presented))
+    }
+
+    /// Revokes API key `key_id`; returns whether it was revoked before.
+    pub async fn revoke_api_key(&self, principal: &Principal, key_id: i64) -> AppResult<bool> {
+        access::permits(principal, Action::ManageApiKeys)?;
+        let state = match self.store.api_key_state(key_id).await {
+            Ok(state) => state,
+            // Only an admin may learn that a key does not exist.
+            Err(AppError::NotFound(_)) if !is_admin(principal) => {
+                return Err(access::may_manage_keys_of(principal, None)
+                    .err()
+                    .unwrap_or_else(|| AppError::not_found("API key", key_id)));
+            }
+            Err(err) => return Err(err),
+        };
+        self.owner_for(principal, state.account_id).await?;
+        if !state.revoked {
+            self.store.revoke_api_key(key_id, self.clock.now()).await?;
+            tracing::info!(key_id, "API key revoked");
+        }
+        Ok(state.revoked)
+    }
+
+    /// The account `account_id`, if `principal` may manage its keys. To a
+    /// non-admin an unknown account is `PERMISSION_DENIED` like any other
+    /// it may not manage.
+    async fn owner_for(&self, principal: &Principal, account_id: i64) -> AppResult<Account> {
+        let owner = match self.store.account(account_id).await {
+            Ok(owner) => Some(owner),
+            Err(AppError::NotFound(_)) if !is_admin(principal) => None,
+            Err(err) => return Err(err),
+        };
+        access::may_manage_keys_of(principal, owner.as_ref())?;
+        owner.ok_or_else(|| AppError::not_found("account", account_id))
+    }
+}
+
+fn is_admin(principal: &Principal) -> bool {
+    matches!(principal, Principal::Admin { .. } | Principal::System(_))
+}
+
+fn locked(until: DateTime<Utc>, now: DateTime<Utc>) -> AppError {
+    let seconds = (until - now).num_seconds().max(1);
+    AppError::ResourceExhausted(format!(
+        "too many failed logins for this username: try again in {seconds} s"
+    ))
+}
+
+/// Hashes a password on the blocking pool (argon2id takes tens of
+/// milliseconds of CPU).
+async fn hash_off_runtime(password: String) -> AppResult<String> {
+    tokio::task::spawn_blocking(move || credentials::hash_password(&password))
+        .await
+        .map_err(AppError::internal)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_message_says_how_long_and_never_less_than_a_second() {
+        let now = Utc::now();
+        let err = locked(now + TimeDelta::seconds(42), now);
+        assert!(err.to_string().contains("42 s"), "{err}");
+        let err = locked(now, now);
+        assert!(err.to_string().contains("1 s"), "{err}");
+    }
+}

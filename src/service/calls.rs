@@ -1,0 +1,160 @@
+//! The call use cases: rate and store calls (one, or a batch of a stream),
+//! and list them, each checked against the caller's principal. A switch or
+//! operator may push calls only of its operator's customers; any other
+//! customer is `NOT_FOUND`, per record.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use chrono::TimeDelta;
+
+use super::Access;
+use crate::clock::Clock;
+use crate::domain::access::{self, Action, CustomerScope, Principal};
+use crate::domain::model::{Call, CallRecord, NewCall, Plan, StoredCall, TimeRange};
+use crate::domain::{rating, validation as valid};
+use crate::error::{AppError, AppResult};
+use crate::storage::{CallFilter, Store};
+
+/// What one request has learnt of each customer it pushed calls for: its
+/// plan, or `None` when the caller may not push calls for it. A customer's
+/// plan and links are read once per request (a plan never changes).
+pub type CustomerCache = HashMap<i64, Option<Plan>>;
+
+/// The call use cases. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Calls {
+    store: Store,
+    clock: Clock,
+    access: Access,
+    /// How long ago a call may have started.
+    max_call_age: TimeDelta,
+}
+
+impl Calls {
+    /// Calls over `store`, accepting calls that started at most
+    /// `max_call_age` ago.
+    pub fn new(store: Store, clock: Clock, max_call_age: TimeDelta) -> Self {
+        Calls {
+            access: Access::new(store.clone()),
+            store,
+            clock,
+            max_call_age,
+        }
+    }
+
+    /// Checks and rates one record for `principal`.
+    pub async fn prepare(
+        &self,
+        principal: &Principal,
+        record: CallRecord,
+        customers: &mut CustomerCache,
+    ) -> AppResult<NewCall> {
+        let customer_id = record.customer_id;
+        let plan = match customers.entry(customer_id) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let plan = match self
+                    .access
+                    .customer(principal, Action::AddCalls, customer_id)
+                    .await
+                {
+                    Ok(pass) => Some(self.store.plan_of_customer(pass.customer_id()).await?),
+                    Err(AppError::NotFound(_)) => None,
+                    Err(err) => return Err(err),
+                };
+                slot.insert(plan)
+            }
+        };
+        let plan = plan
+            .as_ref()
+            .ok_or_else(|| AppError::not_found("customer", customer_id))?;
+        let now = self.clock.now();
+        let started_at = valid::call_start(&record, now, self.max_call_age)?;
+        let rating = rating::rate(record.duration_seconds, plan);
+        Ok(NewCall {
+            record,
+            started_at,
+            rating,
+            received_at: now,
+            plan_kind: plan.kind,
+        })
+    }
+
+    /// Stores prepared calls in one transaction; see `Store::store_calls`.
+    pub async fn store(&self, calls: &[NewCall]) -> AppResult<Vec<AppResult<StoredCall>>> {
+        self.store.store_calls(calls).await
+    }
+
+    /// Rates and stores one call: the stored call and whether it was a
+    /// duplicate.
+    pub async fn add_call(
+        &self,
+        principal: &Principal,
+        record: CallRecord,
+    ) -> AppResult<(Call, bool)> {
+        access::permits(principal, Action::AddCalls)?;
+        let new = self.prepare(principal, record, &mut HashMap::new()).await?;
+        let outcome = self
+            .store(std::slice::from_ref(&new))
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::internal("store_calls returned no outcome"))??;
+        Ok(match outcome {
+            StoredCall::Inserted(call) => (call, false),
+            StoredCall::Duplicate(call) => (call, true),
+        })
+    }
+
+    /// Checks that `principal` may push calls at all (before a stream is
+    /// read).
+    pub fn may_add_calls(&self, principal: &Principal) -> AppResult<()> {
+        access::permits(principal, Action::AddCalls)
+    }
+
+    /// Up to `limit` calls of one customer in `range` after `after`.
+    pub async fn history(
+        &self,
+        principal: &Principal,
+        customer_id: i64,
+        range: TimeRange,
+        after: Option<(i64, i64)>,
+        limit: u64,
+    ) -> AppResult<Vec<Call>> {
+        let pass = self
+            .access
+            .customer(principal, Action::GetCallHistory, customer_id)
+            .await?;
+        self.store.ensure_customer(pass.customer_id()).await?;
+        self.store
+            .list_calls(
+                CallFilter::Customer(pass.customer_id()),
+                range,
+                after,
+                limit,
+            )
+            .await
+    }
+
+    /// Up to `limit` calls of all customers, or those of `operator_id` (an
+    /// operator: always its own), in `range` after `after`.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        operator_id: Option<i64>,
+        range: TimeRange,
+        after: Option<(i64, i64)>,
+        limit: u64,
+    ) -> AppResult<Vec<Call>> {
+        access::permits(principal, Action::ListCalls)?;
+        let filter = match access::operator_listing(principal, operator_id)? {
+            CustomerScope::All => CallFilter::All,
+            CustomerScope::Operator(id) => {
+                self.store.ensure_operator(id).await?;
+                CallFilter::Operator(id)
+            }
+            CustomerScope::Customer(id) => CallFilter::Customer(id),
+        };
+        self.store.list_calls(filter, range, after, limit).await
+    }
+}

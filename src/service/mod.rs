@@ -1,0 +1,18 @@
+//! The use cases: one module per area (accounts, customers, calls,
+//! invoicing). Each takes the caller's [`Principal`], checks the access
+//! policy, applies the billing rules of `domain` and calls `storage`. The
+//! gRPC handlers, the scheduler and `demo-data` all go through here.
+//!
+//! [`Principal`]: crate::domain::access::Principal
+
+pub mod access;
+pub mod accounts;
+pub mod calls;
+pub mod customers;
+pub mod invoicing;
+
+pub use access::{Access, CustomerPass};
+pub use accounts::Accounts;
+pub use calls::Calls;
+pub use customers::Customers;
+pub use invoicing::Invoicing;

@@ -1,0 +1,345 @@
+//! Accounts, access tokens, API keys and the login throttle.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, EntityTrait, ExprTrait, QueryFilter, QuerySelect,
+};
+
+use super::entities::{access_token, account, api_key, customer_operator, login_failure};
+use super::{Store, instant, is_unique_violation, micros};
+use crate::domain::access::{Account, Role};
+use crate::domain::credentials::IssuedToken;
+use crate::domain::validation::shown;
+use crate::error::{AppError, AppResult};
+
+/// An account to store, its password already hashed.
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub username: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub operator_id: Option<i64>,
+    pub customer_id: Option<i64>,
+}
+
+/// A stored credential found by its selector.
+#[derive(Debug, Clone)]
+pub struct StoredCredential {
+    pub secret_hash: String,
+    pub account_id: i64,
+    /// When an access token stops being accepted; `None` for API keys.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whether an API key was revoked.
+    pub revoked: bool,
+}
+
+/// An API key's owner and state.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiKeyState {
+    pub account_id: i64,
+    pub revoked: bool,
+}
+
+/// Failed-login rows older than this (and not locked) are forgotten.
+const FORGET_FAILURES_AFTER: TimeDelta = TimeDelta::hours(1);
+/// Access tokens are deleted this long after they expired.
+const KEEP_EXPIRED_TOKENS: TimeDelta = TimeDelta::days(1);
+
+impl Store {
+    /// Stores a new account; a taken username is `ALREADY_EXISTS`.
+    pub async fn create_account(&self, row: AccountRow, now: DateTime<Utc>) -> AppResult<Account> {
+        let username = row.username.clone();
+        let model = account::ActiveModel {
+            id: NotSet,
+            username: Set(row.username),
+            password_hash: Set(row.password_hash),
+            role: Set(row.role.as_str().to_owned()),
+            operator_id: Set(row.operator_id),
+            customer_id: Set(row.customer_id),
+            created_at: Set(micros(now)),
+        };
+        match account::Entity::insert(model)
+            .exec_with_returning(&self.db)
+            .await
+        {
+            Ok(model) => account_from(model),
+            Err(err) if is_unique_violation(&err) => Err(AppError::AlreadyExists(format!(
+                "username {} is already in use",
+                shown(&username)
+            ))),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Creates an admin account, or sets the password of the admin account
+    /// of that name. Another role under the name is `ALREADY_EXISTS`.
+    /// Returns the account and whether it was created.
+    pub async fn upsert_admin(
+        &self,
+        username: String,
+        password_hash: String,
+        now: DateTime<Utc>,
+    ) -> AppResult<(Account, bool)> {
+        if let Some(existing) = account::Entity::find()
+            .filter(account::Column::Username.eq(username.as_str()))
+            .one(&self.db)
+            .await?
+        {
+            if existing.role != Role::Admin.as_str() {
+                return Err(AppError::AlreadyExists(format!(
+                    "username {} belongs to a {} account",
+                    shown(&username),
+                    existing.role
+                )));
+            }
+            let id = existing.id;
+            account::Entity::update_many()
+                .col_expr(account::Column::PasswordHash, password_hash.into())
+                .filter(account::Column::Id.eq(id))
+                .exec(&self.db)
+                .await?;
+            return Ok((self.account(id).await?, false));
+        }
+        let row = AccountRow {
+            username,
+            password_hash,
+            role: Role::Admin,
+            operator_id: None,
+            customer_id: None,
+        };
+        Ok((self.create_account(row, now).await?, true))
+    }
+
+    /// One account, or `NOT_FOUND`.
+    pub async fn account(&self, account_id: i64) -> AppResult<Account> {
+        let model = account::Entity::find_by_id(account_id)
+            .one(&self.db)
+            .await?
+            .ok_or(AppError::not_found("account", account_id))?;
+        account_from(model)
+    }
+
+    /// The account of `username` and its password hash, if there is one.
+    pub async fn account_for_login(&self, username: &str) -> AppResult<Option<(Account, String)>> {
+        let Some(model) = account::Entity::find()
+            .filter(account::Column::Username.eq(username))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let hash = model.password_hash.clone();
+        Ok(Some((account_from(model)?, hash)))
+    }
+
+    /// Until when logins for `username` are refused, if they are now.
+    pub async fn login_locked_until(
+        &self,
+        username: &str,
+        now: DateTime<Utc>,
+    ) -> AppResult<Option<DateTime<Utc>>> {
+        let row = login_failure::Entity::find_by_id(username.to_owned())
+            .one(&self.db)
+            .await?;
+        Ok(row
+            .and_then(|row| row.locked_until)
+            .filter(|until| *until > micros(now))
+            .map(instant))
+    }
+
+    /// Counts a failed login for `username`, in one transaction so that
+    /// replicas count together. The `max_failures`-th consecutive failure
+    /// locks the username for `lock_for`; a lock that has run out starts
+    /// the count again. Returns until when the username is now locked.
+    pub async fn record_login_failure(
+        &self,
+        username: &str,
+        now: DateTime<Utc>,
+        max_failures: i32,
+        lock_for: TimeDelta,
+    ) -> AppResult<Option<DateTime<Utc>>> {
+        let txn = self.begin_write().await?;
+        login_failure::Entity::delete_many()
+            .filter(login_failure::Column::LastFailureAt.lt(micros(now - FORGET_FAILURES_AFTER)))
+            .filter(
+                login_failure::Column::LockedUntil
+                    .is_null()
+                    .or(login_failure::Column::LockedUntil.lt(micros(now))),
+            )
+            .exec(&txn)
+            .await?;
+        login_failure::Entity::insert(login_failure::ActiveModel {
+            username: Set(username.to_owned()),
+            failures: Set(0),
+            last_failure_at: Set(micros(now)),
+            locked_until: Set(None),
+        })
+        .on_conflict_do_nothing()
+        .exec_without_returning(&txn)
+        .await?;
+        let row = login_failure::Entity::find_by_id(username.to_owned())
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or_else(|| AppError::internal("login failure row vanished"))?;
+        let now_micros = micros(now);
+        let (failures, locked_until) = match row.locked_until {
+            // Still locked: the attempt changes nothing.
+            Some(until) if until > now_micros => (row.failures, Some(until)),
+            // A lock that ran out starts a new count.
+            Some(_) => (1, None),
+            None => (row.failures.saturating_add(1), None),
+        };
+        let locked_until =
+            locked_until.or_else(|| (failures >= max_failures).then(|| micros(now + lock_for)));
+        login_failure::Entity::update_many()
+            .col_expr(login_failure::Column::Failures, failures.into())
+            .col_expr(login_failure::Column::LastFailureAt, now_micros.into())
+            .col_expr(login_failure::Column::LockedUntil, locked_until.into())
+            .filter(login_failure::Column::Username.eq(username))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(locked_until.map(instant))
+    }
+
+    /// Forgets the failed logins of `username` (after a successful one).
+    pub async fn clear_login_failures(&self, username: &str) -> AppResult<()> {
+        login_failure::Entity::delete_many()
+            .filter(login_failure::Column::Username.eq(username))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a new access token of `account_id`, and deletes tokens that
+    /// expired long ago.
+    pub async fn store_access_token(
+        &self,
+        account_id: i64,
+        token: &IssuedToken,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> AppResult<()> {
+        access_token::Entity::delete_many()
+            .filter(access_token::Column::ExpiresAt.lt(micros(now - KEEP_EXPIRED_TOKENS)))
+            .exec(&self.db)
+            .await?;
+        access_token::Entity::insert(access_token::ActiveModel {
+            id: NotSet,
+            selector: Set(token.selector.clone()),
+            secret_hash: Set(token.secret_hash.clone()),
+            account_id: Set(account_id),
+            created_at: Set(micros(now)),
+            expires_at: Set(micros(expires_at)),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a new API key of `account_id` and returns its id.
+    pub async fn store_api_key(
+        &self,
+        account_id: i64,
+        name: String,
+        token: &IssuedToken,
+        now: DateTime<Utc>,
+    ) -> AppResult<i64> {
+        let model = api_key::Entity::insert(api_key::ActiveModel {
+            id: NotSet,
+            selector: Set(token.selector.clone()),
+            secret_hash: Set(token.secret_hash.clone()),
+            account_id: Set(account_id),
+            created_at: Set(micros(now)),
+            name: Set(name),
+            revoked_at: Set(None),
+        })
+        .exec_with_returning(&self.db)
+        .await?;
+        Ok(model.id)
+    }
+
+    /// The access token with this selector, if any.
+    pub async fn access_token(&self, selector: &str) -> AppResult<Option<StoredCredential>> {
+        Ok(access_token::Entity::find()
+            .filter(access_token::Column::Selector.eq(selector))
+            .one(&self.db)
+            .await?
+            .map(|row| StoredCredential {
+                secret_hash: row.secret_hash,
+                account_id: row.account_id,
+                expires_at: Some(instant(row.expires_at)),
+                revoked: false,
+            }))
+    }
+
+    /// The API key with this selector, if any.
+    pub async fn api_key(&self, selector: &str) -> AppResult<Option<StoredCredential>> {
+        Ok(api_key::Entity::find()
+            .filter(api_key::Column::Selector.eq(selector))
+            .one(&self.db)
+            .await?
+            .map(|row| StoredCredential {
+                secret_hash: row.secret_hash,
+                account_id: row.account_id,
+                expires_at: None,
+                revoked: row.revoked_at.is_some(),
+            }))
+    }
+
+    /// The owner and state of API key `key_id`, or `NOT_FOUND`.
+    pub async fn api_key_state(&self, key_id: i64) -> AppResult<ApiKeyState> {
+        let row = api_key::Entity::find_by_id(key_id)
+            .one(&self.db)
+            .await?
+            .ok_or(AppError::not_found("API key", key_id))?;
+        Ok(ApiKeyState {
+            account_id: row.account_id,
+            revoked: row.revoked_at.is_some(),
+        })
+    }
+
+    /// Marks API key `key_id` revoked (once; a second revoke keeps the
+    /// first time).
+    pub async fn revoke_api_key(&self, key_id: i64, now: DateTime<Utc>) -> AppResult<()> {
+        api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Some(micros(now)).into())
+            .filter(api_key::Column::Id.eq(key_id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether customer `customer_id` is linked to operator `operator_id`.
+    pub async fn is_linked(&self, operator_id: i64, customer_id: i64) -> AppResult<bool> {
+        Ok(customer_operator::Entity::find()
+            .select_only()
+            .column(customer_operator::Column::CustomerId)
+            .filter(customer_operator::Column::OperatorId.eq(operator_id))
+            .filter(customer_operator::Column::CustomerId.eq(customer_id))
+            .into_tuple::<i64>()
+            .one(&self.db)
+            .await?
+            .is_some())
+    }
+}
+
+fn account_from(model: account::Model) -> AppResult<Account> {
+    let role = Role::parse(&model.role).ok_or_else(|| {
+        AppError::internal(format!(
+            "account {} has unknown role {:?}",
+            model.id, model.role
+        ))
+    })?;
+    Ok(Account {
+        id: model.id,
+        username: model.username,
+        role,
+        operator_id: model.operator_id,
+        customer_id: model.customer_id,
+        created_at: instant(model.created_at),
+    })
+}
