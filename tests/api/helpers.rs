@@ -474,21 +474,31 @@ impl LockHolder {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every request of a client.
+/// Adds `authorization: Bearer <token>` to every request of a client (or
+/// nothing, for a caller without credentials).
 #[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl Bearer {
     pub fn new(token: &str) -> Self {
-        Bearer(format!("Bearer {token}").parse().expect("a token is ASCII"))
+        Bearer(Some(
+            format!("Bearer {token}").parse().expect("a token is ASCII"),
+        ))
+    }
+
+    /// No `authorization` metadata at all.
+    pub fn none() -> Self {
+        Bearer(None)
     }
 }
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         Ok(request)
     }
 }

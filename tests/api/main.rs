@@ -1,6 +1,7 @@
 //! Black-box tests: the real server on an ephemeral port with a fresh,
 //! migrated database per test, driven through real tonic clients.
 
+mod access;
 mod bounds;
 mod calls;
 mod correctness;

@@ -1,0 +1,850 @@
+//! Accounts and access control (issue 7), through the real server with
+//! authentication on: every RPC for every kind of caller, with the exact
+//! status, and for lists exactly the rows each caller may see.
+
+use std::collections::BTreeSet;
+
+use billing::grpc::pb::account_service_client::AccountServiceClient;
+use billing::grpc::pb::call_service_client::CallServiceClient;
+use billing::grpc::pb::customer_service_client::CustomerServiceClient;
+use billing::grpc::pb::invoice_service_client::InvoiceServiceClient;
+use billing::grpc::pb::{self, PlanKind, Role};
+use billing::service::Accounts;
+use billing::storage::Store;
+use chrono::TimeDelta;
+use tonic::Code;
+use tonic::codegen::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::helpers::{AppOptions, Bearer, TestApp, at, call, spawn_app_with, ts};
+
+type Intercepted = InterceptedService<Channel, Bearer>;
+
+/// Clients acting as one caller.
+#[derive(Clone)]
+struct Caller {
+    name: &'static str,
+    accounts: AccountServiceClient<Intercepted>,
+    customers: CustomerServiceClient<Intercepted>,
+    calls: CallServiceClient<Intercepted>,
+    invoices: InvoiceServiceClient<Intercepted>,
+}
+
+impl Caller {
+    fn new(name: &'static str, channel: &Channel, bearer: Bearer) -> Self {
+        Caller {
+            name,
+            accounts: AccountServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            customers: CustomerServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            calls: CallServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            invoices: InvoiceServiceClient::with_interceptor(channel.clone(), bearer),
+        }
+    }
+}
+
+const PASSWORD: &str = "a long enough password";
+
+/// The world of the matrix: operators A and B, a customer of each with a
+/// June call and invoice, and a caller of every kind.
+struct World {
+    app: TestApp,
+    admin: Caller,
+    operator_a: Caller,
+    operator_b: Caller,
+    switch_a: Caller,
+    customer_a: Caller,
+    customer_b: Caller,
+    nobody: Caller,
+    bad_token: Caller,
+    operator_a_id: i64,
+    operator_b_id: i64,
+    customer_a_id: i64,
+    customer_b_id: i64,
+    switch_a_account: i64,
+    operator_b_account: i64,
+}
+
+async fn spawn_secured() -> TestApp {
+    spawn_app_with(AppOptions {
+        clock: billing::clock::Clock::starting_at(at(crate::helpers::TEST_NOW)),
+        auth: true,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// Creates the first admin the way `billing create-admin` does.
+async fn bootstrap_admin(app: &TestApp) {
+    let store = Store::connect(&app.database.url).await.unwrap();
+    Accounts::new(store.clone(), app.clock.clone(), TimeDelta::hours(12))
+        .create_admin("root".into(), PASSWORD.into())
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+}
+
+async fn login(app: &TestApp, username: &str) -> Caller {
+    let session = AccountServiceClient::new(app.channel.clone())
+        .login(pb::LoginRequest {
+            username: username.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("{username} signs in: {status:?}"))
+        .into_inner();
+    let name: &'static str = Box::leak(username.to_owned().into_boxed_str());
+    Caller::new(name, &app.channel, Bearer::new(&session.access_token))
+}
+
+async fn account(
+    admin: &Caller,
+    username: &str,
+    role: Role,
+    operator_id: i64,
+    customer_id: i64,
+) -> i64 {
+    admin
+        .accounts
+        .clone()
+        .create_account(pb::CreateAccountRequest {
+            username: username.into(),
+            password: PASSWORD.into(),
+            role: role.into(),
+            operator_id,
+            customer_id,
+        })
+        .await
+        .unwrap_or_else(|status| panic!("account {username}: {status:?}"))
+        .into_inner()
+        .id
+}
+
+async fn world() -> World {
+    // Customers join in early June and call in mid June; the matrix runs
+    // on 2 July, with June invoiced.
+    let app = spawn_app_with(AppOptions {
+        clock: billing::clock::Clock::starting_at(at("2026-06-05T00:00:00Z")),
+        auth: true,
+        ..AppOptions::default()
+    })
+    .await;
+    bootstrap_admin(&app).await;
+    let admin = login(&app, "root").await;
+    let mut customers = admin.customers.clone();
+    let plan = customers
+        .create_plan(pb::CreatePlanRequest {
+            name: "Prepaid".into(),
+            kind: PlanKind::Prepaid.into(),
+            currency_code: "USD".into(),
+            monthly_fee_micros: 0,
+            per_minute_micros: 60_000,
+            billing_increment_seconds: 1,
+            included_minutes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let operator = |name: &'static str| {
+        let mut customers = customers.clone();
+        async move {
+            customers
+                .create_operator(pb::CreateOperatorRequest { name: name.into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    };
+    let operator_a_id = operator("A").await;
+    let operator_b_id = operator("B").await;
+    let customer = |phone: &'static str, operator_id: i64| {
+        let mut customers = customers.clone();
+        async move {
+            customers
+                .create_customer(pb::CreateCustomerRequest {
+                    name: phone.into(),
+                    phone_number: phone.into(),
+                    plan_id: plan.id,
+                    operator_ids: vec![operator_id],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    };
+    let customer_a_id = customer("+14155550001", operator_a_id).await;
+    let customer_b_id = customer("+14155550002", operator_b_id).await;
+    app.clock.set(at("2026-06-20T00:00:00Z"));
+    let admin = login(&app, "root").await;
+    for customer_id in [customer_a_id, customer_b_id] {
+        let mut june = call(customer_id, 60);
+        june.started_at = Some(ts("2026-06-10T10:00:00Z"));
+        admin.calls.clone().add_call(june).await.unwrap();
+    }
+    app.clock.set(at("2026-07-02T00:00:00Z"));
+    let admin = login(&app, "root").await;
+    admin
+        .invoices
+        .clone()
+        .run_billing_cycle(pb::RunBillingCycleRequest {
+            period: Some(pb::BillingPeriod {
+                year: 2026,
+                month: 6,
+            }),
+        })
+        .await
+        .unwrap();
+    account(&admin, "op-a", Role::Operator, operator_a_id, 0).await;
+    let operator_b_account = account(&admin, "op-b", Role::Operator, operator_b_id, 0).await;
+    let switch_a_account = account(&admin, "switch-a", Role::Switch, operator_a_id, 0).await;
+    account(&admin, "cust-a", Role::Customer, 0, customer_a_id).await;
+    account(&admin, "cust-b", Role::Customer, 0, customer_b_id).await;
+    World {
+        operator_a: login(&app, "op-a").await,
+        operator_b: login(&app, "op-b").await,
+        switch_a: login(&app, "switch-a").await,
+        customer_a: login(&app, "cust-a").await,
+        customer_b: login(&app, "cust-b").await,
+        nobody: Caller::new("nobody", &app.channel, Bearer::none()),
+        bad_token: Caller::new("bad token", &app.channel, Bearer::new("bat_not_a_token")),
+        admin,
+        app,
+        operator_a_id,
+        operator_b_id,
+        customer_a_id,
+        customer_b_id,
+        switch_a_account,
+        operator_b_account,
+    }
+}
+
+impl World {
+    /// Every caller with the status it must get; `None` means OK.
+    fn expect(&self, expected: [Option<Code>; 6]) -> Vec<(Caller, Option<Code>)> {
+        let [
+            admin,
+            operator_a,
+            operator_b,
+            switch_a,
+            customer_a,
+            customer_b,
+        ] = expected;
+        vec![
+            (self.nobody.clone(), Some(Code::Unauthenticated)),
+            (self.bad_token.clone(), Some(Code::Unauthenticated)),
+            (self.admin.clone(), admin),
+            (self.operator_a.clone(), operator_a),
+            (self.operator_b.clone(), operator_b),
+            (self.switch_a.clone(), switch_a),
+            (self.customer_a.clone(), customer_a),
+            (self.customer_b.clone(), customer_b),
+        ]
+    }
+}
+
+const OK: Option<Code> = None;
+const DENIED: Option<Code> = Some(Code::PermissionDenied);
+const HIDDEN: Option<Code> = Some(Code::NotFound);
+
+/// Runs `rpc` as every caller and checks each status.
+macro_rules! matrix {
+    ($world:expr, $rpc:literal, $expected:expr, |$caller:ident| $call:expr) => {{
+        let mut wrong = Vec::new();
+        for (caller, expected) in $world.expect($expected) {
+            let mut $caller = caller.clone();
+            let got = match $call.await {
+                Ok(_) => None,
+                Err(status) => Some(status.code()),
+            };
+            if got != expected {
+                wrong.push(format!(
+                    "{} as {}: got {got:?}, want {expected:?}",
+                    $rpc, caller.name
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }};
+}
+
+#[tokio::test]
+async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
+    let w = world().await;
+    let (a, b) = (w.customer_a_id, w.customer_b_id);
+    let june = Some(pb::BillingPeriod {
+        year: 2026,
+        month: 6,
+    });
+    matrix!(w, "WhoAmI", [OK, OK, OK, OK, OK, OK], |c| c
+        .accounts
+        .who_am_i(pb::WhoAmIRequest {}));
+    matrix!(
+        w,
+        "CreatePlan",
+        [OK, DENIED, DENIED, DENIED, DENIED, DENIED],
+        |c| c.customers.create_plan(pb::CreatePlanRequest {
+            name: "P".into(),
+            kind: PlanKind::Postpaid.into(),
+            currency_code: "USD".into(),
+            monthly_fee_micros: 1,
+            per_minute_micros: 1,
+            billing_increment_seconds: 1,
+            included_minutes: 0,
+        })
+    );
+    matrix!(w, "ListPlans", [OK, OK, OK, DENIED, DENIED, DENIED], |c| c
+        .customers
+        .list_plans(pb::ListPlansRequest::default()));
+    let mut n = 0;
+    matrix!(
+        w,
+        "CreateOperator",
+        [OK, DENIED, DENIED, DENIED, DENIED, DENIED],
+        |c| {
+            n += 1;
+            c.customers.create_operator(pb::CreateOperatorRequest {
+                name: format!("new {n}"),
+            })
+        }
+    );
+    matrix!(
+        w,
+        "ListOperators",
+        [OK, DENIED, DENIED, DENIED, DENIED, DENIED],
+        |c| c
+            .customers
+            .list_operators(pb::ListOperatorsRequest::default())
+    );
+    matrix!(
+        w,
+        "CreateCustomer",
+        [OK, OK, OK, DENIED, DENIED, DENIED],
+        |c| {
+            n += 1;
+            c.customers.create_customer(pb::CreateCustomerRequest {
+                name: "New".into(),
+                phone_number: format!("+1415555{n:04}"),
+                plan_id: 1,
+                operator_ids: vec![],
+            })
+        }
+    );
+    matrix!(
+        w,
+        "GetCustomer",
+        [OK, OK, HIDDEN, DENIED, OK, HIDDEN],
+        |c| c
+            .customers
+            .get_customer(pb::GetCustomerRequest { customer_id: a })
+    );
+    matrix!(
+        w,
+        "ListCustomers",
+        [OK, OK, OK, DENIED, DENIED, DENIED],
+        |c| c
+            .customers
+            .list_customers(pb::ListCustomersRequest::default())
+    );
+    matrix!(
+        w,
+        "LinkOperator",
+        [OK, DENIED, DENIED, DENIED, DENIED, DENIED],
+        |c| c.customers.link_operator(pb::LinkOperatorRequest {
+            customer_id: b,
+            operator_id: w.operator_b_id,
+        })
+    );
+    matrix!(w, "TopUp", [OK, OK, HIDDEN, DENIED, DENIED, DENIED], |c| {
+        n += 1;
+        c.customers.top_up(pb::TopUpRequest {
+            customer_id: a,
+            amount_micros: 1,
+            request_id: format!("top-up {n}"),
+        })
+    });
+    matrix!(w, "AddCall", [OK, OK, HIDDEN, OK, DENIED, DENIED], |c| c
+        .calls
+        .add_call(call(a, 1)));
+    matrix!(w, "IngestCalls", [OK, OK, OK, OK, DENIED, DENIED], |c| c
+        .calls
+        .ingest_calls(tokio_stream::iter(vec![call(a, 1)])));
+    matrix!(
+        w,
+        "GetCallHistory",
+        [OK, OK, HIDDEN, DENIED, OK, HIDDEN],
+        |c| c.calls.get_call_history(pb::GetCallHistoryRequest {
+            customer_id: a,
+            ..Default::default()
+        })
+    );
+    matrix!(w, "ListCalls", [OK, OK, OK, DENIED, DENIED, DENIED], |c| c
+        .calls
+        .list_calls(pb::ListCallsRequest::default()));
+    matrix!(
+        w,
+        "GenerateInvoice",
+        [OK, OK, HIDDEN, DENIED, OK, HIDDEN],
+        |c| c.invoices.generate_invoice(pb::GenerateInvoiceRequest {
+            customer_id: a,
+            period: june,
+        })
+    );
+    matrix!(
+        w,
+        "GetMonthInvoice",
+        [OK, OK, HIDDEN, DENIED, OK, HIDDEN],
+        |c| c.invoices.get_month_invoice(pb::GetMonthInvoiceRequest {
+            customer_id: a,
+            period: june,
+        })
+    );
+    matrix!(w, "ListInvoices", [OK, OK, OK, DENIED, OK, OK], |c| c
+        .invoices
+        .list_invoices(pb::ListInvoicesRequest::default()));
+    matrix!(
+        w,
+        "ListInvoices of A",
+        [OK, OK, HIDDEN, DENIED, OK, HIDDEN],
+        |c| c.invoices.list_invoices(pb::ListInvoicesRequest {
+            customer_id: a,
+            ..Default::default()
+        })
+    );
+    matrix!(
+        w,
+        "StreamConsolidated",
+        [OK, OK, HIDDEN, DENIED, OK, HIDDEN],
+        |c| c
+            .invoices
+            .stream_consolidated(pb::StreamConsolidatedRequest {
+                customer_id: a,
+                ..Default::default()
+            })
+    );
+    matrix!(
+        w,
+        "RunBillingCycle",
+        [OK, DENIED, DENIED, DENIED, DENIED, DENIED],
+        |c| c
+            .invoices
+            .run_billing_cycle(pb::RunBillingCycleRequest { period: june })
+    );
+    matrix!(
+        w,
+        "WatchInvoices",
+        [OK, OK, OK, DENIED, DENIED, DENIED],
+        |c| c
+            .invoices
+            .watch_invoices(pb::WatchInvoicesRequest::default())
+    );
+    matrix!(
+        w,
+        "CreateAccount (customer of A)",
+        [OK, OK, DENIED, DENIED, DENIED, DENIED],
+        |c| {
+            n += 1;
+            c.accounts.create_account(pb::CreateAccountRequest {
+                username: format!("user {n}"),
+                password: PASSWORD.into(),
+                role: Role::Customer.into(),
+                operator_id: 0,
+                customer_id: a,
+            })
+        }
+    );
+    matrix!(
+        w,
+        "CreateAccount (switch of A)",
+        [OK, OK, DENIED, DENIED, DENIED, DENIED],
+        |c| {
+            n += 1;
+            c.accounts.create_account(pb::CreateAccountRequest {
+                username: format!("user {n}"),
+                password: PASSWORD.into(),
+                role: Role::Switch.into(),
+                operator_id: w.operator_a_id,
+                customer_id: 0,
+            })
+        }
+    );
+    matrix!(
+        w,
+        "CreateAccount (operator A)",
+        [OK, DENIED, DENIED, DENIED, DENIED, DENIED],
+        |c| {
+            n += 1;
+            c.accounts.create_account(pb::CreateAccountRequest {
+                username: format!("user {n}"),
+                password: PASSWORD.into(),
+                role: Role::Operator.into(),
+                operator_id: w.operator_a_id,
+                customer_id: 0,
+            })
+        }
+    );
+    matrix!(
+        w,
+        "CreateApiKey (switch of A)",
+        [OK, OK, DENIED, DENIED, DENIED, DENIED],
+        |c| c.accounts.create_api_key(pb::CreateApiKeyRequest {
+            name: "key".into(),
+            account_id: w.switch_a_account,
+        })
+    );
+    matrix!(
+        w,
+        "CreateApiKey (operator B)",
+        [OK, DENIED, OK, DENIED, DENIED, DENIED],
+        |c| c.accounts.create_api_key(pb::CreateApiKeyRequest {
+            name: "key".into(),
+            account_id: w.operator_b_account,
+        })
+    );
+}
+
+fn ids<T>(rows: &[T], id: impl Fn(&T) -> i64) -> BTreeSet<i64> {
+    rows.iter().map(id).collect()
+}
+
+#[tokio::test]
+async fn lists_show_each_caller_exactly_the_rows_it_may_see() {
+    let w = world().await;
+    let (a, b) = (w.customer_a_id, w.customer_b_id);
+    let customers_of = |caller: &Caller| {
+        let mut client = caller.customers.clone();
+        async move {
+            let page = client
+                .list_customers(pb::ListCustomersRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            ids(&page.customers, |c| c.id)
+        }
+    };
+    assert_eq!(customers_of(&w.admin).await, BTreeSet::from([a, b]));
+    assert_eq!(customers_of(&w.operator_a).await, BTreeSet::from([a]));
+    assert_eq!(customers_of(&w.operator_b).await, BTreeSet::from([b]));
+    let calls_of = |caller: &Caller| {
+        let mut client = caller.calls.clone();
+        async move {
+            let page = client
+                .list_calls(pb::ListCallsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            ids(&page.calls, |c| c.customer_id)
+        }
+    };
+    assert_eq!(calls_of(&w.admin).await, BTreeSet::from([a, b]));
+    assert_eq!(calls_of(&w.operator_a).await, BTreeSet::from([a]));
+    assert_eq!(calls_of(&w.operator_b).await, BTreeSet::from([b]));
+    let invoices_of = |caller: &Caller| {
+        let mut client = caller.invoices.clone();
+        async move {
+            let page = client
+                .list_invoices(pb::ListInvoicesRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            ids(&page.invoices, |i| i.customer_id)
+        }
+    };
+    assert_eq!(invoices_of(&w.admin).await, BTreeSet::from([a, b]));
+    assert_eq!(invoices_of(&w.operator_a).await, BTreeSet::from([a]));
+    assert_eq!(invoices_of(&w.customer_a).await, BTreeSet::from([a]));
+    assert_eq!(invoices_of(&w.customer_b).await, BTreeSet::from([b]));
+    // The feed of operator A replays only A's invoice.
+    let mut feed = w
+        .operator_a
+        .invoices
+        .clone()
+        .watch_invoices(pb::WatchInvoicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = feed.message().await.unwrap().unwrap();
+    assert_eq!(first.customer_id, a);
+    // Asking for another operator's rows is refused, not emptied.
+    let status = w
+        .operator_a
+        .customers
+        .clone()
+        .list_customers(pb::ListCustomersRequest {
+            operator_id: w.operator_b_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // A customer created by an operator is linked to it.
+    let created = w
+        .operator_a
+        .customers
+        .clone()
+        .create_customer(pb::CreateCustomerRequest {
+            name: "Linked".into(),
+            phone_number: "+14155559999".into(),
+            plan_id: 1,
+            operator_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.operator_ids, vec![w.operator_a_id]);
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_switch_stream_stores_its_operators_calls_and_reports_others_as_not_found() {
+    let w = world().await;
+    let report = w
+        .switch_a
+        .calls
+        .clone()
+        .ingest_calls(tokio_stream::iter(vec![
+            call(w.customer_a_id, 60),
+            call(w.customer_b_id, 60),
+            call(w.customer_a_id, 30),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((report.accepted, report.rejected), (2, 1), "{report:?}");
+    assert_eq!(report.errors.len(), 1);
+    assert_eq!(report.errors[0].index, 1);
+    assert_eq!(report.errors[0].code, Code::NotFound as i32);
+    let history = w
+        .admin
+        .calls
+        .clone()
+        .get_call_history(pb::GetCallHistoryRequest {
+            customer_id: w.customer_b_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.calls.len(), 1, "only the June call of B");
+}
+
+#[tokio::test]
+async fn a_wrong_username_and_a_wrong_password_fail_alike() {
+    let app = spawn_secured().await;
+    bootstrap_admin(&app).await;
+    let mut accounts = AccountServiceClient::new(app.channel.clone());
+    let attempt = |username: &str, password: &str| pb::LoginRequest {
+        username: username.into(),
+        password: password.into(),
+    };
+    let unknown = accounts
+        .login(attempt("nobody", PASSWORD))
+        .await
+        .unwrap_err();
+    let wrong = accounts
+        .login(attempt("root", "wrong password!"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert_eq!(unknown.message(), wrong.message());
+    let session = accounts
+        .login(attempt("root", PASSWORD))
+        .await
+        .unwrap()
+        .into_inner();
+    let account = session.account.unwrap();
+    assert_eq!(
+        (account.username.as_str(), account.role),
+        ("root", Role::Admin as i32)
+    );
+    assert!(session.access_token.len() >= 32);
+}
+
+#[tokio::test]
+async fn ten_failed_logins_lock_the_username_for_a_minute_even_for_the_right_password() {
+    let app = spawn_secured().await;
+    bootstrap_admin(&app).await;
+    let mut accounts = AccountServiceClient::new(app.channel.clone());
+    let attempt = |password: &str| pb::LoginRequest {
+        username: "root".into(),
+        password: password.into(),
+    };
+    for n in 1..=10 {
+        let status = accounts
+            .login(attempt("wrong password!"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "attempt {n}");
+    }
+    let locked = accounts.login(attempt(PASSWORD)).await.unwrap_err();
+    assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
+    // Another username is not affected.
+    let other = accounts
+        .login(pb::LoginRequest {
+            username: "someone".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::Unauthenticated);
+    // 58 s later still locked; after 60 s the right password works.
+    let start = app.clock.now();
+    app.clock.set(start + TimeDelta::seconds(58));
+    let still = accounts.login(attempt(PASSWORD)).await.unwrap_err();
+    assert_eq!(still.code(), Code::ResourceExhausted, "{still:?}");
+    app.clock.set(start + TimeDelta::seconds(61));
+    accounts.login(attempt(PASSWORD)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_access_token_expires_after_its_lifetime() {
+    let app = spawn_secured().await;
+    bootstrap_admin(&app).await;
+    let admin = login(&app, "root").await;
+    admin
+        .accounts
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap();
+    let start = app.clock.now();
+    app.clock.set(start + TimeDelta::hours(11));
+    admin
+        .accounts
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap();
+    app.clock
+        .set(start + TimeDelta::hours(12) + TimeDelta::seconds(1));
+    let status = admin
+        .accounts
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+}
+
+#[tokio::test]
+async fn an_api_key_acts_as_its_account_until_revoked() {
+    let w = world().await;
+    let key = w
+        .operator_a
+        .accounts
+        .clone()
+        .create_api_key(pb::CreateApiKeyRequest {
+            name: "switch 1".into(),
+            account_id: w.switch_a_account,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let switch = Caller::new("switch key", &w.app.channel, Bearer::new(&key.secret));
+    let me = switch
+        .accounts
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.id, w.switch_a_account);
+    assert_eq!(me.role, Role::Switch as i32);
+    switch
+        .calls
+        .clone()
+        .add_call(call(w.customer_a_id, 5))
+        .await
+        .unwrap();
+    let revoked = w
+        .operator_a
+        .accounts
+        .clone()
+        .revoke_api_key(pb::RevokeApiKeyRequest { key_id: key.key_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!revoked.already_revoked);
+    let status = switch
+        .calls
+        .clone()
+        .add_call(call(w.customer_a_id, 5))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // Operator B may not revoke A's keys, and learns nothing about them.
+    let status = w
+        .operator_b
+        .accounts
+        .clone()
+        .revoke_api_key(pb::RevokeApiKeyRequest { key_id: key.key_id })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test]
+async fn create_account_names_the_field_at_fault() {
+    let w = world().await;
+    let mut accounts = w.admin.accounts.clone();
+    let request = |role: Role, operator_id, customer_id, password: &str| pb::CreateAccountRequest {
+        username: "new".into(),
+        password: password.into(),
+        role: role.into(),
+        operator_id,
+        customer_id,
+    };
+    let cases = [
+        (
+            request(Role::Operator, 0, 0, PASSWORD),
+            Code::InvalidArgument,
+            "operator_id",
+        ),
+        (
+            request(Role::Customer, 0, 0, PASSWORD),
+            Code::InvalidArgument,
+            "customer_id",
+        ),
+        (
+            request(Role::Switch, w.operator_a_id, w.customer_a_id, PASSWORD),
+            Code::InvalidArgument,
+            "customer_id",
+        ),
+        (
+            request(Role::Customer, w.operator_a_id, w.customer_a_id, PASSWORD),
+            Code::InvalidArgument,
+            "operator_id",
+        ),
+        (
+            request(Role::Unspecified, 0, 0, PASSWORD),
+            Code::InvalidArgument,
+            "role",
+        ),
+        (
+            request(Role::Admin, 0, 0, "short"),
+            Code::InvalidArgument,
+            "password",
+        ),
+        (
+            request(Role::Operator, 999, 0, PASSWORD),
+            Code::NotFound,
+            "operator 999",
+        ),
+        (
+            request(Role::Customer, 0, 999, PASSWORD),
+            Code::NotFound,
+            "customer 999",
+        ),
+    ];
+    for (request, code, field) in cases {
+        let status = accounts.create_account(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), code, "{request:?}: {status:?}");
+        assert!(status.message().contains(field), "{request:?}: {status:?}");
+    }
+    let mut taken = request(Role::Admin, 0, 0, PASSWORD);
+    taken.username = "op-a".into();
+    let status = accounts.create_account(taken).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+}
