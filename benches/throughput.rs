@@ -61,6 +61,7 @@ async fn main() {
         limits: Limits::default(),
         auth: false,
         token_ttl: billing::app::DEFAULT_TOKEN_TTL,
+        tls: None,
     })
     .await
     .expect("application starts");

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::TimeDelta;
@@ -12,6 +13,7 @@ use chrono_tz::Tz;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -51,6 +53,37 @@ pub struct Config {
     pub auth: bool,
     /// How long an access token from `Login` is accepted.
     pub token_ttl: TimeDelta,
+    /// Serve gRPC over TLS with these PEM files; `None`: plaintext h2c.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of the server's TLS setup.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the files into tonic's TLS configuration.
+    fn load(&self) -> Result<ServerTlsConfig, StartupError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| StartupError::Tls {
+                path: path.clone(),
+                source,
+            })
+        };
+        let identity = Identity::from_pem(read(&self.cert)?, read(&self.key)?);
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(config)
+    }
 }
 
 /// How long access tokens live unless `--token-ttl` says otherwise.
@@ -111,6 +144,14 @@ pub enum StartupError {
     },
     #[error("cannot build reflection service: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
+    #[error("cannot read TLS file {}: {source}", path.display())]
+    Tls {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid TLS setup: {0}")]
+    TlsSetup(#[source] tonic::transport::Error),
     #[error("server failed: {0}")]
     Serve(#[source] tonic::transport::Error),
 }
@@ -126,11 +167,13 @@ pub struct Application {
     limits: Limits,
     auth: bool,
     token_ttl: TimeDelta,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Application {
     /// Connects to and migrates the database, then binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let tls = config.tls.as_ref().map(TlsFiles::load).transpose()?;
         let store = Store::connect(&config.database_url)
             .await
             .map_err(StartupError::Database)?;
@@ -152,6 +195,7 @@ impl Application {
             limits: config.limits,
             auth: config.auth,
             token_ttl: config.token_ttl,
+            tls,
         })
     }
 
@@ -189,6 +233,7 @@ impl Application {
             limits,
             auth,
             token_ttl,
+            tls,
         } = self;
         let invoicing = Invoicing::new(store.clone(), clock.clone(), billing_tz);
         let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl);
@@ -222,6 +267,9 @@ impl Application {
             .map_err(StartupError::Reflection)?
             .max_decoding_message_size(max_bytes);
         if let Ok(addr) = listener.local_addr() {
+            if tls.is_some() {
+                tracing::info!("gRPC over TLS");
+            }
             tracing::info!(%addr, "serving");
         }
         let reporter = health_reporter.clone();
@@ -237,7 +285,11 @@ impl Application {
         // limits keep hyper's protection against rapid-reset floods on, at
         // its defaults, explicitly.
         let incoming = accepted_connections(listener);
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).map_err(StartupError::TlsSetup)?;
+        }
+        let server = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_concurrent_streams(limits.max_concurrent_streams)

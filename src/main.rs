@@ -2,10 +2,11 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use billing::app::{Application, Config, DEFAULT_TOKEN_TTL, Limits};
+use billing::app::{Application, Config, DEFAULT_TOKEN_TTL, Limits, TlsFiles};
 use billing::clock::Clock;
 use billing::service::Accounts;
 use billing::storage::Store;
@@ -63,6 +64,17 @@ enum Command {
         /// unit `s`, `m`, `h` or `d` (e.g. `12h`, `90m`), 1 minute to 30 days.
         #[arg(long, env = "BILLING_TOKEN_TTL", default_value = "12h", value_parser = parse_ttl)]
         token_ttl: TimeDelta,
+        /// Serve gRPC over TLS with this PEM certificate chain (needs
+        /// --tls-key).
+        #[arg(long, env = "BILLING_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, env = "BILLING_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this PEM CA (e.g. for
+        /// switches); needs --tls-cert.
+        #[arg(long, env = "BILLING_TLS_CLIENT_CA", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitFlags,
     },
@@ -168,6 +180,9 @@ async fn main() -> ExitCode {
             shutdown_grace_seconds,
             no_auth,
             token_ttl,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
             limits,
         } => {
             let clock = clock_start.map_or_else(Clock::system, Clock::starting_at);
@@ -181,6 +196,11 @@ async fn main() -> ExitCode {
                 limits: limits.limits(),
                 auth: !no_auth,
                 token_ttl,
+                tls: tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles {
+                    cert,
+                    key,
+                    client_ca: tls_client_ca,
+                }),
             };
             serve(config).await
         }

@@ -102,6 +102,8 @@ pub struct AppOptions {
     /// Whether RPCs need credentials; off unless a test is about access.
     pub auth: bool,
     pub token_ttl: chrono::TimeDelta,
+    /// Serve over TLS with these files (clients are then the test's own).
+    pub tls: Option<billing::app::TlsFiles>,
 }
 
 impl Default for AppOptions {
@@ -114,6 +116,7 @@ impl Default for AppOptions {
             limits: Limits::default(),
             auth: false,
             token_ttl: billing::app::DEFAULT_TOKEN_TTL,
+            tls: None,
         }
     }
 }
@@ -151,6 +154,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         None => fresh_database().await,
     };
     let clock = options.clock;
+    let tls = options.tls.is_some();
     let app = Application::build(Config {
         listen: "127.0.0.1:0".parse().expect("address"),
         database_url: database.url.clone(),
@@ -161,6 +165,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         limits: options.limits,
         auth: options.auth,
         token_ttl: options.token_ttl,
+        tls: options.tls,
     })
     .await
     .expect("application starts");
@@ -173,11 +178,14 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         .await
         .expect("server runs");
     });
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("client connects");
+    let endpoint = Channel::from_shared(format!("http://{addr}")).expect("uri");
+    // Over TLS the test brings its own clients; these plaintext ones stay
+    // unconnected.
+    let channel = if tls {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.expect("client connects")
+    };
     TestApp {
         customers: CustomerServiceClient::new(channel.clone()),
         calls: CallServiceClient::new(channel.clone()),

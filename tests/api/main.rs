@@ -13,3 +13,4 @@ mod operations;
 mod paging;
 mod property;
 mod robustness;
+mod tls;
