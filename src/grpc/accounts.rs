@@ -2,9 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::caller_may;
 use super::convert::{self, timestamp};
 use super::pb::{self, account_service_server::AccountService};
+use crate::domain::access::Action;
 use crate::domain::access::NewAccount;
 use crate::domain::validation as valid;
 use crate::error::AppError;
@@ -41,7 +42,7 @@ impl AccountService for AccountApi {
         &self,
         request: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::CreateAccount)?;
         let pb::CreateAccountRequest {
             username,
             password,
@@ -64,7 +65,7 @@ impl AccountService for AccountApi {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::ManageApiKeys)?;
         let pb::CreateApiKeyRequest { name, account_id } = request.into_inner();
         let account_id = valid::optional_id("account_id", account_id)?;
         let (key_id, secret) = self
@@ -78,7 +79,7 @@ impl AccountService for AccountApi {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::ManageApiKeys)?;
         let pb::RevokeApiKeyRequest { key_id } = request.into_inner();
         let key_id = valid::id("key_id", key_id)?;
         let already_revoked = self.accounts.revoke_api_key(&principal, key_id).await?;
@@ -89,7 +90,7 @@ impl AccountService for AccountApi {
         &self,
         request: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::WhoAmI)?;
         let pb::WhoAmIRequest {} = request.into_inner();
         let account = self
             .accounts

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use tonic::{Request, Status};
 use tower::{Layer, Service};
 
-use crate::domain::access::Principal;
+use crate::domain::access::{self, Action, Principal};
 use crate::service::Accounts;
 
 /// RPC paths (or path prefixes, ending in `/`) served without credentials.
@@ -39,6 +39,16 @@ pub fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
         .get::<Principal>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no credentials were checked for this RPC"))
+}
+
+/// The caller of `request`, if its role may perform `action` at all
+/// (`PERMISSION_DENIED` otherwise). Checked before the request is
+/// validated, so a caller that may not call an RPC learns nothing from it;
+/// the use case then checks everything else (which customers) itself.
+pub fn caller_may<T>(request: &Request<T>, action: Action) -> Result<Principal, Status> {
+    let principal = caller(request)?;
+    access::permits(&principal, action)?;
+    Ok(principal)
 }
 
 /// How RPCs are authenticated.

@@ -4,11 +4,12 @@
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::caller;
+use super::auth::caller_may;
 use super::convert;
 use super::page_of;
 use super::pb::{self, call_service_server::CallService};
 use super::status::{code_of, message_of};
+use crate::domain::access::Action;
 use crate::domain::access::Principal;
 use crate::domain::model::{Call, CallRecord, NewCall, StoredCall};
 use crate::domain::paging::{self, TokenScope};
@@ -165,7 +166,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::AddCallRequest>,
     ) -> Result<Response<pb::AddCallResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::AddCalls)?;
         let record = CallRecord::try_from(request.into_inner())?;
         let (call, duplicate) = self.calls.add_call(&principal, record).await?;
         Ok(Response::new(pb::AddCallResponse {
@@ -178,7 +179,7 @@ impl CallService for CallApi {
         &self,
         request: Request<Streaming<pb::AddCallRequest>>,
     ) -> Result<Response<pb::IngestCallsResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::AddCalls)?;
         self.calls.may_add_calls(&principal)?;
         let mut stream = request.into_inner();
         let mut customers = CustomerCache::new();
@@ -204,7 +205,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::GetCallHistoryRequest>,
     ) -> Result<Response<pb::GetCallHistoryResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::GetCallHistory)?;
         let pb::GetCallHistoryRequest {
             customer_id,
             start_time,
@@ -232,7 +233,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::ListCallsRequest>,
     ) -> Result<Response<pb::ListCallsResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::ListCalls)?;
         let pb::ListCallsRequest {
             operator_id,
             start_time,

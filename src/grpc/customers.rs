@@ -3,8 +3,9 @@
 use tonic::{Request, Response, Status};
 
 use super::IdPage;
-use super::auth::caller;
+use super::auth::caller_may;
 use super::pb::{self, customer_service_server::CustomerService};
+use crate::domain::access::Action;
 use crate::domain::model::{NewCustomer, NewPlan, TopUpRequest};
 use crate::domain::validation as valid;
 use crate::service::Customers;
@@ -27,7 +28,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreatePlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::CreatePlan)?;
         let new = NewPlan::try_from(request.into_inner())?;
         let plan = self.customers.create_plan(&principal, new).await?;
         Ok(Response::new(plan.into()))
@@ -37,7 +38,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::ListPlans)?;
         let pb::ListPlansRequest {
             page_size,
             page_token,
@@ -58,7 +59,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreateOperatorRequest>,
     ) -> Result<Response<pb::Operator>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::CreateOperator)?;
         let pb::CreateOperatorRequest { name } = request.into_inner();
         let name = valid::name("name", &name)?;
         let operator = self.customers.create_operator(&principal, name).await?;
@@ -69,7 +70,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::ListOperators)?;
         let pb::ListOperatorsRequest {
             page_size,
             page_token,
@@ -90,7 +91,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::CreateCustomer)?;
         let new = NewCustomer::try_from(request.into_inner())?;
         let customer = self.customers.create_customer(&principal, new).await?;
         Ok(Response::new(customer.into()))
@@ -100,7 +101,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::GetCustomer)?;
         let pb::GetCustomerRequest { customer_id } = request.into_inner();
         let customer = self
             .customers
@@ -113,7 +114,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::ListCustomers)?;
         let pb::ListCustomersRequest {
             operator_id,
             page_size,
@@ -141,7 +142,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::LinkOperatorRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::LinkOperator)?;
         let pb::LinkOperatorRequest {
             customer_id,
             operator_id,
@@ -161,7 +162,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::TopUpRequest>,
     ) -> Result<Response<pb::TopUpResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::TopUp)?;
         let top_up = TopUpRequest::try_from(request.into_inner())?;
         let outcome = self.customers.top_up(&principal, top_up).await?;
         Ok(Response::new(pb::TopUpResponse {

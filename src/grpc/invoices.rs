@@ -11,9 +11,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::IdPage;
-use super::auth::caller;
+use super::auth::caller_may;
 use super::convert::period;
 use super::pb::{self, invoice_service_server::InvoiceService};
+use crate::domain::access::Action;
 use crate::domain::validation as valid;
 use crate::error::AppError;
 use crate::service::invoicing::{Generated, Invoicing};
@@ -59,7 +60,7 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::GenerateInvoiceRequest>,
     ) -> Result<Response<pb::GenerateInvoiceResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::GenerateInvoice)?;
         let pb::GenerateInvoiceRequest {
             customer_id,
             period: requested,
@@ -87,7 +88,7 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::GetMonthInvoiceRequest>,
     ) -> Result<Response<pb::Invoice>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::ReadInvoices)?;
         let pb::GetMonthInvoiceRequest {
             customer_id,
             period,
@@ -107,7 +108,7 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::ListInvoicesRequest>,
     ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::ReadInvoices)?;
         let pb::ListInvoicesRequest {
             customer_id,
             page_size,
@@ -137,7 +138,7 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::StreamConsolidatedRequest>,
     ) -> Result<Response<Self::StreamConsolidatedStream>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::StreamConsolidated)?;
         let pb::StreamConsolidatedRequest {
             customer_id,
             from_period,
@@ -200,7 +201,7 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::RunBillingCycleRequest>,
     ) -> Result<Response<pb::RunBillingCycleResponse>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::RunBillingCycle)?;
         let pb::RunBillingCycleRequest { period: requested } = request.into_inner();
         let requested = requested.map(|p| period("period", p)).transpose()?;
         let summary = self.invoicing.run_cycle(&principal, requested).await?;
@@ -236,7 +237,7 @@ impl InvoiceService for InvoiceApi {
         &self,
         request: Request<pb::WatchInvoicesRequest>,
     ) -> Result<Response<Self::WatchInvoicesStream>, Status> {
-        let principal = caller(&request)?;
+        let principal = caller_may(&request, Action::WatchInvoices)?;
         let pb::WatchInvoicesRequest { after_invoice_id } = request.into_inner();
         if after_invoice_id < 0 {
             return Err(AppError::invalid("after_invoice_id", "must not be negative").into());

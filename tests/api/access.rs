@@ -848,3 +848,33 @@ async fn create_account_names_the_field_at_fault() {
     let status = accounts.create_account(taken).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
 }
+
+#[tokio::test]
+async fn a_caller_that_may_not_call_an_rpc_is_denied_before_its_request_is_validated() {
+    let w = world().await;
+    let status = w
+        .operator_a
+        .customers
+        .clone()
+        .create_plan(pb::CreatePlanRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = w
+        .switch_a
+        .calls
+        .clone()
+        .get_call_history(pb::GetCallHistoryRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // One that may call it hears what is wrong with the request.
+    let status = w
+        .operator_a
+        .calls
+        .clone()
+        .get_call_history(pb::GetCallHistoryRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
