@@ -492,6 +492,25 @@ async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
             account_id: w.switch_a_account,
         })
     );
+    let key = w
+        .admin
+        .accounts
+        .clone()
+        .create_api_key(pb::CreateApiKeyRequest {
+            name: "to revoke".into(),
+            account_id: w.switch_a_account,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    matrix!(
+        w,
+        "RevokeApiKey (switch of A)",
+        [OK, OK, DENIED, DENIED, DENIED, DENIED],
+        |c| c
+            .accounts
+            .revoke_api_key(pb::RevokeApiKeyRequest { key_id: key.key_id })
+    );
     matrix!(
         w,
         "CreateApiKey (operator B)",
