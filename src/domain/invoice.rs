@@ -1,6 +1,8 @@
 //! Invoice composition: from a period's claimed usage and top-ups to invoice
 //! lines and totals. Pure; every total is the sum of its parts.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
 use super::model::{Plan, PlanKind};
@@ -59,6 +61,54 @@ pub struct UsageTotals {
     pub call_count: i64,
     pub billed_seconds: i64,
     pub usage_micros: i64,
+}
+
+/// The months an issue of `requested` covers, oldest first: every month
+/// after the customer's `latest` invoiced month (or from its `first` month)
+/// up to the requested one, so months are billed in order. A month at or
+/// before the latest invoice is issued alone (it exists already, or
+/// predates the month-order rule).
+pub fn months_to_issue(
+    first: BillingPeriod,
+    requested: BillingPeriod,
+    latest: Option<BillingPeriod>,
+) -> Vec<BillingPeriod> {
+    let from = latest.map_or(first, BillingPeriod::next);
+    if from >= requested {
+        return vec![requested];
+    }
+    let mut months = vec![from];
+    while let Some(&last) = months.last()
+        && last < requested
+    {
+        months.push(last.next());
+    }
+    months
+}
+
+/// Late calls claimed by the invoice of `period`, totalled per month they
+/// started in, oldest first. Each call is `(month, billed_seconds,
+/// cost_micros)`. A total that overflows is `FAILED_PRECONDITION`.
+pub fn late_usage_by_month(
+    period: BillingPeriod,
+    calls: impl IntoIterator<Item = (BillingPeriod, i64, i64)>,
+) -> AppResult<Vec<(BillingPeriod, UsageTotals)>> {
+    let mut late: BTreeMap<BillingPeriod, UsageTotals> = BTreeMap::new();
+    for (month, billed_seconds, usage_micros) in calls {
+        let totals = late.entry(month).or_default();
+        *totals = totals
+            .checked_plus(UsageTotals {
+                call_count: 1,
+                billed_seconds,
+                usage_micros,
+            })
+            .ok_or_else(|| {
+                AppError::FailedPrecondition(format!(
+                    "the invoice for {period} cannot be issued: the late usage of {month} exceeds the largest representable sum"
+                ))
+            })?;
+    }
+    Ok(late.into_iter().collect())
 }
 
 impl UsageTotals {
@@ -351,6 +401,62 @@ pub fn invoice_number(period: BillingPeriod, invoice_id: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn month(year: i32, month: i32) -> BillingPeriod {
+        BillingPeriod::new("period", year, month).unwrap()
+    }
+
+    #[test]
+    fn issuing_a_month_covers_every_missing_month_before_it_oldest_first() {
+        let first = month(2026, 1);
+        assert_eq!(
+            months_to_issue(first, month(2026, 3), None),
+            vec![month(2026, 1), month(2026, 2), month(2026, 3)]
+        );
+        assert_eq!(
+            months_to_issue(first, month(2026, 4), Some(month(2026, 2))),
+            vec![month(2026, 3), month(2026, 4)]
+        );
+        // Already issued, or before the latest invoice: that month alone.
+        assert_eq!(
+            months_to_issue(first, month(2026, 2), Some(month(2026, 2))),
+            vec![month(2026, 2)]
+        );
+        assert_eq!(
+            months_to_issue(first, month(2026, 1), Some(month(2026, 5))),
+            vec![month(2026, 1)]
+        );
+    }
+
+    #[test]
+    fn late_calls_are_totalled_per_month_they_started_in_oldest_first() {
+        let late = late_usage_by_month(
+            month(2026, 5),
+            [
+                (month(2026, 3), 60, 100),
+                (month(2026, 1), 30, 5),
+                (month(2026, 3), 1, 1),
+            ],
+        )
+        .unwrap();
+        let total = |call_count, billed_seconds, usage_micros| UsageTotals {
+            call_count,
+            billed_seconds,
+            usage_micros,
+        };
+        assert_eq!(
+            late,
+            vec![
+                (month(2026, 1), total(1, 30, 5)),
+                (month(2026, 3), total(2, 61, 101)),
+            ]
+        );
+        let overflow = late_usage_by_month(
+            month(2026, 5),
+            [(month(2026, 3), 1, i64::MAX), (month(2026, 3), 1, 1)],
+        );
+        assert!(matches!(overflow, Err(AppError::FailedPrecondition(_))));
+    }
 
     fn plan(kind: PlanKind, fee: i64, per_minute: i64, included_minutes: i64) -> Plan {
         Plan {

@@ -1,5 +1,6 @@
 //! The billing domain's types: plans, operators, customers and calls.
 
+use crate::error::{AppError, AppResult};
 use chrono::{DateTime, Utc};
 
 /// How a plan charges its customers.
@@ -61,6 +62,18 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether a customer of this plan may be topped up: prepaid only.
+    pub fn check_top_up(&self, customer_id: i64) -> AppResult<()> {
+        if self.kind == PlanKind::Prepaid {
+            Ok(())
+        } else {
+            Err(AppError::FailedPrecondition(format!(
+                "customer {customer_id} is on a {} plan; only prepaid customers can top up",
+                self.kind.as_str()
+            )))
+        }
+    }
+
     /// Billed seconds of each month's own calls the plan includes: its
     /// included minutes on a postpaid plan, none on others.
     pub fn included_seconds(&self) -> i64 {
@@ -160,6 +173,18 @@ pub struct NewCall {
     pub received_at: DateTime<Utc>,
     /// The customer's plan kind: prepaid calls debit the balance.
     pub plan_kind: PlanKind,
+}
+
+impl NewCall {
+    /// What storing this call takes from the customer's balance: its cost
+    /// on a prepaid plan (a call that happened is never refused, so the
+    /// balance may go negative), nothing on other plans.
+    pub fn balance_debit_micros(&self) -> i64 {
+        match self.plan_kind {
+            PlanKind::Prepaid => self.rating.cost_micros,
+            PlanKind::Postpaid | PlanKind::Fixed => 0,
+        }
+    }
 }
 
 /// A stored call.

@@ -135,9 +135,12 @@ impl Customers {
         principal: &Principal,
         top_up: TopUpRequest,
     ) -> AppResult<TopUpOutcome> {
-        self.access
+        let pass = self
+            .access
             .customer(principal, Action::TopUp, top_up.customer_id)
             .await?;
+        let plan = self.store.plan_of_customer(pass.customer_id()).await?;
+        plan.check_top_up(pass.customer_id())?;
         self.store.top_up(top_up, self.clock.now()).await
     }
 }

@@ -12,7 +12,7 @@ use sea_orm::{
 
 use super::entities::{call, customer, customer_operator};
 use super::{Store, instant, micros};
-use crate::domain::model::{Call, NewCall, PlanKind, StoredCall, TimeRange};
+use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
 use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
 
@@ -117,11 +117,12 @@ impl Store {
             };
             let outcome = match (newly_stored, new.record.call_id.clone()) {
                 (Some(model), key) => {
-                    if new.plan_kind == PlanKind::Prepaid && new.rating.cost_micros != 0 {
+                    let amount = new.balance_debit_micros();
+                    if amount != 0 {
                         let customer_id = new.record.customer_id;
                         let debit = debits.entry(customer_id).or_default();
                         *debit = debit
-                            .checked_add(new.rating.cost_micros)
+                            .checked_add(amount)
                             .ok_or_else(|| balance_overflow(customer_id))?;
                     }
                     let call = call_from(model);

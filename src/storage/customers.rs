@@ -254,21 +254,14 @@ impl Store {
         self.customer(customer_id).await
     }
 
-    /// Credits a prepaid balance once per `request_id`. The top-up row and the
-    /// balance change commit together, so a retry never credits twice.
+    /// Credits a balance once per `request_id` (whether the customer may be
+    /// topped up is the caller's rule). The top-up row and the balance change
+    /// commit together, so a retry never credits twice.
     pub async fn top_up(
         &self,
         request: TopUpRequest,
         now: DateTime<Utc>,
     ) -> AppResult<TopUpOutcome> {
-        let plan = self.plan_of_customer(request.customer_id).await?;
-        if plan.kind != PlanKind::Prepaid {
-            return Err(AppError::FailedPrecondition(format!(
-                "customer {} is on a {} plan; only prepaid customers can top up",
-                request.customer_id,
-                plan.kind.as_str()
-            )));
-        }
         let txn = self.begin_write().await?;
         let row = top_up::ActiveModel {
             id: NotSet,

@@ -126,7 +126,11 @@ impl Store {
         for request in &requests {
             let mut earlier = Vec::new();
             let mut target = None;
-            for month in months_to_issue(request, latest.get(&request.customer_id).copied()) {
+            for month in crate::domain::invoice::months_to_issue(
+                request.first_period,
+                request.period,
+                latest.get(&request.customer_id).copied(),
+            ) {
                 let invoice = issue_month(&txn, request, month, &compose).await?;
                 match invoice {
                     Some(invoice) if month == request.period => target = Some(invoice),
@@ -667,24 +671,6 @@ fn period_key() -> sea_orm::sea_query::SimpleExpr {
         .add(Expr::col(invoice::Column::PeriodMonth))
 }
 
-/// The months a request issues, oldest first: every month after the
-/// customer's `latest` invoice (or from its first month) up to the requested
-/// one. A month at or before the latest invoice is issued alone (it exists
-/// already, or predates the month-order rule).
-fn months_to_issue(request: &InvoiceRequest, latest: Option<BillingPeriod>) -> Vec<BillingPeriod> {
-    let first = latest.map_or(request.first_period, BillingPeriod::next);
-    if first >= request.period {
-        return vec![request.period];
-    }
-    let mut months = vec![first];
-    while let Some(&last) = months.last()
-        && last < request.period
-    {
-        months.push(last.next());
-    }
-    months
-}
-
 /// Issues one month's invoice inside `txn`; `None` when it exists.
 async fn issue_month(
     txn: &DatabaseTransaction,
@@ -769,22 +755,18 @@ async fn issue_month(
         .into_tuple()
         .all(txn)
         .await?;
-    let mut late: BTreeMap<BillingPeriod, UsageTotals> = BTreeMap::new();
-    for (started_at, billed_seconds, cost_micros) in late_calls {
-        let month = BillingPeriod::containing(instant(started_at), tz);
-        let totals = late.entry(month).or_default();
-        *totals = totals
-            .checked_plus(UsageTotals {
-                call_count: 1,
-                billed_seconds,
-                usage_micros: cost_micros,
-            })
-            .ok_or_else(|| {
-                AppError::FailedPrecondition(format!(
-                    "the invoice for {period} cannot be issued: the late usage of {month} exceeds the largest representable sum"
-                ))
-            })?;
-    }
+    let late = crate::domain::invoice::late_usage_by_month(
+        period,
+        late_calls
+            .into_iter()
+            .map(|(started_at, billed_seconds, cost_micros)| {
+                (
+                    BillingPeriod::containing(instant(started_at), tz),
+                    billed_seconds,
+                    cost_micros,
+                )
+            }),
+    )?;
     let top_ups = top_up::Entity::find()
         .filter(top_up::Column::InvoiceId.eq(invoice_id))
         .order_by_asc(top_up::Column::CreatedAt)
@@ -800,7 +782,7 @@ async fn issue_month(
         &ClaimedUsage {
             current,
             included,
-            late: late.into_iter().collect(),
+            late,
             top_ups,
         },
     )?;
