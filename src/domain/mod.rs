@@ -9,4 +9,5 @@ pub mod model;
 pub mod paging;
 pub mod period;
 pub mod rating;
+pub mod tariff;
 pub mod validation;
