@@ -93,6 +93,7 @@ async fn main() {
             per_minute_micros: 120_000,
             billing_increment_seconds: 6,
             included_minutes: 10,
+            tariffs: Vec::new(),
         })
         .await
         .expect("plan")

@@ -318,6 +318,7 @@ impl Application {
                     store.clone(),
                     clock,
                     limits.max_call_age(),
+                    billing_tz,
                 )))
                 .max_decoding_message_size(max_bytes),
             )

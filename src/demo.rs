@@ -44,6 +44,7 @@ pub async fn fill(store: &Store, clock: Clock) -> AppResult<DemoSummary> {
         per_minute_micros: per_minute,
         billing_increment_seconds: increment,
         included_minutes: included,
+        tariffs: Vec::new(),
     };
     let plans = [
         plan(

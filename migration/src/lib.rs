@@ -9,6 +9,7 @@ mod m20261124_000001_core;
 mod m20261124_000002_invoices;
 mod m20261124_000003_money_checks;
 mod m20261124_000004_accounts;
+mod m20261124_000005_tariffs;
 
 /// The service's migrations, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_invoices::Migration),
             Box::new(m20261124_000003_money_checks::Migration),
             Box::new(m20261124_000004_accounts::Migration),
+            Box::new(m20261124_000005_tariffs::Migration),
         ]
     }
 }

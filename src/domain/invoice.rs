@@ -469,6 +469,7 @@ mod tests {
             billing_increment_seconds: 60,
             included_minutes,
             created_at: DateTime::UNIX_EPOCH,
+            tariffs: Vec::new(),
         }
     }
 

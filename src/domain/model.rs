@@ -1,5 +1,6 @@
 //! The billing domain's types: plans, operators, customers and calls.
 
+use super::tariff::{BASE_TARIFF, Segment, Tariff};
 use crate::error::{AppError, AppResult};
 use chrono::{DateTime, Utc};
 
@@ -45,6 +46,9 @@ pub struct NewPlan {
     pub per_minute_micros: i64,
     pub billing_increment_seconds: i32,
     pub included_minutes: i64,
+    /// Prices by destination and time, increments resolved; checked with
+    /// `tariff::check_tariffs`.
+    pub tariffs: Vec<Tariff>,
 }
 
 /// A stored, immutable billing plan.
@@ -59,6 +63,8 @@ pub struct Plan {
     pub billing_increment_seconds: i32,
     pub included_minutes: i64,
     pub created_at: DateTime<Utc>,
+    /// Prices by destination and time; empty: the plan's rate for every call.
+    pub tariffs: Vec<Tariff>,
 }
 
 impl Plan {
@@ -155,13 +161,20 @@ impl CallRecord {
 }
 
 /// The price of one call under the plan in force when it was stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rating {
     pub billed_seconds: i64,
+    /// Connect fee plus the segments' costs.
     pub cost_micros: i64,
-    /// The per-minute rate applied (0 on fixed plans).
+    /// The per-minute rate of the tariff the call started in (0 on fixed
+    /// plans).
     pub per_minute_micros: i64,
+    /// The billing increment of the tariff the call started in.
     pub billing_increment_seconds: i32,
+    pub connect_fee_micros: i64,
+    /// The billed time cut where the tariff changed; empty when the plan
+    /// has no tariffs (one piece at the plan's rate, see [`Call::segments`]).
+    pub segments: Vec<Segment>,
 }
 
 /// A rated call ready to be stored.
@@ -203,6 +216,25 @@ pub struct Call {
     pub callee_number: String,
     pub received_at: DateTime<Utc>,
     pub invoice_id: Option<i64>,
+    pub connect_fee_micros: i64,
+    /// Stored segments; empty for a call of a plan without tariffs.
+    pub stored_segments: Vec<Segment>,
+}
+
+impl Call {
+    /// The call's priced pieces: those stored, or for a call of a plan
+    /// without tariffs its whole billed time at the plan's rate.
+    pub fn segments(&self) -> Vec<Segment> {
+        if !self.stored_segments.is_empty() {
+            return self.stored_segments.clone();
+        }
+        vec![Segment {
+            tariff_name: BASE_TARIFF.to_owned(),
+            start: self.started_at,
+            billed_seconds: self.billed_seconds,
+            cost_micros: self.cost_micros - self.connect_fee_micros,
+        }]
+    }
 }
 
 /// What storing a call did.

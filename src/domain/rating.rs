@@ -1,7 +1,39 @@
 //! Rating: what a call costs under a plan. The only place call prices are
 //! computed; integer micros throughout.
 
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
 use super::model::{Plan, PlanKind, Rating};
+use super::tariff::PriceList;
+
+/// Rates a call to `callee` of `duration_seconds` (validated: 1..=86 400)
+/// starting at `start` under `plan`, reading tariff windows in `tz`. A plan
+/// without tariffs (or a fixed plan) takes the flat path of [`rate`].
+pub fn rate_call(
+    plan: &Plan,
+    callee: &str,
+    start: DateTime<Utc>,
+    duration_seconds: i64,
+    tz: Tz,
+) -> Rating {
+    if plan.tariffs.is_empty() || plan.kind == PlanKind::Fixed {
+        return rate(duration_seconds, plan);
+    }
+    let increment = i64::from(plan.billing_increment_seconds.max(1));
+    let prices = PriceList::new(&plan.tariffs, plan.per_minute_micros, increment);
+    let rated = prices.rate(callee, start, duration_seconds, tz);
+    let first = prices.in_force_at_start(callee, start, tz);
+    Rating {
+        billed_seconds: rated.billed_seconds,
+        cost_micros: rated.cost_micros,
+        per_minute_micros: first.per_minute_micros,
+        billing_increment_seconds: i32::try_from(first.billing_increment_seconds)
+            .unwrap_or(i32::MAX),
+        connect_fee_micros: rated.connect_fee_micros,
+        segments: rated.segments,
+    }
+}
 
 /// Rates a call of `duration_seconds` (validated: 1..=86 400) under `plan`.
 ///
@@ -20,6 +52,8 @@ pub fn rate(duration_seconds: i64, plan: &Plan) -> Rating {
         cost_micros: cost_of(billed_seconds, per_minute_micros),
         per_minute_micros,
         billing_increment_seconds: plan.billing_increment_seconds,
+        connect_fee_micros: 0,
+        segments: Vec::new(),
     }
 }
 
@@ -34,7 +68,6 @@ pub fn cost_of(billed_seconds: i64, per_minute_micros: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::DateTime;
 
     fn plan(kind: PlanKind, per_minute_micros: i64, increment: i32) -> Plan {
         Plan {
@@ -47,6 +80,7 @@ mod tests {
             billing_increment_seconds: increment,
             included_minutes: 0,
             created_at: DateTime::UNIX_EPOCH,
+            tariffs: Vec::new(),
         }
     }
 

@@ -233,6 +233,11 @@ impl<'a> PriceList<'a> {
         }
     }
 
+    /// The tariff in force when a call to `callee` starts at `start`.
+    pub fn in_force_at_start(&self, callee: &str, start: DateTime<Utc>, tz: Tz) -> &Tariff {
+        Schedule::for_callee(self, callee).in_force(start.with_timezone(&tz).naive_local())
+    }
+
     /// Rates a call to `callee` of `duration_seconds` (1..=86 400) starting
     /// at `start`, with windows read in `tz`.
     pub fn rate(

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
-use super::pb;
+use super::{DayOfWeek, pb};
 use crate::domain::invoice::{
     ConsolidatedMonth, Invoice, InvoiceLine, InvoiceLineKind, UsagePreview,
 };
@@ -14,6 +14,9 @@ use crate::domain::model::{
     TopUpRequest,
 };
 use crate::domain::period::BillingPeriod;
+use crate::domain::tariff::{
+    DaySet, MAX_TARIFFS_PER_PLAN, MINUTES_PER_DAY, Segment, Tariff, Window, check_tariffs,
+};
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
 
@@ -80,9 +83,33 @@ impl TryFrom<pb::CreatePlanRequest> for NewPlan {
             per_minute_micros,
             billing_increment_seconds,
             included_minutes,
+            tariffs,
         } = req;
         let kind = plan_kind(kind)?;
+        let increment = valid::billing_increment_seconds(billing_increment_seconds)?;
+        if kind == PlanKind::Fixed && !tariffs.is_empty() {
+            return Err(AppError::invalid(
+                "tariffs",
+                "a fixed plan charges no usage, so it takes no tariffs",
+            ));
+        }
+        if tariffs.len() > MAX_TARIFFS_PER_PLAN {
+            return Err(AppError::invalid(
+                "tariffs",
+                format!(
+                    "at most {MAX_TARIFFS_PER_PLAN} per plan, got {}",
+                    tariffs.len()
+                ),
+            ));
+        }
+        let tariffs = tariffs
+            .into_iter()
+            .enumerate()
+            .map(|(index, tariff)| tariff_of(index, tariff, increment))
+            .collect::<AppResult<Vec<_>>>()?;
+        check_tariffs(&tariffs)?;
         Ok(NewPlan {
+            tariffs,
             name: valid::name("name", &name)?,
             kind,
             currency_code: valid::currency_code(&currency_code)?,
@@ -96,9 +123,155 @@ impl TryFrom<pb::CreatePlanRequest> for NewPlan {
                 per_minute_micros,
                 valid::MAX_PER_MINUTE_MICROS,
             )?,
-            billing_increment_seconds: valid::billing_increment_seconds(billing_increment_seconds)?,
+            billing_increment_seconds: increment,
             included_minutes: valid::included_minutes(kind, included_minutes)?,
         })
+    }
+}
+
+/// A validated tariff, `index` naming it in errors (`tariffs[2].end_minute`)
+/// and zero increments resolved against the plan's `plan_increment`.
+fn tariff_of(index: usize, tariff: pb::Tariff, plan_increment: i32) -> AppResult<Tariff> {
+    let pb::Tariff {
+        name,
+        destination_prefix,
+        days,
+        start_minute,
+        end_minute,
+        per_minute_micros,
+        connect_fee_micros,
+        first_increment_seconds,
+        billing_increment_seconds,
+    } = tariff;
+    let field = |name: &str| format!("tariffs[{index}].{name}");
+    let chars = name.chars().count();
+    if chars == 0 || chars > 64 || name.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            field("name"),
+            "must have 1 to 64 characters and no control characters",
+        ));
+    }
+    let prefix = destination_prefix
+        .strip_prefix('+')
+        .unwrap_or(&destination_prefix);
+    if prefix.len() > 15 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AppError::invalid(
+            field("destination_prefix"),
+            format!(
+                "must be up to 15 digits (a leading + is allowed), got {}",
+                valid::shown(&destination_prefix)
+            ),
+        ));
+    }
+    let mut day_numbers = Vec::with_capacity(days.len());
+    for day in days {
+        match DayOfWeek::try_from(day) {
+            Ok(DayOfWeek::Unspecified) | Err(_) => {
+                return Err(AppError::invalid(
+                    field("days"),
+                    format!("{day} is not a day of the week (MONDAY to SUNDAY)"),
+                ));
+            }
+            Ok(day) => day_numbers.push(u8::try_from(day as i32 - 1).unwrap_or(0)),
+        }
+    }
+    let minutes = i32::from(MINUTES_PER_DAY);
+    let window = match (start_minute, end_minute) {
+        (0, 0) => None,
+        (start, _) if !(0..minutes).contains(&start) => {
+            return Err(AppError::invalid(
+                field("start_minute"),
+                format!("must be 0 to {}, got {start}", minutes - 1),
+            ));
+        }
+        (_, end) if !(0..=minutes).contains(&end) => {
+            return Err(AppError::invalid(
+                field("end_minute"),
+                format!("must be 0 to {minutes}, got {end}"),
+            ));
+        }
+        (start, end) if start == end => {
+            return Err(AppError::invalid(
+                field("end_minute"),
+                "must differ from start_minute (both 0 means no window)",
+            ));
+        }
+        (start, end) => Some(Window {
+            start: u16::try_from(start).unwrap_or(0),
+            end: u16::try_from(end).unwrap_or(0),
+        }),
+    };
+    let increment = |name: &str, value: i32, default: i32| match value {
+        0 => Ok(i64::from(default)),
+        1..=3600 => Ok(i64::from(value)),
+        _ => Err(AppError::invalid(
+            field(name),
+            format!("must be 0 to 3600 seconds, got {value}"),
+        )),
+    };
+    let billing = increment(
+        "billing_increment_seconds",
+        billing_increment_seconds,
+        plan_increment,
+    )?;
+    let first = increment(
+        "first_increment_seconds",
+        first_increment_seconds,
+        i32::try_from(billing).unwrap_or(plan_increment),
+    )?;
+    Ok(Tariff {
+        name,
+        destination_prefix: prefix.to_owned(),
+        days: DaySet::of(day_numbers),
+        window,
+        per_minute_micros: valid::non_negative_micros(
+            &field("per_minute_micros"),
+            per_minute_micros,
+            valid::MAX_PER_MINUTE_MICROS,
+        )?,
+        connect_fee_micros: valid::non_negative_micros(
+            &field("connect_fee_micros"),
+            connect_fee_micros,
+            valid::MAX_MONTHLY_FEE_MICROS,
+        )?,
+        first_increment_seconds: first,
+        billing_increment_seconds: billing,
+    })
+}
+
+impl From<Tariff> for pb::Tariff {
+    fn from(tariff: Tariff) -> Self {
+        let (start_minute, end_minute) = tariff
+            .window
+            .map_or((0, 0), |w| (i32::from(w.start), i32::from(w.end)));
+        let bits = tariff.days.bits();
+        pb::Tariff {
+            name: tariff.name,
+            destination_prefix: tariff.destination_prefix,
+            days: (0..7u8)
+                .filter(|day| bits & (1 << day) != 0)
+                .map(|day| i32::from(day) + 1)
+                .collect(),
+            start_minute,
+            end_minute,
+            per_minute_micros: tariff.per_minute_micros,
+            connect_fee_micros: tariff.connect_fee_micros,
+            first_increment_seconds: i32::try_from(tariff.first_increment_seconds)
+                .unwrap_or(i32::MAX),
+            billing_increment_seconds: i32::try_from(tariff.billing_increment_seconds)
+                .unwrap_or(i32::MAX),
+        }
+    }
+}
+
+impl From<Segment> for pb::RatedSegment {
+    fn from(segment: Segment) -> Self {
+        pb::RatedSegment {
+            tariff_name: segment.tariff_name,
+            start: Some(timestamp(segment.start)),
+            billed_seconds: segment.billed_seconds,
+            cost_micros: segment.cost_micros,
+        }
     }
 }
 
@@ -211,6 +384,7 @@ impl From<Plan> for pb::Plan {
             billing_increment_seconds: plan.billing_increment_seconds,
             included_minutes: plan.included_minutes,
             created_at: Some(timestamp(plan.created_at)),
+            tariffs: plan.tariffs.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -240,7 +414,10 @@ impl From<Customer> for pb::Customer {
 
 impl From<Call> for pb::Call {
     fn from(call: Call) -> Self {
+        let segments = call.segments().into_iter().map(Into::into).collect();
         pb::Call {
+            segments,
+            connect_fee_micros: call.connect_fee_micros,
             id: call.id,
             call_id: call.call_id.unwrap_or_default(),
             customer_id: call.customer_id,

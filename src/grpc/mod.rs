@@ -18,15 +18,32 @@ pub use calls::CallApi;
 pub use customers::CustomerApi;
 pub use invoices::InvoiceApi;
 
-/// Code generated from `proto/billing/v1/billing.proto`.
+/// Code generated from `proto/`: `billing.v1` and the vendored
+/// `google.type` it imports, nested as their packages are so the generated
+/// cross-package paths resolve.
 #[allow(clippy::all, missing_docs)]
-pub mod pb {
-    tonic::include_proto!("billing.v1");
+pub mod proto {
+    pub mod billing {
+        pub mod v1 {
+            tonic::include_proto!("billing.v1");
 
-    /// The encoded file descriptor set of the contract, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("billing_descriptor");
+            /// The encoded file descriptor set of the contract, for server
+            /// reflection.
+            pub const FILE_DESCRIPTOR_SET: &[u8] =
+                tonic::include_file_descriptor_set!("billing_descriptor");
+        }
+    }
+    pub mod google {
+        pub mod r#type {
+            include!(concat!(env!("OUT_DIR"), "/google.r#type.rs"));
+        }
+    }
 }
+
+/// The `billing.v1` contract's generated types, clients and servers.
+pub use proto::billing::v1 as pb;
+/// `google.type.DayOfWeek`, used by tariffs.
+pub use proto::google::r#type::DayOfWeek;
 
 /// Splits a fetch of `limit + 1` rows into the page and the token of the
 /// next page (empty when this is the last page).

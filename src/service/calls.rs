@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use chrono::TimeDelta;
+use chrono_tz::Tz;
 
 use super::Access;
 use crate::clock::Clock;
@@ -29,17 +30,20 @@ pub struct Calls {
     access: Access,
     /// How long ago a call may have started.
     max_call_age: TimeDelta,
+    /// The billing time zone: tariff windows are its local times.
+    tz: Tz,
 }
 
 impl Calls {
     /// Calls over `store`, accepting calls that started at most
-    /// `max_call_age` ago.
-    pub fn new(store: Store, clock: Clock, max_call_age: TimeDelta) -> Self {
+    /// `max_call_age` ago, with tariff windows in `tz`.
+    pub fn new(store: Store, clock: Clock, max_call_age: TimeDelta, tz: Tz) -> Self {
         Calls {
             access: Access::new(store.clone()),
             store,
             clock,
             max_call_age,
+            tz,
         }
     }
 
@@ -71,7 +75,13 @@ impl Calls {
             .ok_or_else(|| AppError::not_found("customer", customer_id))?;
         let now = self.clock.now();
         let started_at = valid::call_start(&record, now, self.max_call_age)?;
-        let rating = rating::rate(record.duration_seconds, plan);
+        let rating = rating::rate_call(
+            plan,
+            &record.callee_number,
+            started_at,
+            record.duration_seconds,
+            self.tz,
+        );
         Ok(NewCall {
             record,
             started_at,

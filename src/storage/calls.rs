@@ -6,13 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
-    TryInsertResult,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder,
+    QuerySelect, TryInsertResult,
 };
 
-use super::entities::{call, customer, customer_operator};
+use super::entities::{call, call_segment, customer, customer_operator};
 use super::{Store, instant, micros};
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
+use crate::domain::tariff::Segment;
 use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
 
@@ -94,16 +95,21 @@ impl Store {
             .collect();
         let mut stored_by_key: HashMap<String, Call> = HashMap::new();
         if !conflicting.is_empty() {
-            for model in call::Entity::find()
+            let mut stored: Vec<Call> = call::Entity::find()
                 .filter(call::Column::CallId.is_in(conflicting))
                 .all(&txn)
                 .await?
-            {
-                if let Some(key) = model.call_id.clone() {
-                    stored_by_key.insert(key, call_from(model));
+                .into_iter()
+                .map(call_from)
+                .collect();
+            attach_segments(&txn, &mut stored).await?;
+            for call in stored {
+                if let Some(key) = call.call_id.clone() {
+                    stored_by_key.insert(key, call);
                 }
             }
         }
+        let mut segment_rows: Vec<call_segment::ActiveModel> = Vec::new();
 
         let mut debits: BTreeMap<i64, i64> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -125,7 +131,9 @@ impl Store {
                             .checked_add(amount)
                             .ok_or_else(|| balance_overflow(customer_id))?;
                     }
-                    let call = call_from(model);
+                    let mut call = call_from(model);
+                    call.stored_segments = new.rating.segments.clone();
+                    segment_rows.extend(segment_models(&call));
                     if let Some(key) = key {
                         stored_by_key.insert(key, call.clone());
                     }
@@ -155,6 +163,11 @@ impl Store {
                 }
             };
             outcomes.push(outcome);
+        }
+        for rows in segment_rows.chunks(SEGMENT_ROWS_PER_INSERT) {
+            call_segment::Entity::insert_many(rows.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
         }
         for (customer_id, debit_micros) in debits {
             // Checked in the statement itself: a balance that cannot take the
@@ -221,13 +234,64 @@ impl Store {
                     ),
             );
         }
-        Ok(query
+        let mut calls: Vec<Call> = query
             .all(&self.db)
             .await?
             .into_iter()
             .map(call_from)
-            .collect())
+            .collect();
+        attach_segments(&self.db, &mut calls).await?;
+        Ok(calls)
     }
+}
+
+/// Segment rows written per statement (6 values each, far below SQLite's
+/// limit on bound values).
+const SEGMENT_ROWS_PER_INSERT: usize = 1000;
+
+/// The segment rows of a newly stored call (none for a call of a plan
+/// without tariffs).
+fn segment_models(call: &Call) -> impl Iterator<Item = call_segment::ActiveModel> + '_ {
+    call.stored_segments
+        .iter()
+        .enumerate()
+        .map(|(position, segment)| call_segment::ActiveModel {
+            call_id: Set(call.id),
+            position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
+            tariff_name: Set(segment.tariff_name.clone()),
+            started_at: Set(micros(segment.start)),
+            billed_seconds: Set(segment.billed_seconds),
+            cost_micros: Set(segment.cost_micros),
+        })
+}
+
+/// Fills in the stored segments of `calls`, in one query.
+async fn attach_segments(db: &impl ConnectionTrait, calls: &mut [Call]) -> AppResult<()> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = calls.iter().map(|call| call.id).collect();
+    let mut by_call: HashMap<i64, Vec<Segment>> = HashMap::new();
+    for row in call_segment::Entity::find()
+        .filter(call_segment::Column::CallId.is_in(ids))
+        .order_by_asc(call_segment::Column::CallId)
+        .order_by_asc(call_segment::Column::Position)
+        .all(db)
+        .await?
+    {
+        by_call.entry(row.call_id).or_default().push(Segment {
+            tariff_name: row.tariff_name,
+            start: instant(row.started_at),
+            billed_seconds: row.billed_seconds,
+            cost_micros: row.cost_micros,
+        });
+    }
+    for call in calls {
+        if let Some(segments) = by_call.remove(&call.id) {
+            call.stored_segments = segments;
+        }
+    }
+    Ok(())
 }
 
 /// The error of a prepaid balance that cannot take a debit.
@@ -252,6 +316,7 @@ fn active_call(new: &NewCall) -> call::ActiveModel {
         callee_number: Set(new.record.callee_number.clone()),
         received_at: Set(micros(new.received_at)),
         invoice_id: Set(None),
+        connect_fee_micros: Set(new.rating.connect_fee_micros),
     }
 }
 
@@ -310,5 +375,7 @@ fn call_from(model: call::Model) -> Call {
         callee_number: model.callee_number,
         received_at: instant(model.received_at),
         invoice_id: model.invoice_id,
+        connect_fee_micros: model.connect_fee_micros,
+        stored_segments: Vec::new(),
     }
 }

@@ -1,6 +1,6 @@
 //! Plans, operators, customers, their operator links and prepaid top-ups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, Query};
@@ -9,17 +9,19 @@ use sea_orm::{
     ColumnTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
 };
 
-use super::entities::{customer, customer_operator, operator, plan, top_up};
+use super::entities::{customer, customer_operator, operator, plan, plan_tariff, top_up};
 use super::{Store, instant, is_unique_violation, micros};
 use crate::domain::model::{
     Customer, NewCustomer, NewPlan, Operator, Plan, PlanKind, TopUpOutcome, TopUpRequest,
 };
+use crate::domain::tariff::{DaySet, Tariff, Window};
 use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
 
 impl Store {
     /// Stores a new plan.
     pub async fn create_plan(&self, new: NewPlan, now: DateTime<Utc>) -> AppResult<Plan> {
+        let tariffs = new.tariffs.clone();
         let row = plan::ActiveModel {
             id: NotSet,
             name: Set(new.name),
@@ -31,22 +33,58 @@ impl Store {
             included_minutes: Set(new.included_minutes),
             created_at: Set(micros(now)),
         };
-        let model = plan::Entity::insert(row)
-            .exec_with_returning(&self.db)
-            .await?;
-        plan_from(model)
+        let txn = self.begin_write().await?;
+        let model = plan::Entity::insert(row).exec_with_returning(&txn).await?;
+        if !tariffs.is_empty() {
+            let rows = tariffs
+                .iter()
+                .enumerate()
+                .map(|(position, tariff)| tariff_row(model.id, position, tariff));
+            plan_tariff::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        plan_from(model, tariffs)
+    }
+
+    /// The tariffs of each of `plan_ids`, in their order, in one query.
+    async fn tariffs_of(&self, plan_ids: &[i64]) -> AppResult<HashMap<i64, Vec<Tariff>>> {
+        let mut by_plan: HashMap<i64, Vec<Tariff>> = HashMap::new();
+        if plan_ids.is_empty() {
+            return Ok(by_plan);
+        }
+        for row in plan_tariff::Entity::find()
+            .filter(plan_tariff::Column::PlanId.is_in(plan_ids.iter().copied()))
+            .order_by_asc(plan_tariff::Column::PlanId)
+            .order_by_asc(plan_tariff::Column::Position)
+            .all(&self.db)
+            .await?
+        {
+            by_plan
+                .entry(row.plan_id)
+                .or_default()
+                .push(tariff_from(row));
+        }
+        Ok(by_plan)
     }
 
     /// Up to `limit` plans with an id above `after_id`, oldest first.
     pub async fn list_plans(&self, after_id: i64, limit: u64) -> AppResult<Vec<Plan>> {
-        plan::Entity::find()
+        let models = plan::Entity::find()
             .filter(plan::Column::Id.gt(after_id))
             .order_by_asc(plan::Column::Id)
             .limit(limit)
             .all(&self.db)
-            .await?
+            .await?;
+        let ids: Vec<i64> = models.iter().map(|m| m.id).collect();
+        let mut tariffs = self.tariffs_of(&ids).await?;
+        models
             .into_iter()
-            .map(plan_from)
+            .map(|m| {
+                let own = tariffs.remove(&m.id).unwrap_or_default();
+                plan_from(m, own)
+            })
             .collect()
     }
 
@@ -56,7 +94,8 @@ impl Store {
             .one(&self.db)
             .await?
             .ok_or(AppError::not_found("plan", plan_id))?;
-        plan_from(model)
+        let tariffs = self.tariffs_of(&[plan_id]).await?.remove(&plan_id);
+        plan_from(model, tariffs.unwrap_or_default())
     }
 
     /// The plan of a customer, or `NOT_FOUND` for an unknown customer. Plans
@@ -360,7 +399,45 @@ impl Store {
     }
 }
 
-fn plan_from(model: plan::Model) -> AppResult<Plan> {
+fn tariff_row(plan_id: i64, position: usize, tariff: &Tariff) -> plan_tariff::ActiveModel {
+    let (start, end) = tariff.window.map_or((0, 0), |w| (w.start, w.end));
+    plan_tariff::ActiveModel {
+        plan_id: Set(plan_id),
+        position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
+        name: Set(tariff.name.clone()),
+        destination_prefix: Set(tariff.destination_prefix.clone()),
+        days: Set(i32::from(tariff.days.bits())),
+        start_minute: Set(i32::from(start)),
+        end_minute: Set(i32::from(end)),
+        per_minute_micros: Set(tariff.per_minute_micros),
+        connect_fee_micros: Set(tariff.connect_fee_micros),
+        first_increment_seconds: Set(
+            i32::try_from(tariff.first_increment_seconds).unwrap_or(i32::MAX)
+        ),
+        billing_increment_seconds: Set(
+            i32::try_from(tariff.billing_increment_seconds).unwrap_or(i32::MAX)
+        ),
+    }
+}
+
+fn tariff_from(row: plan_tariff::Model) -> Tariff {
+    let window = (row.start_minute != row.end_minute).then(|| Window {
+        start: u16::try_from(row.start_minute).unwrap_or(0),
+        end: u16::try_from(row.end_minute).unwrap_or(0),
+    });
+    Tariff {
+        name: row.name,
+        destination_prefix: row.destination_prefix,
+        days: DaySet::from_bits(u8::try_from(row.days).unwrap_or(0)),
+        window,
+        per_minute_micros: row.per_minute_micros,
+        connect_fee_micros: row.connect_fee_micros,
+        first_increment_seconds: i64::from(row.first_increment_seconds),
+        billing_increment_seconds: i64::from(row.billing_increment_seconds),
+    }
+}
+
+fn plan_from(model: plan::Model, tariffs: Vec<Tariff>) -> AppResult<Plan> {
     let kind = PlanKind::parse(&model.kind).ok_or_else(|| {
         AppError::internal(format!(
             "plan {} has unknown kind {:?}",
@@ -377,6 +454,7 @@ fn plan_from(model: plan::Model) -> AppResult<Plan> {
         billing_increment_seconds: model.billing_increment_seconds,
         included_minutes: model.included_minutes,
         created_at: instant(model.created_at),
+        tariffs,
     })
 }
 

@@ -140,6 +140,7 @@ async fn world() -> World {
             per_minute_micros: 60_000,
             billing_increment_seconds: 1,
             included_minutes: 0,
+            tariffs: Vec::new(),
         })
         .await
         .unwrap()
@@ -291,6 +292,7 @@ async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
             per_minute_micros: 1,
             billing_increment_seconds: 1,
             included_minutes: 0,
+            tariffs: Vec::new(),
         })
     );
     matrix!(w, "ListPlans", [OK, OK, OK, DENIED, DENIED, DENIED], |c| c

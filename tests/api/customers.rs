@@ -14,6 +14,7 @@ fn plan_request(kind: PlanKind) -> pb::CreatePlanRequest {
         per_minute_micros: 120_000,
         billing_increment_seconds: 0,
         included_minutes: 0,
+        tariffs: Vec::new(),
     }
 }
 

@@ -275,6 +275,7 @@ impl TestApp {
                 per_minute_micros,
                 billing_increment_seconds: increment,
                 included_minutes: 0,
+                tariffs: Vec::new(),
             })
             .await
             .expect("plan created")

@@ -34,6 +34,7 @@ pub(crate) async fn plan_with(
             per_minute_micros: per_minute,
             billing_increment_seconds: increment,
             included_minutes: included,
+            tariffs: Vec::new(),
         })
         .await
         .unwrap()

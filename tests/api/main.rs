@@ -13,4 +13,5 @@ mod operations;
 mod paging;
 mod property;
 mod robustness;
+mod tariffs;
 mod tls;

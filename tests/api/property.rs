@@ -30,6 +30,7 @@ async fn run_scenario(seed: u64) {
                 } else {
                     0
                 },
+                tariffs: Vec::new(),
             })
             .await
             .unwrap()

@@ -20,6 +20,7 @@ pub struct Model {
     pub callee_number: String,
     pub received_at: i64,
     pub invoice_id: Option<i64>,
+    pub connect_fee_micros: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,238 @@
+//! Tariffs (issue 8) through the server: a plan with domestic peak,
+//! off-peak and weekend tariffs and one international prefix; calls in each,
+//! one across 22:00 and one across midnight into the weekend; the stored
+//! segments; tariffs refused at CreatePlan.
+
+use billing::grpc::DayOfWeek;
+use billing::grpc::pb::{self, PlanKind};
+use tonic::Code;
+
+use crate::helpers::{TestApp, assert_status, call, spawn_app, ts};
+
+fn tariff(name: &str, prefix: &str, window: (i32, i32), per_minute_micros: i64) -> pb::Tariff {
+    pb::Tariff {
+        name: name.into(),
+        destination_prefix: prefix.into(),
+        start_minute: window.0,
+        end_minute: window.1,
+        per_minute_micros,
+        billing_increment_seconds: 1,
+        ..Default::default()
+    }
+}
+
+fn weekdays() -> Vec<i32> {
+    [
+        DayOfWeek::Monday,
+        DayOfWeek::Tuesday,
+        DayOfWeek::Wednesday,
+        DayOfWeek::Thursday,
+        DayOfWeek::Friday,
+    ]
+    .map(|day| day as i32)
+    .to_vec()
+}
+
+fn tariffed_plan() -> pb::CreatePlanRequest {
+    pb::CreatePlanRequest {
+        name: "Peak and off-peak".into(),
+        kind: PlanKind::Postpaid.into(),
+        currency_code: "EUR".into(),
+        monthly_fee_micros: 5_000_000,
+        per_minute_micros: 90_000,
+        billing_increment_seconds: 60,
+        included_minutes: 0,
+        tariffs: vec![
+            pb::Tariff {
+                days: weekdays(),
+                ..tariff("peak", "", (480, 1320), 120_000)
+            },
+            pb::Tariff {
+                days: weekdays(),
+                ..tariff("off-peak", "", (1320, 480), 60_000)
+            },
+            pb::Tariff {
+                days: vec![DayOfWeek::Saturday as i32, DayOfWeek::Sunday as i32],
+                ..tariff("weekend", "", (0, 0), 30_000)
+            },
+            pb::Tariff {
+                connect_fee_micros: 50_000,
+                first_increment_seconds: 60,
+                ..tariff("uk", "+44", (0, 0), 600_000)
+            },
+        ],
+    }
+}
+
+async fn customer_on_tariffs(app: &TestApp) -> (pb::Plan, i64) {
+    let plan = app
+        .customers
+        .clone()
+        .create_plan(tariffed_plan())
+        .await
+        .unwrap()
+        .into_inner();
+    let customer = app
+        .customers
+        .clone()
+        .create_customer(pb::CreateCustomerRequest {
+            name: "Tariffed".into(),
+            phone_number: "+4930555000".into(),
+            plan_id: plan.id,
+            operator_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (plan, customer.id)
+}
+
+async fn rated(
+    app: &TestApp,
+    customer_id: i64,
+    callee: &str,
+    start: &str,
+    seconds: i64,
+) -> pb::Call {
+    let mut request = call(customer_id, seconds);
+    request.callee_number = callee.into();
+    request.started_at = Some(ts(start));
+    app.calls
+        .clone()
+        .add_call(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .call
+        .unwrap()
+}
+
+fn pieces(call: &pb::Call) -> Vec<(&str, i64, i64)> {
+    call.segments
+        .iter()
+        .map(|s| (s.tariff_name.as_str(), s.billed_seconds, s.cost_micros))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_plan_keeps_its_tariffs_with_their_increments_resolved() {
+    let app = spawn_app().await;
+    let (plan, _) = customer_on_tariffs(&app).await;
+    assert_eq!(plan.tariffs.len(), 4);
+    let uk = &plan.tariffs[3];
+    assert_eq!(uk.destination_prefix, "44");
+    assert_eq!(
+        (uk.first_increment_seconds, uk.billing_increment_seconds),
+        (60, 1)
+    );
+    assert_eq!(plan.tariffs[0].days, weekdays());
+    let listed = app
+        .customers
+        .clone()
+        .list_plans(pb::ListPlansRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.plans[0].tariffs, plan.tariffs);
+}
+
+#[tokio::test]
+async fn calls_are_rated_by_destination_and_time_and_split_where_the_tariff_changes() {
+    let app = spawn_app().await;
+    let (_, customer) = customer_on_tariffs(&app).await;
+    // Tuesday 2 June 2026, 10:00 UTC (the billing zone): peak.
+    let peak = rated(&app, customer, "+4930123", "2026-06-02T10:00:00Z", 90).await;
+    assert_eq!(pieces(&peak), vec![("peak", 90, 180_000)]);
+    assert_eq!(peak.cost_micros, 180_000);
+    // 21:58 for five minutes: two minutes peak, three off-peak.
+    let evening = rated(&app, customer, "+4930123", "2026-06-02T21:58:00Z", 300).await;
+    assert_eq!(
+        pieces(&evening),
+        vec![("peak", 120, 240_000), ("off-peak", 180, 180_000)]
+    );
+    assert_eq!(evening.segments[1].start, Some(ts("2026-06-02T22:00:00Z")));
+    assert_eq!(evening.cost_micros, 420_000);
+    // Friday 5 June 23:50 for nine hours: Friday's off-peak window runs to
+    // Saturday 08:00, then the weekend rate.
+    let night = rated(&app, customer, "+4930123", "2026-06-05T23:50:00Z", 9 * 3600).await;
+    assert_eq!(
+        pieces(&night),
+        vec![
+            ("off-peak", 29_400, 29_400_000),
+            ("weekend", 3_000, 1_500_000)
+        ]
+    );
+    // The UK: 60/1 increments and a connect fee, whatever the time.
+    let uk = rated(&app, customer, "+442071234567", "2026-06-02T10:00:00Z", 5).await;
+    assert_eq!(pieces(&uk), vec![("uk", 60, 600_000)]);
+    assert_eq!((uk.connect_fee_micros, uk.cost_micros), (50_000, 650_000));
+    // History returns the stored segments.
+    let history = app.history(customer).await;
+    let stored: Vec<_> = history.iter().map(pieces).collect();
+    assert!(stored.contains(&pieces(&evening)));
+    assert!(stored.contains(&pieces(&night)));
+    for call in &history {
+        let sum: i64 = call.segments.iter().map(|s| s.cost_micros).sum();
+        assert_eq!(call.cost_micros, call.connect_fee_micros + sum);
+    }
+}
+
+#[tokio::test]
+async fn a_plan_without_tariffs_reports_one_segment_at_its_own_rate() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let stored = rated(&app, customer.id, "+4930123", "2026-06-02T10:00:00Z", 61).await;
+    assert_eq!(pieces(&stored), vec![("base", 61, 61_000)]);
+    assert_eq!(stored.connect_fee_micros, 0);
+}
+
+#[tokio::test]
+async fn tariffs_that_leave_the_choice_open_or_hold_bad_values_are_refused() {
+    let app = spawn_app().await;
+    let mut customers = app.customers.clone();
+    let mut overlapping = tariffed_plan();
+    overlapping.tariffs.push(pb::Tariff {
+        days: vec![DayOfWeek::Tuesday as i32],
+        ..tariff("lunch", "", (720, 780), 1)
+    });
+    assert_status(
+        customers.create_plan(overlapping).await,
+        Code::InvalidArgument,
+        "\"lunch\"",
+    );
+    let mut bad_window = tariffed_plan();
+    bad_window.tariffs[1].start_minute = 1440;
+    assert_status(
+        customers.create_plan(bad_window).await,
+        Code::InvalidArgument,
+        "tariffs[1].start_minute",
+    );
+    let mut bad_day = tariffed_plan();
+    bad_day.tariffs[0].days = vec![0];
+    assert_status(
+        customers.create_plan(bad_day).await,
+        Code::InvalidArgument,
+        "tariffs[0].days",
+    );
+    let mut bad_prefix = tariffed_plan();
+    bad_prefix.tariffs[3].destination_prefix = "+44x".into();
+    assert_status(
+        customers.create_plan(bad_prefix).await,
+        Code::InvalidArgument,
+        "tariffs[3].destination_prefix",
+    );
+    let mut fixed = tariffed_plan();
+    fixed.kind = PlanKind::Fixed.into();
+    assert_status(
+        customers.create_plan(fixed).await,
+        Code::InvalidArgument,
+        "tariffs",
+    );
+    let plans = customers
+        .list_plans(pb::ListPlansRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(plans.plans.is_empty(), "nothing half-written");
+}
