@@ -180,6 +180,7 @@ pub enum Action {
     LinkOperator,
     TopUp,
     AddCalls,
+    AuthorizeCall,
     GetCallHistory,
     ListCalls,
     GenerateInvoice,
@@ -206,6 +207,7 @@ pub fn permits(principal: &Principal, action: Action) -> AppResult<()> {
                 | ListCustomers
                 | TopUp
                 | AddCalls
+                | AuthorizeCall
                 | GetCallHistory
                 | ListCalls
                 | GenerateInvoice
@@ -213,7 +215,7 @@ pub fn permits(principal: &Principal, action: Action) -> AppResult<()> {
                 | StreamConsolidated
                 | WatchInvoices
         ),
-        Principal::Switch { .. } => matches!(action, AddCalls | WhoAmI),
+        Principal::Switch { .. } => matches!(action, AddCalls | AuthorizeCall | WhoAmI),
         Principal::Customer { .. } => matches!(
             action,
             GetCustomer
@@ -352,6 +354,7 @@ fn action_name(action: Action) -> &'static str {
         Action::LinkOperator => "link operators",
         Action::TopUp => "top up balances",
         Action::AddCalls => "add calls",
+        Action::AuthorizeCall => "authorize calls",
         Action::GetCallHistory => "read call history",
         Action::ListCalls => "list calls",
         Action::GenerateInvoice => "generate invoices",

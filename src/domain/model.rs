@@ -200,6 +200,16 @@ impl NewCall {
     }
 }
 
+/// The answer to a switch asking whether a call may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    pub allowed: bool,
+    /// 0 when not allowed; at most 86 400.
+    pub max_duration_seconds: i64,
+    /// Why not, or what limits the call; empty when nothing does.
+    pub reason: String,
+}
+
 /// A stored call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {

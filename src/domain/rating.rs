@@ -35,6 +35,38 @@ pub fn rate_call(
     }
 }
 
+/// The longest duration (in seconds, at most 86 400) of a call to `callee`
+/// starting at `start` whose cost under `plan`, connect fee included, is at
+/// most `budget_micros`; 0 when not even the shortest call is covered. Cost
+/// never falls as a call gets longer, so a binary search finds it.
+pub fn longest_affordable_seconds(
+    plan: &Plan,
+    callee: &str,
+    start: DateTime<Utc>,
+    tz: Tz,
+    budget_micros: i64,
+) -> i64 {
+    const DAY: i64 = 86_400;
+    let cost = |seconds: i64| rate_call(plan, callee, start, seconds, tz).cost_micros;
+    if cost(1) > budget_micros {
+        return 0;
+    }
+    if cost(DAY) <= budget_micros {
+        return DAY;
+    }
+    // cost(low) fits, cost(high) does not.
+    let (mut low, mut high) = (1, DAY);
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        if cost(middle) <= budget_micros {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    low
+}
+
 /// Rates a call of `duration_seconds` (validated: 1..=86 400) under `plan`.
 ///
 /// `billed_seconds` is the duration rounded up to whole billing increments;
@@ -68,6 +100,7 @@ pub fn cost_of(billed_seconds: i64, per_minute_micros: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
 
     fn plan(kind: PlanKind, per_minute_micros: i64, increment: i32) -> Plan {
         Plan {
@@ -124,6 +157,30 @@ mod tests {
         assert_eq!(r.billed_seconds, 600);
         assert_eq!(r.cost_micros, 0);
         assert_eq!(r.per_minute_micros, 0);
+    }
+
+    #[test]
+    fn the_longest_affordable_call_ends_at_the_last_paid_increment() {
+        let start = DateTime::UNIX_EPOCH;
+        let minute = plan(PlanKind::Prepaid, 60_000, 60);
+        // 150,000 pays two whole minutes: up to 120 s.
+        assert_eq!(
+            longest_affordable_seconds(&minute, "", start, Tz::UTC, 150_000),
+            120
+        );
+        assert_eq!(
+            longest_affordable_seconds(&minute, "", start, Tz::UTC, 59_999),
+            0
+        );
+        assert_eq!(
+            longest_affordable_seconds(&minute, "", start, Tz::UTC, i64::MAX),
+            86_400
+        );
+        let second = plan(PlanKind::Prepaid, 60_000, 1);
+        assert_eq!(
+            longest_affordable_seconds(&second, "", start, Tz::UTC, 1_500),
+            1
+        );
     }
 
     #[test]

@@ -201,6 +201,30 @@ impl CallService for CallApi {
         Ok(Response::new(tally.into_response()))
     }
 
+    async fn authorize_call(
+        &self,
+        request: Request<pb::AuthorizeCallRequest>,
+    ) -> Result<Response<pb::AuthorizeCallResponse>, Status> {
+        let principal = caller_may(&request, Action::AuthorizeCall)?;
+        let pb::AuthorizeCallRequest {
+            customer_id,
+            callee_number,
+            started_at,
+        } = request.into_inner();
+        let customer_id = valid::id("customer_id", customer_id)?;
+        let callee = valid::dialled_number("callee_number", &callee_number)?;
+        let started_at = convert::instant("started_at", started_at.as_ref())?;
+        let answer = self
+            .calls
+            .authorize(&principal, customer_id, &callee, started_at)
+            .await?;
+        Ok(Response::new(pb::AuthorizeCallResponse {
+            allowed: answer.allowed,
+            max_duration_seconds: answer.max_duration_seconds,
+            reason: answer.reason,
+        }))
+    }
+
     async fn get_call_history(
         &self,
         request: Request<pb::GetCallHistoryRequest>,

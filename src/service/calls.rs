@@ -6,13 +6,15 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
 use super::Access;
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
-use crate::domain::model::{Call, CallRecord, NewCall, Plan, StoredCall, TimeRange};
+use crate::domain::model::{
+    Authorization, Call, CallRecord, NewCall, Plan, PlanKind, StoredCall, TimeRange,
+};
 use crate::domain::{rating, validation as valid};
 use crate::error::{AppError, AppResult};
 use crate::storage::{CallFilter, Store};
@@ -113,6 +115,78 @@ impl Calls {
         Ok(match outcome {
             StoredCall::Inserted(call) => (call, false),
             StoredCall::Duplicate(call) => (call, true),
+        })
+    }
+
+    /// May `customer_id` call `callee` starting at `started_at` (default
+    /// now), and for how long? Prepaid: as long as the balance pays for;
+    /// other plans: up to 24 h. Reads only.
+    pub async fn authorize(
+        &self,
+        principal: &Principal,
+        customer_id: i64,
+        callee: &str,
+        started_at: Option<DateTime<Utc>>,
+    ) -> AppResult<Authorization> {
+        let pass = self
+            .access
+            .customer(principal, Action::AuthorizeCall, customer_id)
+            .await?;
+        let now = self.clock.now();
+        let start = match started_at {
+            Some(at) if at > now + TimeDelta::days(1) => {
+                return Err(AppError::invalid(
+                    "started_at",
+                    format!("{} is more than 24 hours ahead", at.to_rfc3339()),
+                ));
+            }
+            Some(at) if at < now - self.max_call_age => {
+                return Err(AppError::invalid(
+                    "started_at",
+                    format!(
+                        "{} is more than {} days ago",
+                        at.to_rfc3339(),
+                        self.max_call_age.num_days()
+                    ),
+                ));
+            }
+            Some(at) => at,
+            None => now,
+        };
+        let plan = self.store.plan_of_customer(pass.customer_id()).await?;
+        if plan.kind != PlanKind::Prepaid {
+            return Ok(Authorization {
+                allowed: true,
+                max_duration_seconds: valid::MAX_CALL_SECONDS,
+                reason: String::new(),
+            });
+        }
+        let balance = self
+            .store
+            .customer(pass.customer_id())
+            .await?
+            .balance_micros;
+        let seconds = rating::longest_affordable_seconds(&plan, callee, start, self.tz, balance);
+        Ok(if seconds == 0 {
+            Authorization {
+                allowed: false,
+                max_duration_seconds: 0,
+                reason: format!(
+                    "the prepaid balance of {balance} micros does not pay for the shortest call"
+                ),
+            }
+        } else if seconds < valid::MAX_CALL_SECONDS {
+            Authorization {
+                allowed: true,
+                max_duration_seconds: seconds,
+                reason: format!("limited by the prepaid balance of {balance} micros"),
+            }
+        } else {
+            Authorization {
+                allowed: true,
+                max_duration_seconds: seconds,
+                reason: String::new(),
+            }
         })
     }
 

@@ -373,6 +373,16 @@ async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
         .ingest_calls(tokio_stream::iter(vec![call(a, 1)])));
     matrix!(
         w,
+        "AuthorizeCall",
+        [OK, OK, HIDDEN, OK, DENIED, DENIED],
+        |c| c.calls.authorize_call(pb::AuthorizeCallRequest {
+            customer_id: a,
+            callee_number: "+4930123".into(),
+            started_at: None,
+        })
+    );
+    matrix!(
+        w,
         "GetCallHistory",
         [OK, OK, HIDDEN, DENIED, OK, HIDDEN],
         |c| c.calls.get_call_history(pb::GetCallHistoryRequest {

@@ -236,3 +236,104 @@ async fn tariffs_that_leave_the_choice_open_or_hold_bad_values_are_refused() {
         .into_inner();
     assert!(plans.plans.is_empty(), "nothing half-written");
 }
+
+#[tokio::test]
+async fn authorize_call_allows_a_prepaid_customer_what_the_balance_pays_for_at_the_tariffs() {
+    let app = spawn_app().await;
+    let mut prepaid = tariffed_plan();
+    prepaid.kind = PlanKind::Prepaid.into();
+    prepaid.monthly_fee_micros = 0;
+    let plan = app
+        .customers
+        .clone()
+        .create_plan(prepaid)
+        .await
+        .unwrap()
+        .into_inner();
+    let customer = app.customer(plan.id, 7, vec![]).await.id;
+    let ask = |callee: &str| pb::AuthorizeCallRequest {
+        customer_id: customer,
+        callee_number: callee.into(),
+        started_at: Some(ts("2026-06-30T10:00:00Z")),
+    };
+    let mut calls = app.calls.clone();
+    // Nothing on the balance: not even the first second.
+    let none = calls
+        .authorize_call(ask("+4930123"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((none.allowed, none.max_duration_seconds), (false, 0));
+    assert!(none.reason.contains("balance"), "{none:?}");
+    let top_up = |amount_micros: i64, request_id: &str| pb::TopUpRequest {
+        customer_id: customer,
+        amount_micros,
+        request_id: request_id.into(),
+    };
+    let mut customers = app.customers.clone();
+    customers.top_up(top_up(1_000_000, "t1")).await.unwrap();
+    // Tuesday 10:00, peak at 2,000 micros a second: 500 s.
+    let part = calls
+        .authorize_call(ask("+4930123"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((part.allowed, part.max_duration_seconds), (true, 500));
+    // The UK: 50,000 connect fee, the first 60 s for 600,000, then 10,000 a
+    // second: 60 + 35 s.
+    let uk = calls
+        .authorize_call(ask("+4420712345"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((uk.allowed, uk.max_duration_seconds), (true, 95));
+    customers
+        .top_up(top_up(1_000_000_000_000, "t2"))
+        .await
+        .unwrap();
+    let day = calls
+        .authorize_call(ask("+4930123"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((day.allowed, day.max_duration_seconds), (true, 86_400));
+    assert!(day.reason.is_empty(), "{day:?}");
+    // Nothing was written.
+    assert!(app.history(customer).await.is_empty());
+    assert_eq!(
+        app.get_customer(customer).await.balance_micros,
+        1_000_001_000_000
+    );
+}
+
+#[tokio::test]
+async fn authorize_call_always_allows_postpaid_customers_a_day() {
+    let app = spawn_app().await;
+    let (_, customer) = customer_on_tariffs(&app).await;
+    let answer = app
+        .calls
+        .clone()
+        .authorize_call(pb::AuthorizeCallRequest {
+            customer_id: customer,
+            callee_number: "+4930123".into(),
+            started_at: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (answer.allowed, answer.max_duration_seconds),
+        (true, 86_400)
+    );
+    assert_status(
+        app.calls
+            .clone()
+            .authorize_call(pb::AuthorizeCallRequest {
+                customer_id: 999,
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "customer 999",
+    );
+}
