@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use super::model::{Plan, PlanKind};
 use super::period::BillingPeriod;
 use super::rating::cost_of;
+use super::tariff::BASE_TARIFF;
 use crate::error::{AppError, AppResult};
 
 /// What an invoice line charges or credits.
@@ -18,6 +19,7 @@ pub enum InvoiceLineKind {
     IncludedMinutes,
     LateUsage,
     TopUp,
+    ConnectFee,
 }
 
 impl InvoiceLineKind {
@@ -29,6 +31,7 @@ impl InvoiceLineKind {
             InvoiceLineKind::IncludedMinutes => "included_minutes",
             InvoiceLineKind::LateUsage => "late_usage",
             InvoiceLineKind::TopUp => "top_up",
+            InvoiceLineKind::ConnectFee => "connect_fee",
         }
     }
 
@@ -40,6 +43,7 @@ impl InvoiceLineKind {
             InvoiceLineKind::IncludedMinutes,
             InvoiceLineKind::LateUsage,
             InvoiceLineKind::TopUp,
+            InvoiceLineKind::ConnectFee,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == stored)
@@ -187,6 +191,28 @@ pub struct ClaimedUsage {
     pub included: IncludedUsage,
     pub late: Vec<(BillingPeriod, UsageTotals)>,
     pub top_ups: Vec<TopUpEntry>,
+    /// How `current` splits by tariff; empty when no call of the month was
+    /// rated against tariffs.
+    pub breakdown: UsageBreakdown,
+}
+
+/// A month's own calls by tariff: the stored segments of tariffed calls,
+/// summed per tariff name, and their connect fees. Calls without segments
+/// (plans without tariffs) are the rest of the month's usage, at the base
+/// rate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageBreakdown {
+    /// `(tariff name, billed seconds, usage micros)` per tariff.
+    pub tariffs: Vec<(String, i64, i64)>,
+    /// Calls charged a connect fee, and the fees' sum.
+    pub connect_fee_calls: i64,
+    pub connect_fees_micros: i64,
+}
+
+impl UsageBreakdown {
+    fn is_empty(&self) -> bool {
+        self.tariffs.is_empty() && self.connect_fee_calls == 0
+    }
 }
 
 /// An invoice's content before it is numbered and stored.
@@ -235,16 +261,7 @@ pub fn compose(
     match plan.kind {
         PlanKind::Postpaid => {
             lines.push(fee_line(plan, period));
-            lines.push(InvoiceLine {
-                kind: InvoiceLineKind::Usage,
-                description: format!(
-                    "Usage {period}: {} calls, {} billed",
-                    usage.current.call_count,
-                    minutes_text(usage.current.billed_seconds)
-                ),
-                quantity: usage.current.billed_seconds,
-                amount_micros: usage.current.usage_micros,
-            });
+            lines.extend(usage_lines(period, usage.current, &usage.breakdown)?);
             let allowance = plan.included_minutes.saturating_mul(60);
             let (credited_seconds, credit) = included_credit(allowance, &usage.included);
             if credited_seconds > 0 {
@@ -297,6 +314,90 @@ pub fn compose(
         monthly_fee_micros,
         total_micros,
     })
+}
+
+/// The month's own usage as invoice lines: one line when no call was rated
+/// against tariffs; else one line per tariff used (the plan's own rate as
+/// `base`, covering calls without segments too) and one for the connect
+/// fees. The lines always sum to `current.usage_micros`.
+fn usage_lines(
+    period: BillingPeriod,
+    current: UsageTotals,
+    breakdown: &UsageBreakdown,
+) -> AppResult<Vec<InvoiceLine>> {
+    if breakdown.is_empty() {
+        return Ok(vec![InvoiceLine {
+            kind: InvoiceLineKind::Usage,
+            description: format!(
+                "Usage {period}: {} calls, {} billed",
+                current.call_count,
+                minutes_text(current.billed_seconds)
+            ),
+            quantity: current.billed_seconds,
+            amount_micros: current.usage_micros,
+        }]);
+    }
+    let mut by_tariff: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    let (mut billed, mut usage) = (0_i64, breakdown.connect_fees_micros);
+    for (name, seconds, micros) in &breakdown.tariffs {
+        let entry = by_tariff.entry(name).or_default();
+        entry.0 = entry
+            .0
+            .checked_add(*seconds)
+            .ok_or_else(|| overflow(period))?;
+        entry.1 = entry
+            .1
+            .checked_add(*micros)
+            .ok_or_else(|| overflow(period))?;
+        billed = billed
+            .checked_add(*seconds)
+            .ok_or_else(|| overflow(period))?;
+        usage = usage.checked_add(*micros).ok_or_else(|| overflow(period))?;
+    }
+    // Calls without segments are at the plan's own rate.
+    let rest_seconds = current
+        .billed_seconds
+        .checked_sub(billed)
+        .ok_or_else(|| overflow(period))?;
+    let rest_micros = current
+        .usage_micros
+        .checked_sub(usage)
+        .ok_or_else(|| overflow(period))?;
+    if rest_seconds != 0 || rest_micros != 0 {
+        let entry = by_tariff.entry(BASE_TARIFF).or_default();
+        entry.0 = entry
+            .0
+            .checked_add(rest_seconds)
+            .ok_or_else(|| overflow(period))?;
+        entry.1 = entry
+            .1
+            .checked_add(rest_micros)
+            .ok_or_else(|| overflow(period))?;
+    }
+    let mut lines: Vec<InvoiceLine> = by_tariff
+        .into_iter()
+        .map(|(name, (seconds, micros))| InvoiceLine {
+            kind: InvoiceLineKind::Usage,
+            description: format!(
+                "Usage {period}, tariff {name}: {} billed",
+                minutes_text(seconds)
+            ),
+            quantity: seconds,
+            amount_micros: micros,
+        })
+        .collect();
+    if breakdown.connect_fee_calls > 0 {
+        lines.push(InvoiceLine {
+            kind: InvoiceLineKind::ConnectFee,
+            description: format!(
+                "Connect fees {period}: {} calls",
+                breakdown.connect_fee_calls
+            ),
+            quantity: breakdown.connect_fee_calls,
+            amount_micros: breakdown.connect_fees_micros,
+        });
+    }
+    Ok(lines)
 }
 
 fn fee_line(plan: &Plan, period: BillingPeriod) -> InvoiceLine {
@@ -404,6 +505,63 @@ mod tests {
 
     fn month(year: i32, month: i32) -> BillingPeriod {
         BillingPeriod::new("period", year, month).unwrap()
+    }
+
+    #[test]
+    fn tariffed_usage_is_one_line_per_tariff_plus_connect_fees_summing_to_the_calls() {
+        let current = UsageTotals {
+            call_count: 4,
+            billed_seconds: 400,
+            usage_micros: 1_000_000,
+        };
+        let breakdown = UsageBreakdown {
+            tariffs: vec![
+                ("peak".into(), 120, 240_000),
+                ("off-peak".into(), 180, 180_000),
+            ],
+            connect_fee_calls: 2,
+            connect_fees_micros: 100_000,
+        };
+        let lines = usage_lines(period(2026, 6), current, &breakdown).unwrap();
+        let shown: Vec<_> = lines
+            .iter()
+            .map(|l| (l.kind, l.description.as_str(), l.quantity, l.amount_micros))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (
+                    InvoiceLineKind::Usage,
+                    "Usage 2026-06, tariff base: 1:40 min billed",
+                    100,
+                    480_000
+                ),
+                (
+                    InvoiceLineKind::Usage,
+                    "Usage 2026-06, tariff off-peak: 3:00 min billed",
+                    180,
+                    180_000
+                ),
+                (
+                    InvoiceLineKind::Usage,
+                    "Usage 2026-06, tariff peak: 2:00 min billed",
+                    120,
+                    240_000
+                ),
+                (
+                    InvoiceLineKind::ConnectFee,
+                    "Connect fees 2026-06: 2 calls",
+                    2,
+                    100_000
+                ),
+            ]
+        );
+        let sum: i64 = lines.iter().map(|l| l.amount_micros).sum();
+        assert_eq!(sum, current.usage_micros);
+        // Without tariffed calls: the one usage line of old.
+        let plain = usage_lines(period(2026, 6), current, &UsageBreakdown::default()).unwrap();
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].amount_micros, 1_000_000);
     }
 
     #[test]
@@ -551,6 +709,7 @@ mod tests {
                 (period(2026, 9), totals(2, 180, 360_000)),
             ],
             top_ups: vec![],
+            breakdown: UsageBreakdown::default(),
         };
         let draft = compose(
             &plan(PlanKind::Postpaid, 1_000_000, 120_000, 100),
@@ -606,6 +765,7 @@ mod tests {
                     amount_micros: 5_000_000,
                 },
             ],
+            breakdown: UsageBreakdown::default(),
         };
         let draft = compose(
             &plan(PlanKind::Prepaid, 0, 90_000, 0),

@@ -456,6 +456,7 @@ impl From<InvoiceLine> for pb::InvoiceLine {
             InvoiceLineKind::IncludedMinutes => pb::InvoiceLineKind::IncludedMinutes,
             InvoiceLineKind::LateUsage => pb::InvoiceLineKind::LateUsage,
             InvoiceLineKind::TopUp => pb::InvoiceLineKind::TopUp,
+            InvoiceLineKind::ConnectFee => pb::InvoiceLineKind::ConnectFee,
         };
         pb::InvoiceLine {
             kind: kind.into(),

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use super::Access;
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
-use crate::domain::invoice::{self, ClaimedUsage, ConsolidatedMonth, Invoice, UsagePreview};
+use crate::domain::invoice::{
+    self, ClaimedUsage, ConsolidatedMonth, Invoice, UsageBreakdown, UsagePreview,
+};
 use crate::domain::model::{Customer, Plan};
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
@@ -466,6 +468,7 @@ impl Invoicing {
             } else if let Some((_, (current, included))) = open_usage.next_if(|(m, _)| *m == month)
             {
                 let claimed = ClaimedUsage {
+                    breakdown: UsageBreakdown::default(),
                     current,
                     included,
                     late: Vec::new(),
@@ -500,6 +503,7 @@ impl Invoicing {
             .uninvoiced_included(customer.id, start, end, current, plan.included_seconds())
             .await?;
         let usage = ClaimedUsage {
+            breakdown: UsageBreakdown::default(),
             current,
             included,
             late: Vec::new(),

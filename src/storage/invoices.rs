@@ -16,7 +16,7 @@ use super::entities::{call, customer, customer_operator, invoice, invoice_line, 
 use super::{Store, instant, micros};
 use crate::domain::invoice::{
     ClaimedUsage, ConsolidatedMonth, IncludedUsage, Invoice, InvoiceDraft, InvoiceLine,
-    InvoiceLineKind, StraddlingCall, TopUpEntry, UsageTotals, invoice_number,
+    InvoiceLineKind, StraddlingCall, TopUpEntry, UsageBreakdown, UsageTotals, invoice_number,
 };
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
@@ -520,6 +520,61 @@ async fn usage_totals(
     })
 }
 
+/// The month's own calls of invoice `invoice_id` (started at or after
+/// `start`) by tariff: their segments summed per tariff, and their connect
+/// fees. Two grouped queries.
+async fn usage_breakdown(
+    db: &impl ConnectionTrait,
+    invoice_id: i64,
+    start: i64,
+) -> AppResult<UsageBreakdown> {
+    let backend = db.get_database_backend();
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            numbered_placeholders(
+                backend,
+                "SELECT s.tariff_name, CAST(SUM(s.billed_seconds) AS BIGINT), \
+                        CAST(SUM(s.cost_micros) AS BIGINT) \
+                 FROM call_segments s JOIN calls c ON c.id = s.call_id \
+                 WHERE c.invoice_id = ? AND c.started_at >= ? \
+                 GROUP BY s.tariff_name ORDER BY s.tariff_name",
+            ),
+            vec![invoice_id.into(), start.into()],
+        ))
+        .await?;
+    let mut tariffs = Vec::with_capacity(rows.len());
+    for row in rows {
+        tariffs.push((
+            row.try_get_by_index::<String>(0)?,
+            row.try_get_by_index::<i64>(1)?,
+            row.try_get_by_index::<i64>(2)?,
+        ));
+    }
+    let fees: Option<(i64, i64)> = call::Entity::find()
+        .select_only()
+        .expr(Func::count(Expr::col(call::Column::Id)))
+        .expr(Func::cast_as(
+            Func::coalesce([
+                Expr::from(Func::sum(Expr::col(call::Column::ConnectFeeMicros))),
+                Expr::val(0),
+            ]),
+            Alias::new("BIGINT"),
+        ))
+        .filter(call::Column::InvoiceId.eq(invoice_id))
+        .filter(call::Column::StartedAt.gte(start))
+        .filter(call::Column::ConnectFeeMicros.gt(0))
+        .into_tuple()
+        .one(db)
+        .await?;
+    let (connect_fee_calls, connect_fees_micros) = fees.unwrap_or_default();
+    Ok(UsageBreakdown {
+        tariffs,
+        connect_fee_calls,
+        connect_fees_micros,
+    })
+}
+
 /// How the calls matching `filter` (one month's own calls, `?` for each
 /// of `values`), taken in start order, fall against an allowance of
 /// `allowance` billed seconds: the calls wholly inside it, summed, and the
@@ -767,6 +822,7 @@ async fn issue_month(
                 )
             }),
     )?;
+    let breakdown = usage_breakdown(txn, invoice_id, start).await?;
     let top_ups = top_up::Entity::find()
         .filter(top_up::Column::InvoiceId.eq(invoice_id))
         .order_by_asc(top_up::Column::CreatedAt)
@@ -784,6 +840,7 @@ async fn issue_month(
             included,
             late,
             top_ups,
+            breakdown,
         },
     )?;
 

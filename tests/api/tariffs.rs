@@ -7,7 +7,7 @@ use billing::grpc::DayOfWeek;
 use billing::grpc::pb::{self, PlanKind};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_status, call, spawn_app, ts};
+use crate::helpers::{TestApp, assert_status, at, call, spawn_app, spawn_app_at, ts};
 
 fn tariff(name: &str, prefix: &str, window: (i32, i32), per_minute_micros: i64) -> pb::Tariff {
     pb::Tariff {
@@ -336,4 +336,73 @@ async fn authorize_call_always_allows_postpaid_customers_a_day() {
         Code::NotFound,
         "customer 999",
     );
+}
+
+#[tokio::test]
+async fn the_invoice_shows_usage_per_tariff_and_the_connect_fees_summing_to_the_calls() {
+    // The customer joins on 1 June, calls through June, and June is
+    // invoiced on 2 July.
+    let app = spawn_app_at(at("2026-06-01T00:00:00Z")).await;
+    let (_, customer) = customer_on_tariffs(&app).await;
+    app.clock.set(at("2026-06-20T00:00:00Z"));
+    let mut costs = 0;
+    for (callee, start, seconds) in [
+        ("+4930123", "2026-06-02T10:00:00Z", 90),
+        ("+4930123", "2026-06-02T21:58:00Z", 300),
+        ("+4930123", "2026-06-05T23:50:00Z", 9 * 3600),
+        ("+442071234567", "2026-06-02T10:00:00Z", 5),
+        ("+442071234567", "2026-06-03T10:00:00Z", 61),
+    ] {
+        costs += rated(&app, customer, callee, start, seconds)
+            .await
+            .cost_micros;
+    }
+    app.clock.set(at("2026-07-02T00:00:00Z"));
+    let invoice = app
+        .invoices
+        .clone()
+        .generate_invoice(pb::GenerateInvoiceRequest {
+            customer_id: customer,
+            period: Some(pb::BillingPeriod {
+                year: 2026,
+                month: 6,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::generate_invoice_response::Result::Invoice(invoice)) = invoice.result else {
+        panic!("an invoice for June");
+    };
+    let usage: Vec<(String, i64, i64)> = invoice
+        .lines
+        .iter()
+        .filter(|l| l.kind == pb::InvoiceLineKind::Usage as i32)
+        .map(|l| (l.description.clone(), l.quantity, l.amount_micros))
+        .collect();
+    let named = |tariff: &str| {
+        usage
+            .iter()
+            .find(|(description, _, _)| description.contains(&format!("tariff {tariff}:")))
+            .map(|(_, quantity, amount)| (*quantity, *amount))
+            .unwrap_or_else(|| panic!("no line for {tariff}: {usage:?}"))
+    };
+    assert_eq!(usage.len(), 4, "{usage:?}");
+    assert_eq!(named("peak"), (90 + 120, 180_000 + 240_000));
+    assert_eq!(named("off-peak"), (180 + 29_400, 180_000 + 29_400_000));
+    assert_eq!(named("weekend"), (3_000, 1_500_000));
+    assert_eq!(named("uk"), (60 + 61, 600_000 + 610_000));
+    let fees: Vec<_> = invoice
+        .lines
+        .iter()
+        .filter(|l| l.kind == pb::InvoiceLineKind::ConnectFee as i32)
+        .map(|l| (l.quantity, l.amount_micros))
+        .collect();
+    assert_eq!(fees, vec![(2, 100_000)]);
+    let usage_sum: i64 = usage.iter().map(|(_, _, amount)| amount).sum::<i64>() + 100_000;
+    assert_eq!(usage_sum, costs);
+    assert_eq!(invoice.usage_micros, costs);
+    let lines_sum: i64 = invoice.lines.iter().map(|l| l.amount_micros).sum();
+    assert_eq!(invoice.total_micros, lines_sum);
+    assert_eq!(invoice.total_micros, 5_000_000 + costs);
 }
