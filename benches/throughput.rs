@@ -20,6 +20,23 @@ const CUSTOMERS: i64 = 1_000;
 const UNARY_CALLS: i64 = 2_000;
 const CONCURRENT_CLIENTS: i64 = 16;
 const STREAMED_CALLS: i64 = 50_000;
+/// Customers on a plan with tariffs (peak, off-peak, weekend, one
+/// international prefix with a connect fee), streamed to after the others.
+const TARIFFED_CUSTOMERS: i64 = 100;
+
+fn tariff(name: &str, prefix: &str, window: (i32, i32), days: &[i32], rate: i64) -> pb::Tariff {
+    pb::Tariff {
+        name: name.into(),
+        destination_prefix: prefix.into(),
+        days: days.to_vec(),
+        start_minute: window.0,
+        end_minute: window.1,
+        per_minute_micros: rate,
+        connect_fee_micros: if prefix.is_empty() { 0 } else { 50_000 },
+        first_increment_seconds: if prefix.is_empty() { 0 } else { 60 },
+        billing_increment_seconds: 1,
+    }
+}
 
 fn record(customer_id: i64, n: i64, start: DateTime<Utc>) -> pb::AddCallRequest {
     pb::AddCallRequest {
@@ -112,6 +129,40 @@ async fn main() {
             .into_inner();
         ids.push(customer.id);
     }
+    let weekdays = [1, 2, 3, 4, 5];
+    let tariffed_plan = customers
+        .create_plan(pb::CreatePlanRequest {
+            name: "bench tariffs".into(),
+            kind: pb::PlanKind::Postpaid.into(),
+            currency_code: "USD".into(),
+            monthly_fee_micros: 5_000_000,
+            per_minute_micros: 120_000,
+            billing_increment_seconds: 6,
+            included_minutes: 10,
+            tariffs: vec![
+                tariff("peak", "", (480, 1320), &weekdays, 120_000),
+                tariff("off-peak", "", (1320, 480), &weekdays, 60_000),
+                tariff("weekend", "", (0, 0), &[6, 7], 30_000),
+                tariff("uk", "44", (0, 0), &[], 600_000),
+            ],
+        })
+        .await
+        .expect("tariffed plan")
+        .into_inner();
+    let mut tariffed_ids = Vec::new();
+    for n in 0..TARIFFED_CUSTOMERS {
+        let customer = customers
+            .create_customer(pb::CreateCustomerRequest {
+                name: format!("Tariffed {n}"),
+                phone_number: format!("+1666{n:07}"),
+                plan_id: tariffed_plan.id,
+                operator_ids: vec![],
+            })
+            .await
+            .expect("customer")
+            .into_inner();
+        tariffed_ids.push(customer.id);
+    }
     clock.set("2026-01-31T00:00:00Z".parse().expect("instant"));
     let customer_of = |n: i64| ids[usize::try_from(n % CUSTOMERS).unwrap_or(0)];
 
@@ -181,6 +232,30 @@ async fn main() {
         began.elapsed(),
     );
 
+    let first = first + STREAMED_CALLS;
+    let tariffed: Vec<_> = (first..first + STREAMED_CALLS)
+        .map(|n| {
+            let customer = tariffed_ids[usize::try_from(n % TARIFFED_CUSTOMERS).unwrap_or(0)];
+            let mut call = record(customer, n, start);
+            if n % 4 == 0 {
+                call.callee_number = "+442071234567".into();
+            }
+            call
+        })
+        .collect();
+    let began = Instant::now();
+    let report = calls
+        .ingest_calls(tokio_stream::iter(tariffed))
+        .await
+        .expect("ingest tariffed")
+        .into_inner();
+    assert_eq!(report.accepted, STREAMED_CALLS);
+    let tariffed_rate = rate(
+        "IngestCalls, one stream, tariffed plan",
+        STREAMED_CALLS,
+        began.elapsed(),
+    );
+
     clock.set("2026-02-01T00:00:01Z".parse().expect("instant"));
     let began = Instant::now();
     let cycle = invoices
@@ -193,14 +268,18 @@ async fn main() {
         .await
         .expect("cycle")
         .into_inner();
-    assert_eq!(cycle.issued, CUSTOMERS);
+    assert_eq!(cycle.issued, CUSTOMERS + TARIFFED_CUSTOMERS);
     rate(
         "RunBillingCycle, invoices issued",
-        CUSTOMERS,
+        CUSTOMERS + TARIFFED_CUSTOMERS,
         began.elapsed(),
     );
 
     println!("IngestCalls / sequential AddCall: {:.1}x", streamed / unary);
+    println!(
+        "IngestCalls tariffed / untariffed: {:.2}x",
+        tariffed_rate / streamed
+    );
     let _ = stop.send(());
     let _ = server.await;
 }
