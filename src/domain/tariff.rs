@@ -248,6 +248,9 @@ impl<'a> PriceList<'a> {
         tz: Tz,
     ) -> SegmentedRating {
         let schedule = Schedule::for_callee(self, callee);
+        // Windows are judged from the start's whole second; the first
+        // segment still reports the call's exact start.
+        let exact_start = start;
         let start = DateTime::from_timestamp(start.timestamp(), 0).unwrap_or(start);
         let first = schedule.in_force(start.with_timezone(&tz).naive_local());
         let billed_seconds = first.billed_seconds(duration_seconds.max(1));
@@ -267,6 +270,9 @@ impl<'a> PriceList<'a> {
                 _ => segments.push((tariff, at, seconds)),
             }
             at += TimeDelta::seconds(seconds);
+        }
+        if let Some(first) = segments.first_mut() {
+            first.1 = exact_start;
         }
         let segments: Vec<Segment> = segments
             .into_iter()
@@ -454,6 +460,15 @@ mod tests {
         let r = rate("+4930123", "2026-03-10T10:00:00Z", 90, Tz::UTC);
         assert_eq!(pieces(&r), vec![("peak", 90, 180_000)]);
         assert_eq!((r.billed_seconds, r.cost_micros), (90, 180_000));
+    }
+
+    #[test]
+    fn the_first_segment_keeps_the_exact_start_and_windows_are_judged_by_its_second() {
+        let start = at("2026-03-10T21:59:59.750Z");
+        let tariffs = tariffs();
+        let r = PriceList::new(&tariffs, 90_000, 60).rate("+4930", start, 2, Tz::UTC);
+        assert_eq!(r.segments[0].start, start);
+        assert_eq!(pieces(&r), vec![("peak", 1, 2_000), ("off-peak", 1, 1_000)]);
     }
 
     #[test]
