@@ -111,6 +111,7 @@ async fn main() {
             billing_increment_seconds: 6,
             included_minutes: 10,
             tariffs: Vec::new(),
+            included_minutes_tariffs: Vec::new(),
         })
         .await
         .expect("plan")
@@ -145,6 +146,7 @@ async fn main() {
                 tariff("weekend", "", (0, 0), &[6, 7], 30_000),
                 tariff("uk", "44", (0, 0), &[], 600_000),
             ],
+            included_minutes_tariffs: Vec::new(),
         })
         .await
         .expect("tariffed plan")

@@ -45,6 +45,7 @@ pub async fn fill(store: &Store, clock: Clock) -> AppResult<DemoSummary> {
         billing_increment_seconds: increment,
         included_minutes: included,
         tariffs: Vec::new(),
+        included_minutes_tariffs: Vec::new(),
     };
     let plans = [
         plan(

@@ -161,6 +161,41 @@ impl IncludedUsage {
     }
 }
 
+/// What a plan's included minutes count, in the order calls started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IncludedBasis {
+    /// Whole calls at their stored cost: plans without tariffs.
+    #[default]
+    Calls,
+    /// The stored segments of the calls, of every tariff or only of those
+    /// named in `only`; connect fees are never included. A segment split
+    /// by the allowance is priced at its tariff's rate from `rates` (the
+    /// plan's own rate as `base`).
+    Segments {
+        rates: Vec<(String, i64)>,
+        only: Vec<String>,
+    },
+}
+
+impl IncludedBasis {
+    /// The basis of `plan`'s included minutes.
+    pub fn of(plan: &Plan) -> IncludedBasis {
+        if plan.tariffs.is_empty() {
+            return IncludedBasis::Calls;
+        }
+        let rates = plan
+            .tariffs
+            .iter()
+            .map(|t| (t.name.clone(), t.per_minute_micros))
+            .chain([(BASE_TARIFF.to_owned(), plan.per_minute_micros)])
+            .collect();
+        IncludedBasis::Segments {
+            rates,
+            only: plan.included_minutes_tariffs.clone(),
+        }
+    }
+}
+
 /// The included-minutes credit: `(billed seconds credited, micros)`.
 ///
 /// The credit is the sum of the included calls' own stored costs, so usage
@@ -628,6 +663,7 @@ mod tests {
             included_minutes,
             created_at: DateTime::UNIX_EPOCH,
             tariffs: Vec::new(),
+            included_minutes_tariffs: Vec::new(),
         }
     }
 

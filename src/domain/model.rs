@@ -49,6 +49,8 @@ pub struct NewPlan {
     /// Prices by destination and time, increments resolved; checked with
     /// `tariff::check_tariffs`.
     pub tariffs: Vec<Tariff>,
+    /// The tariffs the included minutes cover; empty: every tariff.
+    pub included_minutes_tariffs: Vec<String>,
 }
 
 /// A stored, immutable billing plan.
@@ -65,6 +67,8 @@ pub struct Plan {
     pub created_at: DateTime<Utc>,
     /// Prices by destination and time; empty: the plan's rate for every call.
     pub tariffs: Vec<Tariff>,
+    /// The tariffs the included minutes cover; empty: every tariff.
+    pub included_minutes_tariffs: Vec<String>,
 }
 
 impl Plan {

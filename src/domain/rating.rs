@@ -114,6 +114,7 @@ mod tests {
             included_minutes: 0,
             created_at: DateTime::UNIX_EPOCH,
             tariffs: Vec::new(),
+            included_minutes_tariffs: Vec::new(),
         }
     }
 

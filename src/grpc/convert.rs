@@ -15,7 +15,8 @@ use crate::domain::model::{
 };
 use crate::domain::period::BillingPeriod;
 use crate::domain::tariff::{
-    DaySet, MAX_TARIFFS_PER_PLAN, MINUTES_PER_DAY, Segment, Tariff, Window, check_tariffs,
+    BASE_TARIFF, DaySet, MAX_TARIFFS_PER_PLAN, MINUTES_PER_DAY, Segment, Tariff, Window,
+    check_tariffs,
 };
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
@@ -84,6 +85,7 @@ impl TryFrom<pb::CreatePlanRequest> for NewPlan {
             billing_increment_seconds,
             included_minutes,
             tariffs,
+            included_minutes_tariffs,
         } = req;
         let kind = plan_kind(kind)?;
         let increment = valid::billing_increment_seconds(billing_increment_seconds)?;
@@ -108,8 +110,29 @@ impl TryFrom<pb::CreatePlanRequest> for NewPlan {
             .map(|(index, tariff)| tariff_of(index, tariff, increment))
             .collect::<AppResult<Vec<_>>>()?;
         check_tariffs(&tariffs)?;
+        let mut included_minutes_tariffs = included_minutes_tariffs;
+        included_minutes_tariffs.sort_unstable();
+        included_minutes_tariffs.dedup();
+        if !included_minutes_tariffs.is_empty() {
+            if kind != PlanKind::Postpaid || tariffs.is_empty() {
+                return Err(AppError::invalid(
+                    "included_minutes_tariffs",
+                    "only a postpaid plan with tariffs limits its included minutes to some",
+                ));
+            }
+            if let Some(unknown) = included_minutes_tariffs
+                .iter()
+                .find(|name| *name != BASE_TARIFF && !tariffs.iter().any(|t| &t.name == *name))
+            {
+                return Err(AppError::invalid(
+                    "included_minutes_tariffs",
+                    format!("{} is not a tariff of the plan", valid::shown(unknown)),
+                ));
+            }
+        }
         Ok(NewPlan {
             tariffs,
+            included_minutes_tariffs,
             name: valid::name("name", &name)?,
             kind,
             currency_code: valid::currency_code(&currency_code)?,
@@ -385,6 +408,7 @@ impl From<Plan> for pb::Plan {
             included_minutes: plan.included_minutes,
             created_at: Some(timestamp(plan.created_at)),
             tariffs: plan.tariffs.into_iter().map(Into::into).collect(),
+            included_minutes_tariffs: plan.included_minutes_tariffs,
         }
     }
 }

@@ -18,7 +18,7 @@ use super::Access;
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::invoice::{
-    self, ClaimedUsage, ConsolidatedMonth, Invoice, UsageBreakdown, UsagePreview,
+    self, ClaimedUsage, ConsolidatedMonth, IncludedBasis, Invoice, UsageBreakdown, UsagePreview,
 };
 use crate::domain::model::{Customer, Plan};
 use crate::domain::period::BillingPeriod;
@@ -191,6 +191,7 @@ impl Invoicing {
             issued_at: now,
             currency_code: plan.currency_code.clone(),
             included_seconds: plan.included_seconds(),
+            included_basis: IncludedBasis::of(plan),
         }
     }
 
@@ -444,7 +445,12 @@ impl Invoicing {
             .collect();
         let usage = self
             .store
-            .uninvoiced_usage_by_month(customer.id, &bounds, plan.included_seconds())
+            .uninvoiced_usage_by_month(
+                customer.id,
+                &bounds,
+                plan.included_seconds(),
+                &IncludedBasis::of(plan),
+            )
             .await?;
         let mut top_ups: BTreeMap<BillingPeriod, Vec<invoice::TopUpEntry>> = BTreeMap::new();
         if let (Some(first), Some(last)) = (bounds.first(), bounds.last()) {
@@ -500,7 +506,13 @@ impl Invoicing {
         let current = self.store.uninvoiced_usage(customer.id, start, end).await?;
         let included = self
             .store
-            .uninvoiced_included(customer.id, start, end, current, plan.included_seconds())
+            .uninvoiced_included(
+                customer.id,
+                (start, end),
+                current,
+                plan.included_seconds(),
+                &IncludedBasis::of(plan),
+            )
             .await?;
         let usage = ClaimedUsage {
             breakdown: UsageBreakdown::default(),

@@ -9,7 +9,9 @@ use sea_orm::{
     ColumnTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
 };
 
-use super::entities::{customer, customer_operator, operator, plan, plan_tariff, top_up};
+use super::entities::{
+    customer, customer_operator, operator, plan, plan_included_tariff, plan_tariff, top_up,
+};
 use super::{Store, instant, is_unique_violation, micros};
 use crate::domain::model::{
     Customer, NewCustomer, NewPlan, Operator, Plan, PlanKind, TopUpOutcome, TopUpRequest,
@@ -22,6 +24,7 @@ impl Store {
     /// Stores a new plan.
     pub async fn create_plan(&self, new: NewPlan, now: DateTime<Utc>) -> AppResult<Plan> {
         let tariffs = new.tariffs.clone();
+        let included = new.included_minutes_tariffs.clone();
         let row = plan::ActiveModel {
             id: NotSet,
             name: Set(new.name),
@@ -44,13 +47,25 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
         }
+        if !included.is_empty() {
+            let rows = included
+                .iter()
+                .map(|name| plan_included_tariff::ActiveModel {
+                    plan_id: Set(model.id),
+                    tariff_name: Set(name.clone()),
+                });
+            plan_included_tariff::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await?;
+        }
         txn.commit().await?;
-        plan_from(model, tariffs)
+        plan_from(model, PlanTariffs { tariffs, included })
     }
 
-    /// The tariffs of each of `plan_ids`, in their order, in one query.
-    async fn tariffs_of(&self, plan_ids: &[i64]) -> AppResult<HashMap<i64, Vec<Tariff>>> {
-        let mut by_plan: HashMap<i64, Vec<Tariff>> = HashMap::new();
+    /// The tariffs of each of `plan_ids`, in their order, and the tariffs
+    /// their included minutes cover, in two queries.
+    async fn tariffs_of(&self, plan_ids: &[i64]) -> AppResult<HashMap<i64, PlanTariffs>> {
+        let mut by_plan: HashMap<i64, PlanTariffs> = HashMap::new();
         if plan_ids.is_empty() {
             return Ok(by_plan);
         }
@@ -64,7 +79,21 @@ impl Store {
             by_plan
                 .entry(row.plan_id)
                 .or_default()
+                .tariffs
                 .push(tariff_from(row));
+        }
+        for row in plan_included_tariff::Entity::find()
+            .filter(plan_included_tariff::Column::PlanId.is_in(plan_ids.iter().copied()))
+            .order_by_asc(plan_included_tariff::Column::PlanId)
+            .order_by_asc(plan_included_tariff::Column::TariffName)
+            .all(&self.db)
+            .await?
+        {
+            by_plan
+                .entry(row.plan_id)
+                .or_default()
+                .included
+                .push(row.tariff_name);
         }
         Ok(by_plan)
     }
@@ -399,6 +428,13 @@ impl Store {
     }
 }
 
+/// A plan's tariffs and the tariffs its included minutes cover.
+#[derive(Debug, Default)]
+struct PlanTariffs {
+    tariffs: Vec<Tariff>,
+    included: Vec<String>,
+}
+
 fn tariff_row(plan_id: i64, position: usize, tariff: &Tariff) -> plan_tariff::ActiveModel {
     let (start, end) = tariff.window.map_or((0, 0), |w| (w.start, w.end));
     plan_tariff::ActiveModel {
@@ -437,7 +473,7 @@ fn tariff_from(row: plan_tariff::Model) -> Tariff {
     }
 }
 
-fn plan_from(model: plan::Model, tariffs: Vec<Tariff>) -> AppResult<Plan> {
+fn plan_from(model: plan::Model, tariffs: PlanTariffs) -> AppResult<Plan> {
     let kind = PlanKind::parse(&model.kind).ok_or_else(|| {
         AppError::internal(format!(
             "plan {} has unknown kind {:?}",
@@ -454,7 +490,8 @@ fn plan_from(model: plan::Model, tariffs: Vec<Tariff>) -> AppResult<Plan> {
         billing_increment_seconds: model.billing_increment_seconds,
         included_minutes: model.included_minutes,
         created_at: instant(model.created_at),
-        tariffs,
+        tariffs: tariffs.tariffs,
+        included_minutes_tariffs: tariffs.included,
     })
 }
 

@@ -15,8 +15,9 @@ use sea_orm::{
 use super::entities::{call, customer, customer_operator, invoice, invoice_line, top_up};
 use super::{Store, instant, micros};
 use crate::domain::invoice::{
-    ClaimedUsage, ConsolidatedMonth, IncludedUsage, Invoice, InvoiceDraft, InvoiceLine,
-    InvoiceLineKind, StraddlingCall, TopUpEntry, UsageBreakdown, UsageTotals, invoice_number,
+    ClaimedUsage, ConsolidatedMonth, IncludedBasis, IncludedUsage, Invoice, InvoiceDraft,
+    InvoiceLine, InvoiceLineKind, StraddlingCall, TopUpEntry, UsageBreakdown, UsageTotals,
+    invoice_number,
 };
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
@@ -39,6 +40,8 @@ pub struct InvoiceRequest {
     /// Billed seconds of each month's own calls that the plan includes
     /// (0: none).
     pub included_seconds: i64,
+    /// What the included minutes count.
+    pub included_basis: IncludedBasis,
 }
 
 /// A customer a billing cycle has yet to invoice.
@@ -231,17 +234,18 @@ impl Store {
     pub async fn uninvoiced_included(
         &self,
         customer_id: i64,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
         current: UsageTotals,
         allowance: i64,
+        basis: &IncludedBasis,
     ) -> AppResult<IncludedUsage> {
         included_usage(
             &self.db,
             current,
             allowance,
-            "customer_id = ? AND invoice_id IS NULL AND started_at >= ? AND started_at < ?",
+            "c.customer_id = ? AND c.invoice_id IS NULL AND c.started_at >= ? AND c.started_at < ?",
             vec![customer_id.into(), micros(start).into(), micros(end).into()],
+            basis,
         )
         .await
     }
@@ -288,12 +292,19 @@ impl Store {
         customer_id: i64,
         months: &[(DateTime<Utc>, DateTime<Utc>)],
         allowance: i64,
+        basis: &IncludedBasis,
     ) -> AppResult<Vec<(UsageTotals, IncludedUsage)>> {
         let mut figures = vec![(UsageTotals::default(), IncludedUsage::default()); months.len()];
         if months.is_empty() {
             return Ok(figures);
         }
         let allowance = Ord::max(allowance, 0);
+        // On segments, the totals come from the calls and the included
+        // usage from a second query over their segments.
+        let (calls_allowance, segments) = match basis {
+            IncludedBasis::Calls => (allowance, None),
+            IncludedBasis::Segments { rates, only } => (0, Some((rates, only))),
+        };
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(2 * months.len() + 1);
         let mut rows = Vec::with_capacity(months.len());
         for (index, (start, end)) in months.iter().enumerate() {
@@ -315,7 +326,7 @@ impl Store {
                     CAST(SUM(billed_seconds) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), {} \
              FROM ordered GROUP BY idx",
             rows.join(", "),
-            included_split_columns(allowance)
+            included_split_columns(calls_allowance)
         );
         let backend = self.db.get_database_backend();
         for row in self
@@ -338,7 +349,7 @@ impl Store {
                 billed_seconds: row.try_get_by_index(5)?,
                 usage_micros: row.try_get_by_index(6)?,
             };
-            let included = if allowance == 0 {
+            let included = if calls_allowance == 0 {
                 IncludedUsage::default()
             } else {
                 IncludedUsage {
@@ -350,7 +361,85 @@ impl Store {
                 *slot = (current, included);
             }
         }
+        if let (Some((rates, only)), true) = (segments, allowance > 0) {
+            for (index, included) in self
+                .included_segments_by_month(customer_id, months, allowance, rates, only)
+                .await?
+            {
+                if let Some(slot) = figures.get_mut(index) {
+                    slot.1 = included;
+                }
+            }
+        }
         Ok(figures)
+    }
+
+    /// For each month of `months` (by index) with uninvoiced calls, how
+    /// their segments (of the tariffs in `only`; none: all) fall against
+    /// `allowance`, in one query.
+    async fn included_segments_by_month(
+        &self,
+        customer_id: i64,
+        months: &[(DateTime<Utc>, DateTime<Utc>)],
+        allowance: i64,
+        rates: &[(String, i64)],
+        only: &[String],
+    ) -> AppResult<Vec<(usize, IncludedUsage)>> {
+        let mut values: Vec<sea_orm::Value> = Vec::new();
+        let mut rows = Vec::with_capacity(months.len());
+        for (index, (start, end)) in months.iter().enumerate() {
+            rows.push(format!("({index}, ?, ?)"));
+            values.push(micros(*start).into());
+            values.push(micros(*end).into());
+        }
+        let (rate, rate_values) = segment_rate_case(rates);
+        values.extend(rate_values);
+        values.push(customer_id.into());
+        let (only_sql, only_values) = only_tariffs(only);
+        values.extend(only_values);
+        let sql = format!(
+            "WITH months(idx, lo, hi) AS (VALUES {}), \
+             ordered AS ( \
+               SELECT m.idx AS idx, s.billed_seconds AS billed_seconds, \
+                      s.cost_micros AS cost_micros, {rate} AS per_minute_micros, \
+                      SUM(s.billed_seconds) OVER (PARTITION BY m.idx \
+                        ORDER BY c.started_at, c.id, s.position \
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
+               FROM months m JOIN calls c ON c.started_at >= m.lo AND c.started_at < m.hi \
+               JOIN call_segments s ON s.call_id = c.id \
+               WHERE c.customer_id = ? AND c.invoice_id IS NULL{only_sql}) \
+             SELECT idx, {} FROM ordered GROUP BY idx",
+            rows.join(", "),
+            included_split_columns(allowance)
+        );
+        let backend = self.db.get_database_backend();
+        let mut included = Vec::new();
+        for row in self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                numbered_placeholders(backend, &sql),
+                values,
+            ))
+            .await?
+        {
+            let index: i32 = row.try_get_by_index(0)?;
+            let whole = UsageTotals {
+                call_count: row.try_get_by_index(1)?,
+                billed_seconds: row.try_get_by_index(2)?,
+                usage_micros: row.try_get_by_index(3)?,
+            };
+            if let Ok(index) = usize::try_from(index) {
+                included.push((
+                    index,
+                    IncludedUsage {
+                        whole,
+                        straddling: straddling_call(&row, 4)?,
+                    },
+                ));
+            }
+        }
+        Ok(included)
     }
 
     /// Top-ups of a customer made in `[start, end)` and not invoiced yet.
@@ -586,20 +675,46 @@ async fn included_usage(
     allowance: i64,
     filter: &str,
     values: Vec<sea_orm::Value>,
+    basis: &IncludedBasis,
 ) -> AppResult<IncludedUsage> {
     if allowance <= 0 {
         return Ok(IncludedUsage::default());
     }
-    if current.billed_seconds <= allowance {
-        return Ok(IncludedUsage::all(current));
-    }
+    let (ordered, values) = match basis {
+        IncludedBasis::Calls => {
+            if current.billed_seconds <= allowance {
+                return Ok(IncludedUsage::all(current));
+            }
+            (
+                format!(
+                    "SELECT c.billed_seconds, c.cost_micros, c.per_minute_micros, \
+                            SUM(c.billed_seconds) OVER (ORDER BY c.started_at, c.id \
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
+                     FROM calls c WHERE {filter}"
+                ),
+                values,
+            )
+        }
+        IncludedBasis::Segments { rates, only } => {
+            let (rate, mut all_values) = segment_rate_case(rates);
+            let (only_sql, only_values) = only_tariffs(only);
+            all_values.extend(values);
+            all_values.extend(only_values);
+            (
+                format!(
+                    "SELECT s.billed_seconds AS billed_seconds, s.cost_micros AS cost_micros, \
+                            {rate} AS per_minute_micros, \
+                            SUM(s.billed_seconds) OVER (ORDER BY c.started_at, c.id, s.position \
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
+                     FROM call_segments s JOIN calls c ON c.id = s.call_id \
+                     WHERE {filter}{only_sql}"
+                ),
+                all_values,
+            )
+        }
+    };
     let sql = format!(
-        "WITH ordered AS ( \
-           SELECT billed_seconds, cost_micros, per_minute_micros, \
-                  SUM(billed_seconds) OVER (ORDER BY started_at, id \
-                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
-           FROM calls WHERE {filter}) \
-         SELECT {} FROM ordered",
+        "WITH ordered AS ({ordered}) SELECT {} FROM ordered",
         included_split_columns(allowance)
     );
     let backend = db.get_database_backend();
@@ -618,6 +733,32 @@ async fn included_usage(
     };
     let straddling = straddling_call(&row, 3)?;
     Ok(IncludedUsage { whole, straddling })
+}
+
+/// A SQL expression for the per-minute rate of segment `s` by its tariff
+/// name, and the names to bind (rates are the plan's own integers, inlined).
+fn segment_rate_case(rates: &[(String, i64)]) -> (String, Vec<sea_orm::Value>) {
+    let mut sql = String::from("CAST(CASE s.tariff_name");
+    let mut values = Vec::with_capacity(rates.len());
+    for (name, rate) in rates {
+        sql.push_str(&format!(" WHEN ? THEN {rate}"));
+        values.push(name.clone().into());
+    }
+    sql.push_str(" ELSE 0 END AS BIGINT)");
+    (sql, values)
+}
+
+/// A filter keeping segments of the tariffs in `only` (none: all), and the
+/// names to bind.
+fn only_tariffs(only: &[String]) -> (String, Vec<sea_orm::Value>) {
+    if only.is_empty() {
+        return (String::new(), Vec::new());
+    }
+    let marks = vec!["?"; only.len()].join(", ");
+    (
+        format!(" AND s.tariff_name IN ({marks})"),
+        only.iter().map(|name| name.clone().into()).collect(),
+    )
 }
 
 /// The crossing call's billed seconds, cost and rate, read from three
@@ -739,6 +880,7 @@ async fn issue_month(
         issued_at,
         ref currency_code,
         included_seconds,
+        ref included_basis,
         ..
     } = *request;
     let (start, end) = (micros(period.start(tz)), micros(period.end(tz)));
@@ -796,8 +938,9 @@ async fn issue_month(
         txn,
         current,
         included_seconds,
-        "invoice_id = ? AND started_at >= ?",
+        "c.invoice_id = ? AND c.started_at >= ?",
         vec![invoice_id.into(), start.into()],
+        included_basis,
     )
     .await?;
     let late_calls: Vec<(i64, i64, i64)> = call::Entity::find()

@@ -141,6 +141,7 @@ async fn world() -> World {
             billing_increment_seconds: 1,
             included_minutes: 0,
             tariffs: Vec::new(),
+            included_minutes_tariffs: Vec::new(),
         })
         .await
         .unwrap()
@@ -293,6 +294,7 @@ async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
             billing_increment_seconds: 1,
             included_minutes: 0,
             tariffs: Vec::new(),
+            included_minutes_tariffs: Vec::new(),
         })
     );
     matrix!(w, "ListPlans", [OK, OK, OK, DENIED, DENIED, DENIED], |c| c

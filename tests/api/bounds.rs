@@ -21,6 +21,7 @@ fn plan_request(per_minute_micros: i64, monthly_fee_micros: i64) -> pb::CreatePl
         billing_increment_seconds: 1,
         included_minutes: 0,
         tariffs: Vec::new(),
+        included_minutes_tariffs: Vec::new(),
     }
 }
 

@@ -15,6 +15,7 @@ fn plan_request(kind: PlanKind) -> pb::CreatePlanRequest {
         billing_increment_seconds: 0,
         included_minutes: 0,
         tariffs: Vec::new(),
+        included_minutes_tariffs: Vec::new(),
     }
 }
 

@@ -276,6 +276,7 @@ impl TestApp {
                 billing_increment_seconds: increment,
                 included_minutes: 0,
                 tariffs: Vec::new(),
+                included_minutes_tariffs: Vec::new(),
             })
             .await
             .expect("plan created")

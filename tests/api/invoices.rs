@@ -35,6 +35,7 @@ pub(crate) async fn plan_with(
             billing_increment_seconds: increment,
             included_minutes: included,
             tariffs: Vec::new(),
+            included_minutes_tariffs: Vec::new(),
         })
         .await
         .unwrap()

@@ -31,6 +31,7 @@ async fn run_scenario(seed: u64) {
                     0
                 },
                 tariffs: Vec::new(),
+                included_minutes_tariffs: Vec::new(),
             })
             .await
             .unwrap()

@@ -61,6 +61,7 @@ fn tariffed_plan() -> pb::CreatePlanRequest {
                 ..tariff("uk", "+44", (0, 0), 600_000)
             },
         ],
+        included_minutes_tariffs: Vec::new(),
     }
 }
 
@@ -405,4 +406,125 @@ async fn the_invoice_shows_usage_per_tariff_and_the_connect_fees_summing_to_the_
     let lines_sum: i64 = invoice.lines.iter().map(|l| l.amount_micros).sum();
     assert_eq!(invoice.total_micros, lines_sum);
     assert_eq!(invoice.total_micros, 5_000_000 + costs);
+}
+
+/// A June with a peak call, an off-peak call and a UK call for a customer
+/// of `plan`, invoiced; the invoice's included-minutes line, if any.
+async fn june_included_line(plan: pb::CreatePlanRequest) -> (Option<(i64, i64)>, pb::Invoice) {
+    let (line, invoice, open_total) = june_invoiced(plan).await;
+    // The open month showed, before invoicing, what the invoice states.
+    assert_eq!(open_total, invoice.total_micros);
+    (line, invoice)
+}
+
+/// As [`june_included_line`], with June's consolidated total while open.
+async fn june_invoiced(plan: pb::CreatePlanRequest) -> (Option<(i64, i64)>, pb::Invoice, i64) {
+    let app = spawn_app_at(at("2026-06-01T00:00:00Z")).await;
+    let plan = app
+        .customers
+        .clone()
+        .create_plan(plan)
+        .await
+        .unwrap()
+        .into_inner();
+    let customer = app.customer(plan.id, 3, vec![]).await.id;
+    app.clock.set(at("2026-06-20T00:00:00Z"));
+    // Peak 120 s = 240,000; off-peak 600 s = 600,000; UK 5 s = 60 s billed,
+    // 600,000 + 50,000 connect fee.
+    rated(&app, customer, "+4930123", "2026-06-02T10:00:00Z", 120).await;
+    rated(&app, customer, "+4930123", "2026-06-02T23:00:00Z", 600).await;
+    rated(&app, customer, "+442071234567", "2026-06-03T10:00:00Z", 5).await;
+    app.clock.set(at("2026-07-02T00:00:00Z"));
+    let june = Some(pb::BillingPeriod {
+        year: 2026,
+        month: 6,
+    });
+    let mut open = app
+        .invoices
+        .clone()
+        .stream_consolidated(pb::StreamConsolidatedRequest {
+            customer_id: customer,
+            from_period: june,
+            to_period: june,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let open_total = open
+        .message()
+        .await
+        .unwrap()
+        .expect("June is open")
+        .total_micros;
+    let response = app
+        .invoices
+        .clone()
+        .generate_invoice(pb::GenerateInvoiceRequest {
+            customer_id: customer,
+            period: Some(pb::BillingPeriod {
+                year: 2026,
+                month: 6,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::generate_invoice_response::Result::Invoice(invoice)) = response.result else {
+        panic!("an invoice for June");
+    };
+    let line = invoice
+        .lines
+        .iter()
+        .find(|l| l.kind == pb::InvoiceLineKind::IncludedMinutes as i32)
+        .map(|l| (l.quantity, l.amount_micros));
+    (line, invoice, open_total)
+}
+
+#[tokio::test]
+async fn included_minutes_cover_billed_seconds_of_any_tariff_but_never_connect_fees() {
+    let mut plan = tariffed_plan();
+    plan.included_minutes = 60;
+    let (line, invoice) = june_included_line(plan).await;
+    // Everything fits: 780 billed seconds, credited at their segments' cost.
+    assert_eq!(line, Some((780, -1_440_000)));
+    assert_eq!(invoice.total_micros, 5_000_000 + 50_000);
+}
+
+#[tokio::test]
+async fn included_minutes_limited_to_some_tariffs_count_only_their_seconds() {
+    let mut plan = tariffed_plan();
+    plan.included_minutes = 5;
+    plan.included_minutes_tariffs = vec!["off-peak".into()];
+    let (line, invoice) = june_included_line(plan).await;
+    // 300 of the 600 off-peak seconds, at 1,000 micros a second.
+    assert_eq!(line, Some((300, -300_000)));
+    assert_eq!(
+        invoice.total_micros,
+        5_000_000 + 240_000 + 600_000 + 650_000 - 300_000
+    );
+}
+
+#[tokio::test]
+async fn included_minutes_tariffs_must_name_tariffs_of_a_postpaid_tariffed_plan() {
+    let app = spawn_app().await;
+    let mut customers = app.customers.clone();
+    let mut unknown = tariffed_plan();
+    unknown.included_minutes_tariffs = vec!["night".into()];
+    assert_status(
+        customers.create_plan(unknown).await,
+        Code::InvalidArgument,
+        "included_minutes_tariffs",
+    );
+    let mut flat = tariffed_plan();
+    flat.tariffs.clear();
+    flat.included_minutes_tariffs = vec!["base".into()];
+    assert_status(
+        customers.create_plan(flat).await,
+        Code::InvalidArgument,
+        "included_minutes_tariffs",
+    );
+    let mut with_base = tariffed_plan();
+    with_base.included_minutes_tariffs = vec!["base".into(), "peak".into(), "peak".into()];
+    let plan = customers.create_plan(with_base).await.unwrap().into_inner();
+    assert_eq!(plan.included_minutes_tariffs, vec!["base", "peak"]);
 }

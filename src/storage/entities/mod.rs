@@ -13,5 +13,6 @@ pub mod invoice_line;
 pub mod login_failure;
 pub mod operator;
 pub mod plan;
+pub mod plan_included_tariff;
 pub mod plan_tariff;
 pub mod top_up;
