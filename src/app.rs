@@ -29,7 +29,7 @@ use crate::grpc::pb::invoice_service_server::InvoiceServiceServer;
 use crate::grpc::{AccountApi, CallApi, CustomerApi, InvoiceApi, pb};
 use crate::service::{Accounts, Calls, Customers, Invoicing};
 use crate::shutdown::{self, until_stopping};
-use crate::storage::Store;
+use crate::storage::{GroupCommit, Store};
 
 /// Everything `serve` needs to start.
 #[derive(Debug, Clone)]
@@ -107,6 +107,8 @@ pub struct Limits {
     pub unary_timeout: Duration,
     /// Open `WatchInvoices` streams per server; more are `RESOURCE_EXHAUSTED`.
     pub max_invoice_watchers: usize,
+    /// How unary call writes are batched into group commits.
+    pub group_commit: GroupCommit,
 }
 
 impl Limits {
@@ -125,6 +127,7 @@ impl Default for Limits {
             max_requests_per_connection: 128,
             unary_timeout: Duration::from_secs(30),
             max_invoice_watchers: 1024,
+            group_commit: GroupCommit::default(),
         }
     }
 }
@@ -319,6 +322,7 @@ impl Application {
                     clock,
                     limits.max_call_age(),
                     billing_tz,
+                    limits.group_commit,
                 )))
                 .max_decoding_message_size(max_bytes),
             )

@@ -9,6 +9,7 @@ use std::time::Duration;
 use billing::app::{Application, Config, DEFAULT_TOKEN_TTL, Limits, TlsFiles};
 use billing::clock::Clock;
 use billing::service::Accounts;
+use billing::storage::GroupCommit;
 use billing::storage::Store;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
@@ -145,6 +146,16 @@ struct LimitFlags {
     #[arg(long, env = "BILLING_MAX_INVOICE_WATCHERS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_invoice_watchers: u64,
+    /// Concurrent AddCall writes stored in one transaction, at most (group
+    /// commit).
+    #[arg(long, env = "BILLING_GROUP_COMMIT_MAX_BATCH", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    group_commit_max_batch: u64,
+    /// AddCall writes waiting for the group commit, at most; more requests
+    /// wait to be queued (backpressure).
+    #[arg(long, env = "BILLING_GROUP_COMMIT_QUEUE", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    group_commit_queue: u64,
 }
 
 impl LimitFlags {
@@ -157,6 +168,10 @@ impl LimitFlags {
             max_requests_per_connection: size(self.max_requests_per_connection),
             unary_timeout: Duration::from_secs(self.unary_timeout_seconds),
             max_invoice_watchers: size(self.max_invoice_watchers),
+            group_commit: GroupCommit {
+                max_batch: size(self.group_commit_max_batch),
+                queue: size(self.group_commit_queue),
+            },
         }
     }
 }

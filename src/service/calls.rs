@@ -17,7 +17,7 @@ use crate::domain::model::{
 };
 use crate::domain::{rating, validation as valid};
 use crate::error::{AppError, AppResult};
-use crate::storage::{CallFilter, Store};
+use crate::storage::{CallFilter, CallWriter, GroupCommit, Store};
 
 /// What one request has learnt of each customer it pushed calls for: its
 /// plan, or `None` when the caller may not push calls for it. A customer's
@@ -34,14 +34,24 @@ pub struct Calls {
     max_call_age: TimeDelta,
     /// The billing time zone: tariff windows are its local times.
     tz: Tz,
+    /// Unary calls are stored through it, in group commits.
+    writer: CallWriter,
 }
 
 impl Calls {
     /// Calls over `store`, accepting calls that started at most
-    /// `max_call_age` ago, with tariff windows in `tz`.
-    pub fn new(store: Store, clock: Clock, max_call_age: TimeDelta, tz: Tz) -> Self {
+    /// `max_call_age` ago, with tariff windows in `tz`; single calls are
+    /// stored in group commits batched as `group_commit` says.
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        max_call_age: TimeDelta,
+        tz: Tz,
+        group_commit: GroupCommit,
+    ) -> Self {
         Calls {
             access: Access::new(store.clone()),
+            writer: CallWriter::start(store.clone(), group_commit),
             store,
             clock,
             max_call_age,
@@ -107,11 +117,7 @@ impl Calls {
     ) -> AppResult<(Call, bool)> {
         access::permits(principal, Action::AddCalls)?;
         let new = self.prepare(principal, record, &mut HashMap::new()).await?;
-        let outcome = self
-            .store(std::slice::from_ref(&new))
-            .await?
-            .pop()
-            .ok_or_else(|| AppError::internal("store_calls returned no outcome"))??;
+        let outcome = self.writer.store(new).await?;
         Ok(match outcome {
             StoredCall::Inserted(call) => (call, false),
             StoredCall::Duplicate(call) => (call, true),

@@ -6,6 +6,7 @@ mod accounts;
 mod calls;
 mod customers;
 pub mod entities;
+mod group_commit;
 mod invoices;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ use crate::error::AppError;
 
 pub use accounts::{AccountRow, ApiKeyState, StoredCredential};
 pub use calls::CallFilter;
+pub use group_commit::{CallWriter, GroupCommit};
 pub use invoices::{CustomerToInvoice, InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport};
 
 /// How long a writer waits for SQLite's write lock before giving up.

@@ -406,3 +406,38 @@ async fn list_calls_returns_all_calls_or_one_operators_customers() {
         "operator 77",
     );
 }
+
+#[tokio::test]
+async fn a_call_that_cannot_be_stored_never_fails_the_calls_committed_with_it() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
+    let blocker = app.customer(plan.id, 1, vec![]).await.id;
+    let poor = app.customer(plan.id, 2, vec![]).await.id;
+    // A balance that cannot take any debit: its call is refused.
+    app.set_balance(poor, i64::MIN + 1).await;
+    let mut others = Vec::new();
+    for n in 3..13 {
+        others.push(app.customer(plan.id, n, vec![]).await.id);
+    }
+    // While the test holds the lock, concurrent calls queue up for the
+    // writer and are committed together once it is released.
+    let lock = app.hold_lock(blocker).await;
+    let send = |customer_id: i64| {
+        let mut client = app.calls.clone();
+        tokio::spawn(async move { client.add_call(call(customer_id, 60)).await })
+    };
+    let first = send(blocker);
+    let refused = send(poor);
+    let neighbours: Vec<_> = others.iter().map(|&id| send(id)).collect();
+    lock.release().await;
+    first.await.unwrap().unwrap();
+    let status = refused.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    for (neighbour, id) in neighbours.into_iter().zip(&others) {
+        let stored = neighbour.await.unwrap().unwrap().into_inner();
+        assert!(!stored.duplicate);
+        assert_eq!(app.get_customer(*id).await.balance_micros, -60_000);
+    }
+    assert!(app.history(poor).await.is_empty());
+    assert_eq!(app.get_customer(poor).await.balance_micros, i64::MIN + 1);
+}

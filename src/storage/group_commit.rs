@@ -1,0 +1,120 @@
+//! Group commit for unary call writes: concurrent `AddCall`s join one
+//! transaction.
+//!
+//! Each request hands its rated call to a writer task through a bounded
+//! queue (a full queue makes the request wait: backpressure) and waits for
+//! its own outcome. The writer takes whatever is queued, up to a batch
+//! limit, stores it with one `Store::store_calls` (one transaction: the
+//! duplicate check and the prepaid debits inside it) and answers each
+//! request only after that commit. While one batch commits, the next
+//! queues up, so batches grow with the load and no linger is needed. If a
+//! batch is refused for a reason tied to its records, its calls are stored
+//! one by one, so one bad call never fails its neighbours. Durability is
+//! unchanged: a request is answered only once its call is committed.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Store;
+use crate::domain::model::{NewCall, StoredCall};
+use crate::error::{AppError, AppResult};
+
+/// How the writer batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// Calls stored per transaction, at most.
+    pub max_batch: usize,
+    /// Calls waiting for the writer, at most; more wait to be queued.
+    pub queue: usize,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            max_batch: 256,
+            queue: 4096,
+        }
+    }
+}
+
+/// A call waiting to be stored, and where its outcome goes.
+struct Pending {
+    call: NewCall,
+    reply: oneshot::Sender<AppResult<StoredCall>>,
+}
+
+/// The handle requests store their calls through. Cheap to clone; the
+/// writer task ends when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct CallWriter {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("call", &self.call).finish()
+    }
+}
+
+impl CallWriter {
+    /// Starts the writer task over `store`.
+    pub fn start(store: Store, config: GroupCommit) -> CallWriter {
+        let (queue, pending) = mpsc::channel(config.queue.max(1));
+        tokio::spawn(write_batches(store, pending, config.max_batch.max(1)));
+        CallWriter { queue }
+    }
+
+    /// Stores one call in the next batch and returns its outcome once the
+    /// batch has committed.
+    pub async fn store(&self, call: NewCall) -> AppResult<StoredCall> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(Pending { call, reply })
+            .await
+            .map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> AppError {
+    AppError::Unavailable("the call writer has stopped".into())
+}
+
+async fn write_batches(store: Store, mut pending: mpsc::Receiver<Pending>, max_batch: usize) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
+    while pending.recv_many(&mut batch, max_batch).await > 0 {
+        let (calls, replies): (Vec<NewCall>, Vec<_>) =
+            batch.drain(..).map(|p| (p.call, p.reply)).unzip();
+        match store.store_calls(&calls).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(AppError::Unavailable(cause)) => {
+                let cause = cause.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(AppError::Unavailable(cause.clone().into())));
+                }
+            }
+            Err(err) if calls.len() == 1 => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(err));
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err.detail(), calls = calls.len(), "group commit refused; storing its calls one by one");
+                for (call, reply) in calls.iter().zip(replies) {
+                    let outcome = store
+                        .store_calls(std::slice::from_ref(call))
+                        .await
+                        .and_then(|mut outcomes| {
+                            outcomes
+                                .pop()
+                                .unwrap_or_else(|| Err(AppError::internal("no outcome")))
+                        });
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+    }
+}
