@@ -286,3 +286,141 @@ fn help_never_prints_the_database_url() {
         assert!(!text.contains("s3cret"), "{text}");
     }
 }
+
+/// Starts `billing serve` on a free port and returns it with its address.
+fn serve(database_url: &str, extra: &[&str]) -> (Process, String) {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = billing(&args, database_url);
+    let addr = loop {
+        let line = server
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("server logs its address");
+        if let Some((_, rest)) = line.split_once("serving addr=") {
+            break rest.trim().to_owned();
+        }
+    };
+    (server, addr)
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_load_loses_no_acknowledged_call() {
+    use billing::grpc::pb::call_service_client::CallServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kill.db").display());
+    let flags = ["--no-auth", "--no-scheduler"];
+    let (mut server, addr) = serve(&url, &flags);
+    let mut customers = CustomerServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let plan = customers
+        .create_plan(pb::CreatePlanRequest {
+            name: "Prepaid".into(),
+            kind: pb::PlanKind::Prepaid.into(),
+            per_minute_micros: 60_000,
+            billing_increment_seconds: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let customer = customers
+        .create_customer(pb::CreateCustomerRequest {
+            name: "Load".into(),
+            phone_number: "+14155550199".into(),
+            plan_id: plan.id,
+            operator_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Eight clients add calls as fast as they can; every acknowledgement is
+    // reported. After 400 the server is killed with SIGKILL.
+    let (acked, mut acks) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let acked = acked.clone();
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let Ok(mut calls) = CallServiceClient::connect(format!("http://{addr}")).await
+                else {
+                    return;
+                };
+                for n in 0.. {
+                    let call_id = format!("load-{client}-{n}");
+                    let request = pb::AddCallRequest {
+                        customer_id: customer.id,
+                        duration: Some(pb::add_call_request::Duration::DurationSeconds(30)),
+                        call_id: call_id.clone(),
+                        ..Default::default()
+                    };
+                    match calls.add_call(request).await {
+                        Ok(_) => {
+                            if acked.send(call_id).is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(acked);
+    let mut acknowledged = std::collections::BTreeSet::new();
+    while acknowledged.len() < 400 {
+        acknowledged.insert(acks.recv().await.expect("clients are running"));
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    for client in clients {
+        client.await.unwrap();
+    }
+    while let Ok(call_id) = acks.try_recv() {
+        acknowledged.insert(call_id);
+    }
+    // Restarted on the same database: every acknowledged call is there once.
+    let (mut restarted, addr) = serve(&url, &flags);
+    let mut calls = CallServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut stored = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = calls
+            .get_call_history(pb::GetCallHistoryRequest {
+                customer_id: customer.id,
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stored.extend(page.calls.into_iter().map(|c| c.call_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let distinct: std::collections::BTreeSet<_> = stored.iter().cloned().collect();
+    assert_eq!(distinct.len(), stored.len(), "a call stored twice");
+    let missing: Vec<_> = acknowledged.difference(&distinct).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    let balance = customers_after(&addr, customer.id).await;
+    assert_eq!(balance, -30_000 * i64::try_from(stored.len()).unwrap());
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
+}
+
+async fn customers_after(addr: &str, customer_id: i64) -> i64 {
+    CustomerServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .get_customer(pb::GetCustomerRequest { customer_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .balance_micros
+}
