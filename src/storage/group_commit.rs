@@ -82,9 +82,25 @@ fn stopped() -> AppError {
 async fn write_batches(store: Store, mut pending: mpsc::Receiver<Pending>, max_batch: usize) {
     let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
     while pending.recv_many(&mut batch, max_batch).await > 0 {
-        let (calls, replies): (Vec<NewCall>, Vec<_>) =
-            batch.drain(..).map(|p| (p.call, p.reply)).unzip();
-        match store.store_calls(&calls).await {
+        // A request that is gone (cancelled, timed out) before its batch
+        // starts is not stored.
+        let (calls, mut replies): (Vec<NewCall>, Vec<_>) = batch
+            .drain(..)
+            .filter(|p| !p.reply.is_closed())
+            .map(|p| (p.call, p.reply))
+            .unzip();
+        if calls.is_empty() {
+            continue;
+        }
+        // If every request of the batch goes away while it is being written,
+        // the transaction is dropped, so rolled back: nobody is told, so
+        // nothing is stored. (One that goes while others wait is stored; a
+        // retry with its call_id is then a duplicate.)
+        let stored = tokio::select! {
+            stored = store.store_calls(&calls) => stored,
+            _ = futures_util::future::join_all(replies.iter_mut().map(|r| r.closed())) => continue,
+        };
+        match stored {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
