@@ -23,12 +23,11 @@ pub fn rate_call(
     let increment = i64::from(plan.billing_increment_seconds.max(1));
     let prices = PriceList::new(&plan.tariffs, plan.per_minute_micros, increment);
     let rated = prices.rate(callee, start, duration_seconds, tz);
-    let first = prices.in_force_at_start(callee, start, tz);
     Rating {
         billed_seconds: rated.billed_seconds,
         cost_micros: rated.cost_micros,
-        per_minute_micros: first.per_minute_micros,
-        billing_increment_seconds: i32::try_from(first.billing_increment_seconds)
+        per_minute_micros: rated.first_per_minute_micros,
+        billing_increment_seconds: i32::try_from(rated.first_billing_increment_seconds)
             .unwrap_or(i32::MAX),
         connect_fee_micros: rated.connect_fee_micros,
         segments: rated.segments,

@@ -205,6 +205,9 @@ pub struct SegmentedRating {
     /// Connect fee plus the segments' costs.
     pub cost_micros: i64,
     pub segments: Vec<Segment>,
+    /// The rate and billing increment of the tariff the call started in.
+    pub first_per_minute_micros: i64,
+    pub first_billing_increment_seconds: i64,
 }
 
 /// A plan's prices: its tariffs and its own rate as the fallback.
@@ -231,11 +234,6 @@ impl<'a> PriceList<'a> {
                 billing_increment_seconds: increment_seconds,
             },
         }
-    }
-
-    /// The tariff in force when a call to `callee` starts at `start`.
-    pub fn in_force_at_start(&self, callee: &str, start: DateTime<Utc>, tz: Tz) -> &Tariff {
-        Schedule::for_callee(self, callee).in_force(start.with_timezone(&tz).naive_local())
     }
 
     /// Rates a call to `callee` of `duration_seconds` (1..=86 400) starting
@@ -292,6 +290,8 @@ impl<'a> PriceList<'a> {
             connect_fee_micros,
             cost_micros,
             segments,
+            first_per_minute_micros: first.per_minute_micros,
+            first_billing_increment_seconds: first.billing_increment_seconds,
         }
     }
 }

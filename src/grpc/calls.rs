@@ -104,35 +104,15 @@ impl IngestTally {
         }
     }
 
-    /// Writes a batch and counts its outcomes. If the batch as a whole is
-    /// refused for a reason tied to its records (a balance that cannot take
-    /// a debit, say), it is stored again record by record, so only the
-    /// records at fault are rejected. Only an unavailable database ends the
-    /// stream; batches written before stay written.
-    async fn flush(&mut self, store: &Calls, batch: &mut Vec<(i64, NewCall)>) -> AppResult<()> {
-        let (indexes, calls): (Vec<i64>, Vec<NewCall>) = std::mem::take(batch).into_iter().unzip();
-        match store.store(&calls).await {
-            Ok(outcomes) => {
-                for ((index, new), outcome) in indexes.into_iter().zip(&calls).zip(outcomes) {
-                    self.count(index, new, outcome);
-                }
-            }
-            Err(err @ AppError::Unavailable(_)) => return Err(err),
-            Err(err) => {
-                tracing::debug!(error = %err.detail(), "ingest batch refused; storing it record by record");
-                for (index, new) in indexes.into_iter().zip(&calls) {
-                    match store.store(std::slice::from_ref(new)).await {
-                        Ok(mut outcomes) => {
-                            let outcome = outcomes.pop().ok_or_else(|| {
-                                AppError::internal("store_calls returned no outcome")
-                            })?;
-                            self.count(index, new, outcome);
-                        }
-                        Err(err @ AppError::Unavailable(_)) => return Err(err),
-                        Err(err) => self.reject(index, call_id_of(new), &err),
-                    }
-                }
-            }
+    /// Writes a batch and counts its outcomes (a refused batch is stored
+    /// call by call, so only the records at fault are rejected). Only an
+    /// unavailable database ends the stream; batches written before stay
+    /// written.
+    async fn flush(&mut self, calls: &Calls, batch: &mut Vec<(i64, NewCall)>) -> AppResult<()> {
+        let (indexes, batch): (Vec<i64>, Vec<NewCall>) = std::mem::take(batch).into_iter().unzip();
+        let outcomes = calls.store(&batch).await?;
+        for ((index, new), outcome) in indexes.into_iter().zip(&batch).zip(outcomes) {
+            self.count(index, new, outcome);
         }
         Ok(())
     }

@@ -241,11 +241,11 @@ impl Accounts {
         access::permits(principal, Action::ManageApiKeys)?;
         let state = match self.store.api_key_state(key_id).await {
             Ok(state) => state,
-            // Only an admin may learn that a key does not exist.
+            // Only an admin may learn that a key does not exist: to anyone
+            // else it is a key it may not manage.
             Err(AppError::NotFound(_)) if !is_admin(principal) => {
-                return Err(access::may_manage_keys_of(principal, None)
-                    .err()
-                    .unwrap_or_else(|| AppError::not_found("API key", key_id)));
+                access::may_manage_keys_of(principal, None)?;
+                return Err(AppError::not_found("API key", key_id));
             }
             Err(err) => return Err(err),
         };

@@ -103,9 +103,10 @@ impl Calls {
         })
     }
 
-    /// Stores prepared calls in one transaction; see `Store::store_calls`.
+    /// Stores prepared calls in one transaction, call by call if the batch
+    /// is refused; see `Store::store_calls_each`.
     pub async fn store(&self, calls: &[NewCall]) -> AppResult<Vec<AppResult<StoredCall>>> {
-        self.store.store_calls(calls).await
+        self.store.store_calls_each(calls).await
     }
 
     /// Rates and stores one call: the stored call and whether it was a

@@ -189,6 +189,37 @@ impl Store {
         Ok(outcomes)
     }
 
+    /// Stores `batch` like [`Store::store_calls`], but a batch refused for a
+    /// reason tied to its records (a balance that cannot take a debit, say)
+    /// is stored again call by call, so only the calls at fault get an
+    /// error. Only an unavailable database fails the whole call; batches
+    /// written before stay written.
+    pub async fn store_calls_each(
+        &self,
+        batch: &[NewCall],
+    ) -> AppResult<Vec<AppResult<StoredCall>>> {
+        match self.store_calls(batch).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(err @ AppError::Unavailable(_)) => Err(err),
+            Err(err) if batch.len() <= 1 => Ok(vec![Err(err)]),
+            Err(err) => {
+                tracing::debug!(error = %err.detail(), calls = batch.len(), "call batch refused; storing it call by call");
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for call in batch {
+                    let outcome = match self.store_calls(std::slice::from_ref(call)).await {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| {
+                            Err(AppError::internal("store_calls returned no outcome"))
+                        }),
+                        Err(err @ AppError::Unavailable(_)) => return Err(err),
+                        Err(err) => Err(err),
+                    };
+                    outcomes.push(outcome);
+                }
+                Ok(outcomes)
+            }
+        }
+    }
+
     /// Up to `limit` calls matching `filter` that started within `range`,
     /// after the `(started_at, id)` position `after`, in that order.
     pub async fn list_calls(

@@ -4,12 +4,11 @@
 //! Each request hands its rated call to a writer task through a bounded
 //! queue (a full queue makes the request wait: backpressure) and waits for
 //! its own outcome. The writer takes whatever is queued, up to a batch
-//! limit, stores it with one `Store::store_calls` (one transaction: the
-//! duplicate check and the prepaid debits inside it) and answers each
-//! request only after that commit. While one batch commits, the next
-//! queues up, so batches grow with the load and no linger is needed. If a
-//! batch is refused for a reason tied to its records, its calls are stored
-//! one by one, so one bad call never fails its neighbours. Durability is
+//! limit, stores it with `Store::store_calls_each` (one transaction: the
+//! duplicate check and the prepaid debits inside it; call by call if the
+//! batch is refused, so one bad call never fails its neighbours) and
+//! answers each request only after the commit. While one batch commits, the
+//! next queues up, so batches grow with the load and no linger is needed. Durability is
 //! unchanged: a request is answered only once its call is committed.
 
 use tokio::sync::{mpsc, oneshot};
@@ -97,7 +96,7 @@ async fn write_batches(store: Store, mut pending: mpsc::Receiver<Pending>, max_b
         // nothing is stored. (One that goes while others wait is stored; a
         // retry with its call_id is then a duplicate.)
         let stored = tokio::select! {
-            stored = store.store_calls(&calls) => stored,
+            stored = store.store_calls_each(&calls) => stored,
             _ = futures_util::future::join_all(replies.iter_mut().map(|r| r.closed())) => continue,
         };
         match stored {
@@ -106,29 +105,10 @@ async fn write_batches(store: Store, mut pending: mpsc::Receiver<Pending>, max_b
                     let _ = reply.send(outcome);
                 }
             }
-            Err(AppError::Unavailable(cause)) => {
-                let cause = cause.to_string();
+            Err(err) => {
+                let cause = err.detail();
                 for reply in replies {
                     let _ = reply.send(Err(AppError::Unavailable(cause.clone().into())));
-                }
-            }
-            Err(err) if calls.len() == 1 => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(err));
-                }
-            }
-            Err(err) => {
-                tracing::debug!(error = %err.detail(), calls = calls.len(), "group commit refused; storing its calls one by one");
-                for (call, reply) in calls.iter().zip(replies) {
-                    let outcome = store
-                        .store_calls(std::slice::from_ref(call))
-                        .await
-                        .and_then(|mut outcomes| {
-                            outcomes
-                                .pop()
-                                .unwrap_or_else(|| Err(AppError::internal("no outcome")))
-                        });
-                    let _ = reply.send(outcome);
                 }
             }
         }
