@@ -231,6 +231,181 @@ pub struct ClaimedUsage {
     pub breakdown: UsageBreakdown,
 }
 
+/// A call as its invoice claimed it, with its stored segments (none for a
+/// call of a plan without tariffs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedCall {
+    pub id: i64,
+    pub started_at: DateTime<Utc>,
+    pub billed_seconds: i64,
+    pub cost_micros: i64,
+    pub per_minute_micros: i64,
+    pub connect_fee_micros: i64,
+    /// In position order.
+    pub segments: Vec<ClaimedSegment>,
+}
+
+/// One stored rated segment of a claimed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedSegment {
+    pub tariff_name: String,
+    pub billed_seconds: i64,
+    pub cost_micros: i64,
+}
+
+/// What the invoice of `period` bills, from the calls and top-ups it
+/// claimed: the month's own calls (started at or after `start`, the
+/// month's first instant) summed, split by tariff and set against an
+/// allowance of `allowance` billed seconds on `basis`, taken in start order
+/// (then id); earlier calls as late usage per month (`month_of` names the
+/// month a call started in); the top-ups in the order they were made.
+///
+/// A sum that overflows is `FAILED_PRECONDITION`.
+pub fn claimed_usage(
+    period: BillingPeriod,
+    start: DateTime<Utc>,
+    month_of: impl Fn(DateTime<Utc>) -> BillingPeriod,
+    mut calls: Vec<ClaimedCall>,
+    mut top_ups: Vec<(i64, TopUpEntry)>,
+    allowance: i64,
+    basis: &IncludedBasis,
+) -> AppResult<ClaimedUsage> {
+    calls.sort_by_key(|call| (call.started_at, call.id));
+    let (late, own): (Vec<ClaimedCall>, Vec<ClaimedCall>) =
+        calls.into_iter().partition(|call| call.started_at < start);
+    let add = |sum: UsageTotals, billed_seconds: i64, usage_micros: i64| {
+        sum.checked_plus(UsageTotals {
+            call_count: 1,
+            billed_seconds,
+            usage_micros,
+        })
+        .ok_or_else(|| overflow(period))
+    };
+    let mut current = UsageTotals::default();
+    let mut tariffs: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    let (mut connect_fee_calls, mut connect_fees_micros) = (0_i64, 0_i64);
+    for call in &own {
+        current = add(current, call.billed_seconds, call.cost_micros)?;
+        for segment in &call.segments {
+            let sum = tariffs.entry(segment.tariff_name.as_str()).or_default();
+            sum.0 = sum
+                .0
+                .checked_add(segment.billed_seconds)
+                .ok_or_else(|| overflow(period))?;
+            sum.1 = sum
+                .1
+                .checked_add(segment.cost_micros)
+                .ok_or_else(|| overflow(period))?;
+        }
+        if call.connect_fee_micros > 0 {
+            connect_fee_calls += 1;
+            connect_fees_micros = connect_fees_micros
+                .checked_add(call.connect_fee_micros)
+                .ok_or_else(|| overflow(period))?;
+        }
+    }
+    let breakdown = UsageBreakdown {
+        tariffs: tariffs
+            .into_iter()
+            .map(|(name, (seconds, micros))| (name.to_owned(), seconds, micros))
+            .collect(),
+        connect_fee_calls,
+        connect_fees_micros,
+    };
+    let included = included_usage(&own, current, allowance, basis, period)?;
+    let late = late_usage_by_month(
+        period,
+        late.iter().map(|call| {
+            (
+                month_of(call.started_at),
+                call.billed_seconds,
+                call.cost_micros,
+            )
+        }),
+    )?;
+    top_ups.sort_by_key(|(id, entry)| (entry.created_at, *id));
+    Ok(ClaimedUsage {
+        current,
+        included,
+        late,
+        top_ups: top_ups.into_iter().map(|(_, entry)| entry).collect(),
+        breakdown,
+    })
+}
+
+/// How the month's own calls `own` (in start order; `current` their
+/// totals) fall against `allowance` billed seconds: whole calls at their
+/// cost, or on segments the stored segments (of the tariffs in `only`,
+/// every tariff when empty) at their cost, with the crossing one's rate
+/// from `rates` (0 for an unknown tariff).
+fn included_usage(
+    own: &[ClaimedCall],
+    current: UsageTotals,
+    allowance: i64,
+    basis: &IncludedBasis,
+    period: BillingPeriod,
+) -> AppResult<IncludedUsage> {
+    if allowance <= 0 {
+        return Ok(IncludedUsage::default());
+    }
+    // (billed seconds, cost, rate) in order.
+    let items: Vec<(i64, i64, i64)> = match basis {
+        IncludedBasis::Calls => {
+            if current.billed_seconds <= allowance {
+                return Ok(IncludedUsage::all(current));
+            }
+            own.iter()
+                .map(|call| {
+                    (
+                        call.billed_seconds,
+                        call.cost_micros,
+                        call.per_minute_micros,
+                    )
+                })
+                .collect()
+        }
+        IncludedBasis::Segments { rates, only } => own
+            .iter()
+            .flat_map(|call| call.segments.iter())
+            .filter(|segment| only.is_empty() || only.contains(&segment.tariff_name))
+            .map(|segment| {
+                let rate = rates
+                    .iter()
+                    .find(|(name, _)| *name == segment.tariff_name)
+                    .map_or(0, |(_, rate)| *rate);
+                (segment.billed_seconds, segment.cost_micros, rate)
+            })
+            .collect(),
+    };
+    let mut whole = UsageTotals::default();
+    let mut straddling = None;
+    let mut running: i64 = 0;
+    for (billed_seconds, cost_micros, per_minute_micros) in items {
+        let before = running;
+        running = running
+            .checked_add(billed_seconds)
+            .ok_or_else(|| overflow(period))?;
+        if running <= allowance {
+            whole = whole
+                .checked_plus(UsageTotals {
+                    call_count: 1,
+                    billed_seconds,
+                    usage_micros: cost_micros,
+                })
+                .ok_or_else(|| overflow(period))?;
+        } else if before < allowance {
+            straddling = Some(StraddlingCall {
+                billed_seconds,
+                cost_micros,
+                per_minute_micros,
+            });
+        } else {
+            break;
+        }
+    }
+    Ok(IncludedUsage { whole, straddling })
+}
+
 /// A month's own calls by tariff: the stored segments of tariffed calls,
 /// summed per tariff name, and their connect fees. Calls without segments
 /// (plans without tariffs) are the rest of the month's usage, at the base
@@ -540,6 +715,202 @@ mod tests {
 
     fn month(year: i32, month: i32) -> BillingPeriod {
         BillingPeriod::new("period", year, month).unwrap()
+    }
+
+    fn at(day: u32, second: u32) -> DateTime<Utc> {
+        use chrono::TimeZone;
+        Utc.with_ymd_and_hms(2026, 6, day, 0, 0, second).unwrap()
+    }
+
+    fn call(id: i64, started_at: DateTime<Utc>, billed_seconds: i64, rate: i64) -> ClaimedCall {
+        ClaimedCall {
+            id,
+            started_at,
+            billed_seconds,
+            cost_micros: billed_seconds * rate / 60,
+            per_minute_micros: rate,
+            connect_fee_micros: 0,
+            segments: Vec::new(),
+        }
+    }
+
+    fn segment(name: &str, billed_seconds: i64, cost_micros: i64) -> ClaimedSegment {
+        ClaimedSegment {
+            tariff_name: name.to_owned(),
+            billed_seconds,
+            cost_micros,
+        }
+    }
+
+    fn june_usage(
+        calls: Vec<ClaimedCall>,
+        top_ups: Vec<(i64, TopUpEntry)>,
+        allowance: i64,
+        basis: &IncludedBasis,
+    ) -> ClaimedUsage {
+        claimed_usage(
+            month(2026, 6),
+            at(1, 0),
+            |instant| BillingPeriod::containing(instant, chrono_tz::UTC),
+            calls,
+            top_ups,
+            allowance,
+            basis,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn claimed_calls_split_into_the_months_own_and_late_ones_per_month() {
+        use chrono::TimeZone;
+        let may = Utc.with_ymd_and_hms(2026, 5, 31, 23, 59, 59).unwrap();
+        let april = Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0).unwrap();
+        let usage = june_usage(
+            vec![
+                call(3, at(2, 0), 60, 600),
+                call(1, may, 120, 600),
+                call(2, april, 60, 600),
+                call(4, at(1, 0), 30, 600),
+            ],
+            Vec::new(),
+            0,
+            &IncludedBasis::Calls,
+        );
+        assert_eq!(
+            usage.current,
+            UsageTotals {
+                call_count: 2,
+                billed_seconds: 90,
+                usage_micros: 900
+            }
+        );
+        assert_eq!(
+            usage.late,
+            vec![
+                (
+                    month(2026, 4),
+                    UsageTotals {
+                        call_count: 1,
+                        billed_seconds: 60,
+                        usage_micros: 600
+                    }
+                ),
+                (
+                    month(2026, 5),
+                    UsageTotals {
+                        call_count: 1,
+                        billed_seconds: 120,
+                        usage_micros: 1200
+                    }
+                ),
+            ]
+        );
+        assert_eq!(usage.included, IncludedUsage::default());
+    }
+
+    #[test]
+    fn included_calls_are_taken_in_start_then_id_order_up_to_the_one_crossing_the_allowance() {
+        // Ids out of start order: the start decides, the id breaks ties.
+        let calls = vec![
+            call(9, at(1, 0), 60, 600),
+            call(5, at(3, 0), 90, 1200),
+            call(2, at(2, 0), 60, 600),
+            call(1, at(3, 0), 60, 600),
+        ];
+        let usage = june_usage(calls, Vec::new(), 150, &IncludedBasis::Calls);
+        assert_eq!(
+            usage.included,
+            IncludedUsage {
+                whole: UsageTotals {
+                    call_count: 2,
+                    billed_seconds: 120,
+                    usage_micros: 1200
+                },
+                straddling: Some(StraddlingCall {
+                    billed_seconds: 60,
+                    cost_micros: 600,
+                    per_minute_micros: 600
+                }),
+            }
+        );
+        let all = june_usage(
+            vec![call(1, at(1, 0), 60, 600)],
+            Vec::new(),
+            60,
+            &IncludedBasis::Calls,
+        );
+        assert_eq!(all.included, IncludedUsage::all(all.current));
+    }
+
+    #[test]
+    fn on_segments_only_the_named_tariffs_count_and_the_breakdown_sums_per_tariff() {
+        let mut first = call(1, at(1, 0), 120, 0);
+        first.cost_micros = 1500;
+        first.connect_fee_micros = 100;
+        first.segments = vec![segment("peak", 60, 1000), segment("night", 60, 400)];
+        let mut second = call(2, at(2, 0), 60, 0);
+        second.cost_micros = 1000;
+        second.segments = vec![segment("peak", 60, 1000)];
+        let basis = IncludedBasis::Segments {
+            rates: vec![("peak".to_owned(), 1000), ("night".to_owned(), 400)],
+            only: vec!["peak".to_owned()],
+        };
+        let usage = june_usage(vec![second, first], Vec::new(), 90, &basis);
+        assert_eq!(
+            usage.breakdown,
+            UsageBreakdown {
+                tariffs: vec![
+                    ("night".to_owned(), 60, 400),
+                    ("peak".to_owned(), 120, 2000)
+                ],
+                connect_fee_calls: 1,
+                connect_fees_micros: 100,
+            }
+        );
+        assert_eq!(
+            usage.included,
+            IncludedUsage {
+                whole: UsageTotals {
+                    call_count: 1,
+                    billed_seconds: 60,
+                    usage_micros: 1000
+                },
+                straddling: Some(StraddlingCall {
+                    billed_seconds: 60,
+                    cost_micros: 1000,
+                    per_minute_micros: 1000
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn top_ups_come_in_the_order_they_were_made_and_overflow_is_refused() {
+        let entry = |second, amount_micros| TopUpEntry {
+            created_at: at(1, second),
+            amount_micros,
+        };
+        let usage = june_usage(
+            Vec::new(),
+            vec![(7, entry(5, 1)), (3, entry(5, 2)), (9, entry(1, 3))],
+            0,
+            &IncludedBasis::Calls,
+        );
+        let amounts: Vec<i64> = usage.top_ups.iter().map(|t| t.amount_micros).collect();
+        assert_eq!(amounts, vec![3, 2, 1]);
+
+        let mut huge = call(1, at(1, 0), 60, 0);
+        huge.cost_micros = i64::MAX;
+        let result = claimed_usage(
+            month(2026, 6),
+            at(1, 0),
+            |instant| BillingPeriod::containing(instant, chrono_tz::UTC),
+            vec![huge.clone(), ClaimedCall { id: 2, ..huge }],
+            Vec::new(),
+            0,
+            &IncludedBasis::Calls,
+        );
+        assert!(matches!(result, Err(AppError::FailedPrecondition(_))));
     }
 
     #[test]

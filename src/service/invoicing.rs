@@ -26,9 +26,11 @@ use crate::error::{AppError, AppResult};
 use crate::storage::{InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport, Store};
 
 /// Customers fetched per page while running a billing cycle.
-const CYCLE_PAGE: u64 = 500;
-/// Invoices issued per transaction by a billing cycle: one commit for many.
-const CYCLE_TRANSACTION: usize = 100;
+const CYCLE_PAGE: u64 = 2000;
+/// Invoices issued per transaction by a billing cycle: one commit and a
+/// fixed number of set-based statements for many. It bounds the memory of
+/// a chunk (its claimed calls) and how long a transaction holds its rows.
+const CYCLE_TRANSACTION: usize = 1000;
 
 /// What GenerateInvoice produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -564,7 +566,7 @@ impl Invoicing {
         after_id: i64,
         limit: u64,
     ) -> AppResult<Vec<Invoice>> {
-        self.store.list_invoices(filter, after_id, limit).await
+        self.store.feed_page(filter, after_id, limit).await
     }
 
     fn scope_filter(&self, principal: &Principal, action: Action) -> AppResult<InvoiceFilter> {

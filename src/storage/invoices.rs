@@ -7,24 +7,25 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sea_orm::sea_query::{Alias, Expr, Func, Query};
 use sea_orm::{
-    ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait, ExprTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement, TryInsertResult,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 
 use super::entities::{call, customer, customer_operator, invoice, invoice_line, top_up};
 use super::{Store, instant, micros};
 use crate::domain::invoice::{
-    ClaimedUsage, ConsolidatedMonth, IncludedBasis, IncludedUsage, Invoice, InvoiceDraft,
-    InvoiceLine, InvoiceLineKind, StraddlingCall, TopUpEntry, UsageBreakdown, UsageTotals,
-    invoice_number,
+    ClaimedCall, ClaimedSegment, ClaimedUsage, ConsolidatedMonth, IncludedBasis, IncludedUsage,
+    Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, StraddlingCall, TopUpEntry, UsageTotals,
+    claimed_usage, invoice_number,
 };
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
 
-/// Serialises invoice issuing on PostgreSQL so that invoice ids become
-/// visible in id order (WatchInvoices relies on it). SQLite's write lock does
-/// the same there.
+/// Makes invoice ids visible in id order on PostgreSQL, which the invoice
+/// feed relies on: issuers hold it shared (they never wait for each other),
+/// a feed read holds it exclusively for the length of one page query, so
+/// it sees no invoice while a smaller id may still commit. SQLite's single
+/// writer does the same there.
 const ISSUE_LOCK_KEY: i64 = 0x0062_696c_6c69_6e67;
 
 /// What to issue: one customer's invoice for one month.
@@ -115,33 +116,59 @@ impl Store {
         requests: Vec<InvoiceRequest>,
         compose: impl Fn(&InvoiceRequest, BillingPeriod, &ClaimedUsage) -> AppResult<InvoiceDraft>,
     ) -> AppResult<Vec<IssueReport>> {
+        let mut customers: Vec<i64> = requests.iter().map(|r| r.customer_id).collect();
+        customers.sort_unstable();
+        if customers.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(AppError::internal(
+                "a batch of invoice requests names one customer twice",
+            ));
+        }
         let txn = self.begin_write().await?;
         if txn.get_database_backend() == DatabaseBackend::Postgres {
+            // Shared: issuers never wait for each other, only for a feed
+            // read in progress (see `feed_page`).
             txn.execute_raw(Statement::from_sql_and_values(
                 DatabaseBackend::Postgres,
-                "SELECT pg_advisory_xact_lock($1)",
+                "SELECT pg_advisory_xact_lock_shared($1)",
                 [ISSUE_LOCK_KEY.into()],
             ))
             .await?;
         }
         let latest = latest_invoiced_months(&txn, &requests).await?;
-        let mut issued = Vec::with_capacity(requests.len());
-        for request in &requests {
-            let mut earlier = Vec::new();
-            let mut target = None;
-            for month in crate::domain::invoice::months_to_issue(
-                request.first_period,
-                request.period,
-                latest.get(&request.customer_id).copied(),
-            ) {
-                let invoice = issue_month(&txn, request, month, &compose).await?;
-                match invoice {
-                    Some(invoice) if month == request.period => target = Some(invoice),
-                    Some(invoice) => earlier.push(invoice),
-                    None => {}
+        let months: Vec<Vec<BillingPeriod>> = requests
+            .iter()
+            .map(|request| {
+                crate::domain::invoice::months_to_issue(
+                    request.first_period,
+                    request.period,
+                    latest.get(&request.customer_id).copied(),
+                )
+            })
+            .collect();
+        // Round k issues the k-th month due of every request, all in a few
+        // set-based statements; one customer's months stay in order.
+        let rounds = months.iter().map(Vec::len).max().unwrap_or(0);
+        let mut issued: Vec<(Option<Invoice>, Vec<Invoice>)> =
+            requests.iter().map(|_| (None, Vec::new())).collect();
+        for round in 0..rounds {
+            let due: Vec<(usize, BillingPeriod)> = months
+                .iter()
+                .enumerate()
+                .filter_map(|(index, months)| months.get(round).map(|month| (index, *month)))
+                .collect();
+            let items: Vec<(&InvoiceRequest, BillingPeriod)> = due
+                .iter()
+                .map(|&(index, month)| (&requests[index], month))
+                .collect();
+            let invoices = issue_months(&txn, &items, &compose).await?;
+            for ((index, month), invoice) in due.into_iter().zip(invoices) {
+                let Some(invoice) = invoice else { continue };
+                if month == requests[index].period {
+                    issued[index].0 = Some(invoice);
+                } else {
+                    issued[index].1.push(invoice);
                 }
             }
-            issued.push((target, earlier));
         }
         txn.commit().await?;
         let mut reports = Vec::with_capacity(requests.len());
@@ -157,6 +184,31 @@ impl Store {
             reports.push(IssueReport { outcome, earlier });
         }
         Ok(reports)
+    }
+
+    /// The feed's next page: like [`Store::list_invoices`], but on
+    /// PostgreSQL read while no issuer is in flight, so that no invoice
+    /// with a smaller id than those returned can appear later.
+    pub async fn feed_page(
+        &self,
+        filter: InvoiceFilter,
+        after_id: i64,
+        limit: u64,
+    ) -> AppResult<Vec<Invoice>> {
+        if self.db.get_database_backend() != DatabaseBackend::Postgres {
+            return self.list_invoices(filter, after_id, limit).await;
+        }
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [ISSUE_LOCK_KEY.into()],
+        ))
+        .await?;
+        let models = invoice_page(filter, after_id, limit).all(&txn).await?;
+        txn.commit().await?;
+        // The lines were committed with their invoices.
+        self.with_lines(models).await
     }
 
     /// The invoice of one customer and month, if issued.
@@ -185,26 +237,7 @@ impl Store {
         after_id: i64,
         limit: u64,
     ) -> AppResult<Vec<Invoice>> {
-        let mut query = invoice::Entity::find()
-            .filter(invoice::Column::Id.gt(after_id))
-            .order_by_asc(invoice::Column::Id)
-            .limit(limit);
-        query = match filter {
-            InvoiceFilter::All => query,
-            InvoiceFilter::Customer(customer_id) => {
-                query.filter(invoice::Column::CustomerId.eq(customer_id))
-            }
-            InvoiceFilter::Operator(operator_id) => query.filter(
-                invoice::Column::CustomerId.in_subquery(
-                    Query::select()
-                        .column(customer_operator::Column::CustomerId)
-                        .from(customer_operator::Entity)
-                        .and_where(customer_operator::Column::OperatorId.eq(operator_id))
-                        .to_owned(),
-                ),
-            ),
-        };
-        let models = query.all(&self.db).await?;
+        let models = invoice_page(filter, after_id, limit).all(&self.db).await?;
         self.with_lines(models).await
     }
 
@@ -577,6 +610,35 @@ impl Store {
     }
 }
 
+/// The query for up to `limit` invoices with an id above `after_id`, in
+/// id order, that `filter` selects.
+fn invoice_page(
+    filter: InvoiceFilter,
+    after_id: i64,
+    limit: u64,
+) -> sea_orm::Select<invoice::Entity> {
+    let mut query = invoice::Entity::find()
+        .filter(invoice::Column::Id.gt(after_id))
+        .order_by_asc(invoice::Column::Id)
+        .limit(limit);
+    query = match filter {
+        InvoiceFilter::All => query,
+        InvoiceFilter::Customer(customer_id) => {
+            query.filter(invoice::Column::CustomerId.eq(customer_id))
+        }
+        InvoiceFilter::Operator(operator_id) => query.filter(
+            invoice::Column::CustomerId.in_subquery(
+                Query::select()
+                    .column(customer_operator::Column::CustomerId)
+                    .from(customer_operator::Entity)
+                    .and_where(customer_operator::Column::OperatorId.eq(operator_id))
+                    .to_owned(),
+            ),
+        ),
+    };
+    query
+}
+
 /// Count, billed seconds and cost of the calls matching both conditions, in
 /// one aggregate query (sums cast to BIGINT: PostgreSQL sums BIGINT as
 /// NUMERIC).
@@ -606,61 +668,6 @@ async fn usage_totals(
         call_count,
         billed_seconds,
         usage_micros,
-    })
-}
-
-/// The month's own calls of invoice `invoice_id` (started at or after
-/// `start`) by tariff: their segments summed per tariff, and their connect
-/// fees. Two grouped queries.
-async fn usage_breakdown(
-    db: &impl ConnectionTrait,
-    invoice_id: i64,
-    start: i64,
-) -> AppResult<UsageBreakdown> {
-    let backend = db.get_database_backend();
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            backend,
-            numbered_placeholders(
-                backend,
-                "SELECT s.tariff_name, CAST(SUM(s.billed_seconds) AS BIGINT), \
-                        CAST(SUM(s.cost_micros) AS BIGINT) \
-                 FROM call_segments s JOIN calls c ON c.id = s.call_id \
-                 WHERE c.invoice_id = ? AND c.started_at >= ? \
-                 GROUP BY s.tariff_name ORDER BY s.tariff_name",
-            ),
-            vec![invoice_id.into(), start.into()],
-        ))
-        .await?;
-    let mut tariffs = Vec::with_capacity(rows.len());
-    for row in rows {
-        tariffs.push((
-            row.try_get_by_index::<String>(0)?,
-            row.try_get_by_index::<i64>(1)?,
-            row.try_get_by_index::<i64>(2)?,
-        ));
-    }
-    let fees: Option<(i64, i64)> = call::Entity::find()
-        .select_only()
-        .expr(Func::count(Expr::col(call::Column::Id)))
-        .expr(Func::cast_as(
-            Func::coalesce([
-                Expr::from(Func::sum(Expr::col(call::Column::ConnectFeeMicros))),
-                Expr::val(0),
-            ]),
-            Alias::new("BIGINT"),
-        ))
-        .filter(call::Column::InvoiceId.eq(invoice_id))
-        .filter(call::Column::StartedAt.gte(start))
-        .filter(call::Column::ConnectFeeMicros.gt(0))
-        .into_tuple()
-        .one(db)
-        .await?;
-    let (connect_fee_calls, connect_fees_micros) = fees.unwrap_or_default();
-    Ok(UsageBreakdown {
-        tariffs,
-        connect_fee_calls,
-        connect_fees_micros,
     })
 }
 
@@ -867,180 +874,225 @@ fn period_key() -> sea_orm::sea_query::SimpleExpr {
         .add(Expr::col(invoice::Column::PeriodMonth))
 }
 
-/// Issues one month's invoice inside `txn`; `None` when it exists.
-async fn issue_month(
+/// Invoice rows inserted or updated per statement (at most 8 bound values
+/// each).
+const INVOICES_PER_STATEMENT: usize = 1000;
+/// Ids bound per `IN (…)` list.
+const IDS_PER_STATEMENT: usize = 5000;
+/// Invoice lines inserted per statement (6 bound values each).
+const LINES_PER_INSERT: usize = 2000;
+
+/// Issues the month of each item inside `txn` (one item per customer), in
+/// a fixed number of set-based statements whatever the number of items:
+/// the invoice rows are inserted (an existing one conflicts and its item
+/// yields `None`), the calls and top-ups due are claimed by one update each
+/// that returns what it claimed, the claimed calls' segments are read
+/// (tariffed plans only), every invoice is composed in memory, and the
+/// totals and lines are written back.
+async fn issue_months(
     txn: &DatabaseTransaction,
-    request: &InvoiceRequest,
-    period: BillingPeriod,
+    items: &[(&InvoiceRequest, BillingPeriod)],
     compose: &impl Fn(&InvoiceRequest, BillingPeriod, &ClaimedUsage) -> AppResult<InvoiceDraft>,
-) -> AppResult<Option<Invoice>> {
-    let InvoiceRequest {
-        customer_id,
-        tz,
-        issued_at,
-        ref currency_code,
-        included_seconds,
-        ref included_basis,
-        ..
-    } = *request;
-    let (start, end) = (micros(period.start(tz)), micros(period.end(tz)));
-    let row = invoice::ActiveModel {
-        id: NotSet,
-        number: Set(format!("pending-{customer_id}-{period}")),
-        customer_id: Set(customer_id),
-        period_year: Set(period.year()),
-        period_month: Set(i32::try_from(period.month()).unwrap_or(1)),
-        period_start: Set(start),
-        period_end: Set(end),
-        issued_at: Set(micros(issued_at)),
-        currency_code: Set(currency_code.clone()),
-        call_count: Set(0),
-        billed_seconds: Set(0),
-        usage_micros: Set(0),
-        monthly_fee_micros: Set(0),
-        total_micros: Set(0),
-    };
-    let inserted = invoice::Entity::insert(row)
-        .on_conflict_do_nothing_on([
-            invoice::Column::CustomerId,
-            invoice::Column::PeriodYear,
-            invoice::Column::PeriodMonth,
-        ])
-        .exec(txn)
-        .await?;
-    let invoice_id = match inserted {
-        TryInsertResult::Inserted(result) => result.last_insert_id,
-        TryInsertResult::Conflicted | TryInsertResult::Empty => return Ok(None),
+) -> AppResult<Vec<Option<Invoice>>> {
+    let backend = txn.get_database_backend();
+    let run = |sql: String, values: Vec<sea_orm::Value>| {
+        Statement::from_sql_and_values(backend, numbered_placeholders(backend, &sql), values)
     };
 
-    call::Entity::update_many()
-        .col_expr(call::Column::InvoiceId, Expr::val(invoice_id))
-        .filter(call::Column::CustomerId.eq(customer_id))
-        .filter(call::Column::InvoiceId.is_null())
-        .filter(call::Column::StartedAt.lt(end))
-        .exec(txn)
-        .await?;
-    top_up::Entity::update_many()
-        .col_expr(top_up::Column::InvoiceId, Expr::val(invoice_id))
-        .filter(top_up::Column::CustomerId.eq(customer_id))
-        .filter(top_up::Column::InvoiceId.is_null())
-        .filter(top_up::Column::CreatedAt.lt(end))
-        .exec(txn)
-        .await?;
+    // Customer → its new invoice's id.
+    let mut invoice_of: HashMap<i64, i64> = HashMap::with_capacity(items.len());
+    for chunk in items.chunks(INVOICES_PER_STATEMENT) {
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 8);
+        for (request, period) in chunk {
+            values.push(format!("pending-{}-{period}", request.customer_id).into());
+            values.push(request.customer_id.into());
+            values.push(period.year().into());
+            values.push(i32::try_from(period.month()).unwrap_or(1).into());
+            values.push(micros(period.start(request.tz)).into());
+            values.push(micros(period.end(request.tz)).into());
+            values.push(micros(request.issued_at).into());
+            values.push(request.currency_code.clone().into());
+        }
+        let sql = format!(
+            "INSERT INTO invoices (number, customer_id, period_year, period_month, \
+               period_start, period_end, issued_at, currency_code, call_count, \
+               billed_seconds, usage_micros, monthly_fee_micros, total_micros) \
+             VALUES {} \
+             ON CONFLICT (customer_id, period_year, period_month) DO NOTHING \
+             RETURNING id, customer_id",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0)"; chunk.len()].join(", ")
+        );
+        for row in txn.query_all_raw(run(sql, values)).await? {
+            invoice_of.insert(row.try_get_by_index(1)?, row.try_get_by_index(0)?);
+        }
+    }
+    if invoice_of.is_empty() {
+        return Ok(vec![None; items.len()]);
+    }
+    let mut ids: Vec<i64> = invoice_of.values().copied().collect();
+    ids.sort_unstable();
 
-    let current = usage_totals(
-        txn,
-        call::Column::InvoiceId.eq(invoice_id),
-        call::Column::StartedAt.gte(start),
-    )
-    .await?;
-    let included = included_usage(
-        txn,
-        current,
-        included_seconds,
-        "c.invoice_id = ? AND c.started_at >= ?",
-        vec![invoice_id.into(), start.into()],
-        included_basis,
-    )
-    .await?;
-    let late_calls: Vec<(i64, i64, i64)> = call::Entity::find()
-        .select_only()
-        .column(call::Column::StartedAt)
-        .column(call::Column::BilledSeconds)
-        .column(call::Column::CostMicros)
-        .filter(call::Column::InvoiceId.eq(invoice_id))
-        .filter(call::Column::StartedAt.lt(start))
-        .into_tuple()
-        .all(txn)
-        .await?;
-    let late = crate::domain::invoice::late_usage_by_month(
-        period,
-        late_calls
-            .into_iter()
-            .map(|(started_at, billed_seconds, cost_micros)| {
-                (
-                    BillingPeriod::containing(instant(started_at), tz),
-                    billed_seconds,
-                    cost_micros,
-                )
-            }),
-    )?;
-    let breakdown = usage_breakdown(txn, invoice_id, start).await?;
-    let top_ups = top_up::Entity::find()
-        .filter(top_up::Column::InvoiceId.eq(invoice_id))
-        .order_by_asc(top_up::Column::CreatedAt)
-        .order_by_asc(top_up::Column::Id)
-        .all(txn)
-        .await?
-        .into_iter()
-        .map(top_up_entry)
+    // Every uninvoiced call of the customer that started before the
+    // month's end, and every such top-up, is claimed.
+    let mut calls: HashMap<i64, Vec<ClaimedCall>> = HashMap::with_capacity(ids.len());
+    let mut top_ups: HashMap<i64, Vec<(i64, TopUpEntry)>> = HashMap::new();
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let bound = || chunk.iter().map(|id| sea_orm::Value::from(*id)).collect();
+        let sql = format!(
+            "UPDATE calls SET invoice_id = i.id FROM invoices i \
+             WHERE i.id IN ({marks}) AND calls.customer_id = i.customer_id \
+               AND calls.invoice_id IS NULL AND calls.started_at < i.period_end \
+             RETURNING calls.invoice_id, calls.id, calls.started_at, calls.billed_seconds, \
+               calls.cost_micros, calls.per_minute_micros, calls.connect_fee_micros"
+        );
+        for row in txn.query_all_raw(run(sql, bound())).await? {
+            calls
+                .entry(row.try_get_by_index(0)?)
+                .or_default()
+                .push(ClaimedCall {
+                    id: row.try_get_by_index(1)?,
+                    started_at: instant(row.try_get_by_index(2)?),
+                    billed_seconds: row.try_get_by_index(3)?,
+                    cost_micros: row.try_get_by_index(4)?,
+                    per_minute_micros: row.try_get_by_index(5)?,
+                    connect_fee_micros: row.try_get_by_index(6)?,
+                    segments: Vec::new(),
+                });
+        }
+        let sql = format!(
+            "UPDATE top_ups SET invoice_id = i.id FROM invoices i \
+             WHERE i.id IN ({marks}) AND top_ups.customer_id = i.customer_id \
+               AND top_ups.invoice_id IS NULL AND top_ups.created_at < i.period_end \
+             RETURNING top_ups.invoice_id, top_ups.id, top_ups.created_at, top_ups.amount_micros"
+        );
+        for row in txn.query_all_raw(run(sql, bound())).await? {
+            top_ups.entry(row.try_get_by_index(0)?).or_default().push((
+                row.try_get_by_index(1)?,
+                TopUpEntry {
+                    created_at: instant(row.try_get_by_index(2)?),
+                    amount_micros: row.try_get_by_index(3)?,
+                },
+            ));
+        }
+    }
+
+    // Segments exist only for calls rated against tariffs, and a
+    // customer's plan never changes: only tariffed plans' calls are read.
+    let tariffed: Vec<i64> = items
+        .iter()
+        .filter(|(request, _)| matches!(request.included_basis, IncludedBasis::Segments { .. }))
+        .filter_map(|(request, _)| invoice_of.get(&request.customer_id))
+        .flat_map(|invoice_id| calls.get(invoice_id).into_iter().flatten())
+        .map(|call| call.id)
         .collect();
-    let draft = compose(
-        request,
-        period,
-        &ClaimedUsage {
-            current,
-            included,
-            late,
-            top_ups,
-            breakdown,
-        },
-    )?;
+    let mut segments: HashMap<i64, Vec<ClaimedSegment>> = HashMap::new();
+    for chunk in tariffed.chunks(IDS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT call_id, tariff_name, billed_seconds, cost_micros FROM call_segments \
+             WHERE call_id IN ({}) ORDER BY call_id, position",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let values = chunk.iter().map(|id| sea_orm::Value::from(*id)).collect();
+        for row in txn.query_all_raw(run(sql, values)).await? {
+            segments
+                .entry(row.try_get_by_index(0)?)
+                .or_default()
+                .push(ClaimedSegment {
+                    tariff_name: row.try_get_by_index(1)?,
+                    billed_seconds: row.try_get_by_index(2)?,
+                    cost_micros: row.try_get_by_index(3)?,
+                });
+        }
+    }
 
-    let number = invoice_number(period, invoice_id);
-    invoice::Entity::update_many()
-        .col_expr(invoice::Column::Number, Expr::val(number.as_str()))
-        .col_expr(
-            invoice::Column::CallCount,
-            Expr::val(draft.usage.call_count),
-        )
-        .col_expr(
-            invoice::Column::BilledSeconds,
-            Expr::val(draft.usage.billed_seconds),
-        )
-        .col_expr(
-            invoice::Column::UsageMicros,
-            Expr::val(draft.usage.usage_micros),
-        )
-        .col_expr(
-            invoice::Column::MonthlyFeeMicros,
-            Expr::val(draft.monthly_fee_micros),
-        )
-        .col_expr(invoice::Column::TotalMicros, Expr::val(draft.total_micros))
-        .filter(invoice::Column::Id.eq(invoice_id))
-        .exec(txn)
-        .await?;
-    if !draft.lines.is_empty() {
-        let lines =
-            draft
+    let mut issued = Vec::with_capacity(items.len());
+    for (request, period) in items {
+        let Some(&invoice_id) = invoice_of.get(&request.customer_id) else {
+            issued.push(None);
+            continue;
+        };
+        let tz = request.tz;
+        let (start, end) = (period.start(tz), period.end(tz));
+        let mut claimed = calls.remove(&invoice_id).unwrap_or_default();
+        for call in &mut claimed {
+            call.segments = segments.remove(&call.id).unwrap_or_default();
+        }
+        let usage = claimed_usage(
+            *period,
+            start,
+            |at| BillingPeriod::containing(at, tz),
+            claimed,
+            top_ups.remove(&invoice_id).unwrap_or_default(),
+            request.included_seconds,
+            &request.included_basis,
+        )?;
+        let draft = compose(request, *period, &usage)?;
+        issued.push(Some(Invoice {
+            id: invoice_id,
+            number: invoice_number(*period, invoice_id),
+            customer_id: request.customer_id,
+            period: *period,
+            period_start: start,
+            period_end: end,
+            issued_at: request.issued_at,
+            currency_code: request.currency_code.clone(),
+            lines: draft.lines,
+            usage: draft.usage,
+            monthly_fee_micros: draft.monthly_fee_micros,
+            total_micros: draft.total_micros,
+        }));
+    }
+
+    let composed: Vec<&Invoice> = issued.iter().flatten().collect();
+    for chunk in composed.chunks(INVOICES_PER_STATEMENT) {
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 7);
+        for invoice in chunk {
+            values.push(invoice.id.into());
+            values.push(invoice.number.clone().into());
+            values.push(invoice.usage.call_count.into());
+            values.push(invoice.usage.billed_seconds.into());
+            values.push(invoice.usage.usage_micros.into());
+            values.push(invoice.monthly_fee_micros.into());
+            values.push(invoice.total_micros.into());
+        }
+        let sql = format!(
+            "WITH v(id, number, call_count, billed_seconds, usage_micros, \
+               monthly_fee_micros, total_micros) AS (VALUES {}) \
+             UPDATE invoices SET number = v.number, call_count = v.call_count, \
+               billed_seconds = v.billed_seconds, usage_micros = v.usage_micros, \
+               monthly_fee_micros = v.monthly_fee_micros, total_micros = v.total_micros \
+             FROM v WHERE invoices.id = v.id",
+            vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        txn.execute_raw(run(sql, values)).await?;
+    }
+    let lines: Vec<(i64, usize, &InvoiceLine)> = composed
+        .iter()
+        .flat_map(|invoice| {
+            invoice
                 .lines
                 .iter()
                 .enumerate()
-                .map(|(position, line)| invoice_line::ActiveModel {
-                    id: NotSet,
-                    invoice_id: Set(invoice_id),
-                    position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
-                    kind: Set(line.kind.as_str().to_owned()),
-                    description: Set(line.description.clone()),
-                    quantity: Set(line.quantity),
-                    amount_micros: Set(line.amount_micros),
-                });
-        invoice_line::Entity::insert_many(lines)
-            .exec_without_returning(txn)
-            .await?;
+                .map(|(position, line)| (invoice.id, position, line))
+        })
+        .collect();
+    for chunk in lines.chunks(LINES_PER_INSERT) {
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
+        for (invoice_id, position, line) in chunk {
+            values.push((*invoice_id).into());
+            values.push(i32::try_from(*position).unwrap_or(i32::MAX).into());
+            values.push(line.kind.as_str().into());
+            values.push(line.description.clone().into());
+            values.push(line.quantity.into());
+            values.push(line.amount_micros.into());
+        }
+        let sql = format!(
+            "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, \
+               amount_micros) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        txn.execute_raw(run(sql, values)).await?;
     }
-    Ok(Some(Invoice {
-        id: invoice_id,
-        number,
-        customer_id,
-        period,
-        period_start: instant(start),
-        period_end: instant(end),
-        issued_at,
-        currency_code: currency_code.clone(),
-        lines: draft.lines,
-        usage: draft.usage,
-        monthly_fee_micros: draft.monthly_fee_micros,
-        total_micros: draft.total_micros,
-    }))
+    Ok(issued)
 }
