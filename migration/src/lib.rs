@@ -11,6 +11,7 @@ mod m20261124_000003_money_checks;
 mod m20261124_000004_accounts;
 mod m20261124_000005_tariffs;
 mod m20261124_000006_included_tariffs;
+mod m20261124_000007_uninvoiced_index;
 
 /// The service's migrations, oldest first.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_accounts::Migration),
             Box::new(m20261124_000005_tariffs::Migration),
             Box::new(m20261124_000006_included_tariffs::Migration),
+            Box::new(m20261124_000007_uninvoiced_index::Migration),
         ]
     }
 }
