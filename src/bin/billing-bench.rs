@@ -1,0 +1,1014 @@
+//! `billing-bench`: drives a separately started `billing serve` over
+//! loopback and prints every figure of BENCHMARKS.md beside a reference
+//! measured in the same run, and their ratio.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/billing-bench                                  # SQLite
+//! target/release/billing-bench --database postgres://postgres@127.0.0.1:5432/test
+//! ```
+//!
+//! It starts `billing serve` (the binary next to its own) on a fresh
+//! database, generates its data from a fixed seed, and measures:
+//! - unary load: `AddCall` against `grpc.health.v1.Health/Check` on the
+//!   same server with the same client (connections × streams in flight);
+//! - ingestion: `IngestCalls` against a raw prepared multi-row insert of
+//!   the same rows into a second database with the same migrated schema;
+//! - the billing cycle: `RunBillingCycle` against one set-based SQL insert
+//!   of the invoices and lines plus the claiming update, on that copy;
+//! - `GetCallHistory` pages of a customer with many calls, 16 clients;
+//! - streaming a customer's consolidated months, the invoice feed and a
+//!   whole call history page by page;
+//! - the server's peak resident memory after each phase.
+//!
+//! Nothing here asserts a timing; it checks only that both sides did the
+//! same work (same rows, same invoice totals).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use billing::domain::invoice::InvoiceLineKind;
+use billing::domain::rating::cost_of;
+use billing::grpc::pb;
+use billing::grpc::pb::call_service_client::CallServiceClient;
+use billing::grpc::pb::invoice_service_client::InvoiceServiceClient;
+use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
+use clap::Parser;
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement,
+    TransactionTrait,
+};
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The plan every generated customer is on: postpaid, flat rate.
+const MONTHLY_FEE_MICROS: i64 = 5_000_000;
+const PER_MINUTE_MICROS: i64 = 120_000;
+const INCREMENT_SECONDS: i64 = 6;
+/// Rows per statement and per transaction of the raw insert.
+const RAW_ROWS_PER_STATEMENT: usize = 100;
+const RAW_ROWS_PER_TRANSACTION: u64 = 100_000;
+/// Records per IngestCalls stream.
+const RECORDS_PER_STREAM: u64 = 1_000_000;
+/// Concurrent clients paging call history.
+const HISTORY_CLIENTS: usize = 16;
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Benchmarks a running billing server against references measured in the same run"
+)]
+struct Args {
+    /// `sqlite` (two files in a temporary directory) or a PostgreSQL URL;
+    /// on PostgreSQL the databases `billing_bench` and `billing_bench_raw`
+    /// are dropped and created on that server.
+    #[arg(long, default_value = "sqlite")]
+    database: String,
+    /// Customers, all on one postpaid plan.
+    #[arg(long, default_value_t = 10_000)]
+    customers: u64,
+    /// Calls in last month, all unbilled, ingested through IngestCalls.
+    #[arg(long, default_value_t = 1_000_000)]
+    calls: u64,
+    /// Of those, the calls of customer 1 (the one whose history is paged).
+    #[arg(long, default_value_t = 100_000)]
+    heavy_calls: u64,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Seconds each load (health, AddCall, history) runs.
+    #[arg(long, default_value_t = 5)]
+    load_seconds: u64,
+    /// The `billing` binary; default: next to this one.
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Also measure the raw insert rate with each index of `calls` added or
+    /// dropped, on scratch databases.
+    #[arg(long)]
+    index_study: bool,
+}
+
+/// SplitMix64: a fixed seed gives the same data on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+}
+
+/// One generated call, as sent and as the raw insert stores it.
+struct Record {
+    call_id: String,
+    customer_id: i64,
+    started_at: DateTime<Utc>,
+    duration_seconds: i64,
+}
+
+impl Record {
+    fn billed_seconds(&self) -> i64 {
+        (self.duration_seconds + INCREMENT_SECONDS - 1) / INCREMENT_SECONDS * INCREMENT_SECONDS
+    }
+
+    fn request(&self) -> pb::AddCallRequest {
+        pb::AddCallRequest {
+            customer_id: self.customer_id,
+            duration: Some(pb::add_call_request::Duration::DurationSeconds(
+                self.duration_seconds,
+            )),
+            started_at: Some(timestamp(self.started_at)),
+            call_id: self.call_id.clone(),
+            caller_number: "+14155550100".into(),
+            callee_number: "+12025550123".into(),
+        }
+    }
+}
+
+/// The month the data lives in (last month) and how it is generated.
+#[derive(Clone, Copy)]
+struct Data {
+    seed: u64,
+    customers: u64,
+    calls: u64,
+    heavy_calls: u64,
+    month_start: DateTime<Utc>,
+    month_end: DateTime<Utc>,
+}
+
+impl Data {
+    fn records(self) -> impl Iterator<Item = Record> {
+        let mut rng = Rng(self.seed);
+        let span = u64::try_from((self.month_end - self.month_start).num_seconds()).unwrap_or(1);
+        let heavy = self.heavy_calls.min(self.calls);
+        (0..self.calls).map(move |n| {
+            // Every `calls / heavy`-th call is customer 1's.
+            let customer_id = if heavy > 0 && n % (self.calls / heavy).max(1) == 0 {
+                1
+            } else {
+                2 + rng.below(self.customers.saturating_sub(1))
+            };
+            let offset = rng.below(span.saturating_sub(1));
+            Record {
+                call_id: format!("bench-{n}"),
+                customer_id: i64::try_from(customer_id).unwrap_or(1),
+                started_at: self.month_start + chrono::TimeDelta::seconds(offset as i64),
+                duration_seconds: 1 + rng.below(900) as i64,
+            }
+        })
+    }
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: 0,
+    }
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), Failure> {
+    let args = Args::parse();
+    let server_binary = match &args.server {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("billing"),
+    };
+    if !server_binary.exists() {
+        return Err(format!(
+            "{} not found: build it first (`cargo build --release --bins`) or pass --server",
+            server_binary.display()
+        )
+        .into());
+    }
+    let now = Utc::now();
+    let this_month = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .ok_or("no first of the month")?;
+    let data = Data {
+        seed: args.seed,
+        customers: args.customers.max(2),
+        calls: args.calls,
+        heavy_calls: args.heavy_calls,
+        month_start: this_month - Months::new(1),
+        month_end: this_month,
+    };
+    let scratch = Scratch::new()?;
+    let (service_url, raw_url) = databases(&args.database, scratch.path()).await?;
+    println!(
+        "billing-bench: {} customers, {} calls in {} ({} of customer 1), seed {}, {} backend",
+        data.customers,
+        data.calls,
+        data.month_start.format("%Y-%m"),
+        data.heavy_calls.min(data.calls),
+        data.seed,
+        if args.database == "sqlite" {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        }
+    );
+    for url in [&service_url, &raw_url] {
+        migrate(&server_binary, url)?;
+        let db = connect(url).await?;
+        seed_customers(&db, data).await?;
+        db.close().await?;
+    }
+
+    let mut server = Server::start(&server_binary, &service_url)?;
+    let url = format!("http://{}", server.addr);
+    println!("server: pid {} at {}", server.child.id(), server.addr);
+    println!();
+
+    // 1. Unary load.
+    println!("## Unary load ({} s each)", args.load_seconds);
+    println!(
+        "{:<28} {:>10} {:>9} {:>9} {:>7}",
+        "load", "req/s", "p50 ms", "p99 ms", "ratio"
+    );
+    let seconds = Duration::from_secs(args.load_seconds);
+    for (connections, streams) in [(8, 32), (16, 64)] {
+        let health = load(&url, connections, streams, seconds, Rpc::Health).await?;
+        let add = load(
+            &url,
+            connections,
+            streams,
+            seconds,
+            Rpc::AddCall {
+                customers: data.customers,
+                run: connections,
+            },
+        )
+        .await?;
+        health.print(&format!("Health/Check {connections}x{streams}"), None);
+        add.print(
+            &format!("AddCall {connections}x{streams}"),
+            Some(add.rate() / health.rate()),
+        );
+    }
+    server.memory("after the unary load");
+    println!();
+
+    // 2. Ingestion.
+    println!("## Ingestion ({} records)", data.calls);
+    let began = Instant::now();
+    let mut calls = CallServiceClient::connect(url.clone())
+        .await?
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let mut accepted = 0;
+    let mut records = data.records().peekable();
+    while records.peek().is_some() {
+        let chunk: Vec<pb::AddCallRequest> = records
+            .by_ref()
+            .take(usize::try_from(RECORDS_PER_STREAM).unwrap_or(usize::MAX))
+            .map(|record| record.request())
+            .collect();
+        let report = calls
+            .ingest_calls(tokio_stream::iter(chunk))
+            .await?
+            .into_inner();
+        if report.rejected > 0 {
+            return Err(format!("IngestCalls rejected {} records", report.rejected).into());
+        }
+        accepted += report.accepted;
+    }
+    let ingest = began.elapsed();
+    let raw_db = connect(&raw_url).await?;
+    let began = Instant::now();
+    let inserted = raw_insert(&raw_db, data.records()).await?;
+    let raw = began.elapsed();
+    if accepted != inserted as i64 {
+        return Err(format!("IngestCalls stored {accepted}, the raw insert {inserted}").into());
+    }
+    let ingest_rate = rate(accepted as f64, ingest);
+    let raw_rate = rate(inserted as f64, raw);
+    println!("{:<44} {:>12} {:>9}", "", "rows/s", "ratio");
+    println!(
+        "{:<44} {:>12.0}",
+        "raw prepared insert (same schema, 100k/txn)", raw_rate
+    );
+    println!(
+        "{:<44} {:>12.0} {:>8.2}x",
+        "IngestCalls (one stream per 1M records)",
+        ingest_rate,
+        ingest_rate / raw_rate
+    );
+    server.memory("after ingestion");
+    println!();
+
+    // 3. Billing cycle.
+    println!("## Billing cycle ({} customers)", data.customers);
+    let mut invoices = InvoiceServiceClient::connect(url.clone())
+        .await?
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let period = pb::BillingPeriod {
+        year: data.month_start.year(),
+        month: i32::try_from(data.month_start.month()).unwrap_or(1),
+    };
+    let began = Instant::now();
+    let cycle = invoices
+        .run_billing_cycle(pb::RunBillingCycleRequest {
+            period: Some(period),
+        })
+        .await?
+        .into_inner();
+    let service_cycle = began.elapsed();
+    let began = Instant::now();
+    raw_cycle(&raw_db, data).await?;
+    let raw_cycle_time = began.elapsed();
+    let service_db = connect(&service_url).await?;
+    let (service_count, service_total) = invoice_totals(&service_db).await?;
+    let (raw_count, raw_total) = invoice_totals(&raw_db).await?;
+    if (service_count, service_total) != (raw_count, raw_total) || cycle.failed > 0 {
+        return Err(format!(
+            "the cycle issued {service_count} invoices totalling {service_total} ({} failed); \
+             the raw SQL {raw_count} totalling {raw_total}",
+            cycle.failed
+        )
+        .into());
+    }
+    println!(
+        "{:<44} {:>9} {:>12} {:>9}",
+        "", "seconds", "invoices/s", "ratio"
+    );
+    println!(
+        "{:<44} {:>9.2} {:>12.0}",
+        "raw SQL (insert invoices, lines; claim calls)",
+        raw_cycle_time.as_secs_f64(),
+        rate(raw_count as f64, raw_cycle_time)
+    );
+    println!(
+        "{:<44} {:>9.2} {:>12.0} {:>8.2}x",
+        "RunBillingCycle",
+        service_cycle.as_secs_f64(),
+        rate(cycle.issued as f64, service_cycle),
+        service_cycle.as_secs_f64() / raw_cycle_time.as_secs_f64()
+    );
+    println!("(both issued {service_count} invoices totalling {service_total} micros)");
+    server.memory("after the billing cycle");
+    println!();
+
+    // 4. History.
+    println!(
+        "## GetCallHistory, pages of 100 of customer 1 ({} calls), {HISTORY_CLIENTS} clients",
+        data.heavy_calls.min(data.calls)
+    );
+    let history = load(&url, 1, HISTORY_CLIENTS, seconds, Rpc::History { data }).await?;
+    println!(
+        "{:<28} {:>10} {:>9} {:>9}",
+        "load", "req/s", "p50 ms", "p99 ms"
+    );
+    history.print("GetCallHistory", None);
+    server.memory("after history");
+    println!();
+
+    // 5. Streams over everything.
+    println!("## Streams");
+    let began = Instant::now();
+    let mut pages = 0;
+    let mut paged = 0;
+    let mut token = String::new();
+    loop {
+        let page = calls
+            .get_call_history(pb::GetCallHistoryRequest {
+                customer_id: 1,
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        pages += 1;
+        paged += page.calls.len();
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    println!(
+        "whole history of customer 1: {paged} calls in {pages} pages, {:.2} s",
+        began.elapsed().as_secs_f64()
+    );
+    let began = Instant::now();
+    let mut months = invoices
+        .stream_consolidated(pb::StreamConsolidatedRequest {
+            customer_id: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut consolidated = 0;
+    while let Some(month) = months.next().await {
+        month?;
+        consolidated += 1;
+    }
+    println!(
+        "StreamConsolidated of customer 1: {consolidated} months, {:.3} s",
+        began.elapsed().as_secs_f64()
+    );
+    let began = Instant::now();
+    let mut feed = invoices
+        .watch_invoices(pb::WatchInvoicesRequest {
+            after_invoice_id: 0,
+        })
+        .await?
+        .into_inner();
+    let mut watched = 0;
+    while watched < service_count {
+        match feed.next().await {
+            Some(invoice) => {
+                invoice?;
+                watched += 1;
+            }
+            None => break,
+        }
+    }
+    drop(feed);
+    println!(
+        "WatchInvoices replay: {watched} invoices, {:.2} s",
+        began.elapsed().as_secs_f64()
+    );
+    server.memory("after the streams");
+    println!();
+    println!(
+        "peak RSS of the server: {:.0} MB",
+        server.peak_kib() as f64 / 1024.0
+    );
+    drop(server);
+
+    if args.index_study {
+        println!();
+        index_study(&server_binary, &args.database, scratch.path(), data).await?;
+    }
+    Ok(())
+}
+
+/// A directory for the SQLite files, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, Failure> {
+        let path = std::env::temp_dir().join(format!("billing-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Scratch(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The service's and the reference's database URLs, both empty.
+async fn databases(database: &str, scratch: &std::path::Path) -> Result<(String, String), Failure> {
+    if database == "sqlite" {
+        let url = |name: &str| format!("sqlite://{}", scratch.join(name).display());
+        return Ok((url("service.db"), url("raw.db")));
+    }
+    Ok((
+        scratch_database(database, "billing_bench").await?,
+        scratch_database(database, "billing_bench_raw").await?,
+    ))
+}
+
+/// Drops and creates database `name` on the PostgreSQL server of `admin`;
+/// returns its URL.
+async fn scratch_database(admin: &str, name: &str) -> Result<String, Failure> {
+    let db = Database::connect(admin).await?;
+    db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await?;
+    db.close().await?;
+    let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
+
+/// A connection configured as the service configures its own.
+async fn connect(url: &str) -> Result<DatabaseConnection, Failure> {
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(4)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    Ok(Database::connect(options).await?)
+}
+
+fn migrate(binary: &PathBuf, url: &str) -> Result<(), Failure> {
+    let status = Command::new(binary)
+        .args(["--database-url", url, "migrate"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(format!("`billing migrate` failed on {url}").into());
+    }
+    Ok(())
+}
+
+/// `?` placeholders as `backend` numbers them.
+fn numbered(backend: DatabaseBackend, sql: &str) -> String {
+    if backend != DatabaseBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut next = 0;
+    let mut out = String::with_capacity(sql.len() * 2);
+    for c in sql.chars() {
+        if c == '?' {
+            next += 1;
+            out.push_str(&format!("${next}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The plan (id 1) and customers 1..=n, created as the month began.
+async fn seed_customers(db: &DatabaseConnection, data: Data) -> Result<(), Failure> {
+    let backend = db.get_database_backend();
+    let created = micros(data.month_start);
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        numbered(
+            backend,
+            "INSERT INTO plans (id, name, kind, currency_code, monthly_fee_micros, \
+               per_minute_micros, billing_increment_seconds, included_minutes, created_at) \
+             VALUES (1, 'bench', 'postpaid', 'USD', ?, ?, ?, 0, ?)",
+        ),
+        [
+            MONTHLY_FEE_MICROS.into(),
+            PER_MINUTE_MICROS.into(),
+            i32::try_from(INCREMENT_SECONDS).unwrap_or(1).into(),
+            created.into(),
+        ],
+    ))
+    .await?;
+    let txn = db.begin().await?;
+    let ids: Vec<u64> = (1..=data.customers).collect();
+    for chunk in ids.chunks(500) {
+        let rows = vec!["(?, ?, ?, 1, 0, ?)"; chunk.len()].join(", ");
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 4);
+        for id in chunk {
+            values.push((*id as i64).into());
+            values.push(format!("Customer {id}").into());
+            values.push(format!("+1555{id:08}").into());
+            values.push(created.into());
+        }
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            numbered(
+                backend,
+                &format!(
+                    "INSERT INTO customers (id, name, phone_number, plan_id, balance_micros, \
+                       created_at) VALUES {rows}"
+                ),
+            ),
+            values,
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    if backend == DatabaseBackend::Postgres {
+        // Explicit ids leave the sequences behind.
+        for table in ["plans", "customers"] {
+            db.execute_unprepared(&format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))"
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Inserts `records` rated as the service rates them, with one prepared
+/// multi-row statement, 100,000 rows per transaction; returns the count.
+async fn raw_insert(
+    db: &DatabaseConnection,
+    records: impl Iterator<Item = Record>,
+) -> Result<u64, Failure> {
+    let backend = db.get_database_backend();
+    let columns = "INSERT INTO calls (call_id, customer_id, started_at, duration_seconds, \
+                   billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
+                   caller_number, callee_number, received_at, connect_fee_micros) VALUES ";
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)";
+    let full = numbered(
+        backend,
+        &format!("{columns}{}", vec![row; RAW_ROWS_PER_STATEMENT].join(", ")),
+    );
+    let received = micros(Utc::now());
+    let mut count = 0_u64;
+    let mut txn = db.begin().await?;
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(RAW_ROWS_PER_STATEMENT * 11);
+    let mut rows = 0;
+    for record in records {
+        let billed = record.billed_seconds();
+        values.extend([
+            record.call_id.into(),
+            record.customer_id.into(),
+            micros(record.started_at).into(),
+            record.duration_seconds.into(),
+            billed.into(),
+            PER_MINUTE_MICROS.into(),
+            i32::try_from(INCREMENT_SECONDS).unwrap_or(1).into(),
+            cost_of(billed, PER_MINUTE_MICROS).into(),
+            "+14155550100".into(),
+            "+12025550123".into(),
+            received.into(),
+        ]);
+        rows += 1;
+        count += 1;
+        if rows == RAW_ROWS_PER_STATEMENT {
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                full.clone(),
+                std::mem::take(&mut values),
+            ))
+            .await?;
+            rows = 0;
+        }
+        if count.is_multiple_of(RAW_ROWS_PER_TRANSACTION) {
+            txn.commit().await?;
+            txn = db.begin().await?;
+        }
+    }
+    if rows > 0 {
+        let tail = numbered(backend, &format!("{columns}{}", vec![row; rows].join(", ")));
+        txn.execute_raw(Statement::from_sql_and_values(backend, tail, values))
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(count)
+}
+
+/// The month's invoices by set-based SQL, in one transaction: the invoices
+/// with their totals, a fee line and a usage line each, and the update
+/// that claims the calls.
+async fn raw_cycle(db: &DatabaseConnection, data: Data) -> Result<(), Failure> {
+    let backend = db.get_database_backend();
+    let (year, month) = (data.month_start.year(), data.month_start.month() as i32);
+    let (start, end) = (micros(data.month_start), micros(data.month_end));
+    let run = |sql: &str, values: Vec<sea_orm::Value>| {
+        Statement::from_sql_and_values(backend, numbered(backend, sql), values)
+    };
+    let txn = db.begin().await?;
+    txn.execute_raw(run(
+        "INSERT INTO invoices (number, customer_id, period_year, period_month, period_start, \
+           period_end, issued_at, currency_code, call_count, billed_seconds, usage_micros, \
+           monthly_fee_micros, total_micros) \
+         SELECT 'raw-' || cu.id, cu.id, ?, ?, ?, ?, ?, 'USD', COALESCE(u.n, 0), \
+           COALESCE(u.s, 0), COALESCE(u.c, 0), ?, ? + COALESCE(u.c, 0) \
+         FROM customers cu LEFT JOIN ( \
+           SELECT customer_id, COUNT(*) AS n, SUM(billed_seconds) AS s, SUM(cost_micros) AS c \
+           FROM calls WHERE invoice_id IS NULL AND started_at < ? GROUP BY customer_id \
+         ) u ON u.customer_id = cu.id \
+         WHERE cu.created_at < ?",
+        vec![
+            year.into(),
+            month.into(),
+            start.into(),
+            end.into(),
+            micros(Utc::now()).into(),
+            MONTHLY_FEE_MICROS.into(),
+            MONTHLY_FEE_MICROS.into(),
+            end.into(),
+            end.into(),
+        ],
+    ))
+    .await?;
+    for (position, kind, quantity, amount) in [
+        (0, InvoiceLineKind::MonthlyFee, "1", "monthly_fee_micros"),
+        (1, InvoiceLineKind::Usage, "billed_seconds", "usage_micros"),
+    ] {
+        txn.execute_raw(run(
+            &format!(
+                "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, \
+                   amount_micros) \
+                 SELECT id, {position}, ?, ?, {quantity}, {amount} FROM invoices \
+                 WHERE period_year = ? AND period_month = ?"
+            ),
+            vec![
+                kind.as_str().into(),
+                kind.as_str().into(),
+                year.into(),
+                month.into(),
+            ],
+        ))
+        .await?;
+    }
+    txn.execute_raw(run(
+        "UPDATE calls SET invoice_id = (SELECT i.id FROM invoices i \
+           WHERE i.customer_id = calls.customer_id AND i.period_year = ? AND i.period_month = ?) \
+         WHERE invoice_id IS NULL AND started_at < ?",
+        vec![year.into(), month.into(), end.into()],
+    ))
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// How many invoices there are and what they total.
+async fn invoice_totals(db: &DatabaseConnection) -> Result<(i64, i64), Failure> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*), CAST(COALESCE(SUM(total_micros), 0) AS BIGINT) FROM invoices",
+        ))
+        .await?
+        .ok_or("no row")?;
+    Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?))
+}
+
+/// A `billing serve` child process.
+struct Server {
+    child: Child,
+    addr: String,
+    peak: u64,
+}
+
+impl Server {
+    fn start(binary: &PathBuf, url: &str) -> Result<Server, Failure> {
+        let mut child = Command::new(binary)
+            .args([
+                "--database-url",
+                url,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-auth",
+                "--no-scheduler",
+                "--unary-timeout-seconds",
+                "3600",
+            ])
+            .env("RUST_LOG", "warn,billing=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // The server logs to stderr; the reader drains it to the end.
+        let stdout = child.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some((_, rest)) = line.split_once("serving addr=")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "the server did not log its address")?;
+        Ok(Server {
+            child,
+            addr,
+            peak: 0,
+        })
+    }
+
+    /// The server's peak resident set so far (VmHWM), in KiB.
+    fn peak_kib(&mut self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        self.peak = self.peak.max(hwm);
+        self.peak
+    }
+
+    fn memory(&mut self, when: &str) {
+        println!(
+            "server peak RSS {when}: {:.0} MB",
+            self.peak_kib() as f64 / 1024.0
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a load sends.
+#[derive(Clone, Copy)]
+enum Rpc {
+    Health,
+    AddCall { customers: u64, run: usize },
+    History { data: Data },
+}
+
+/// Completed requests and their latencies.
+struct Outcome {
+    latencies: Vec<u32>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        rate(self.latencies.len() as f64, self.elapsed)
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies[index]) / 1000.0
+    }
+
+    fn print(&self, label: &str, ratio: Option<f64>) {
+        let ratio = ratio.map_or(String::new(), |r| format!("{r:.2}x"));
+        println!(
+            "{label:<28} {:>10.0} {:>9.2} {:>9.2} {ratio:>7}",
+            self.rate(),
+            self.percentile(0.5),
+            self.percentile(0.99)
+        );
+    }
+}
+
+fn rate(count: f64, elapsed: Duration) -> f64 {
+    count / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Runs `rpc` from `connections` HTTP/2 connections with `streams`
+/// requests in flight on each, for `duration`. Any failed request fails the
+/// load.
+async fn load(
+    url: &str,
+    connections: usize,
+    streams: usize,
+    duration: Duration,
+    rpc: Rpc,
+) -> Result<Outcome, Failure> {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        channels.push(Endpoint::from_shared(url.to_owned())?.connect().await?);
+    }
+    let began = Instant::now();
+    let deadline = began + duration;
+    let mut tasks = Vec::new();
+    for (connection, channel) in channels.into_iter().enumerate() {
+        for stream in 0..streams {
+            let channel: Channel = channel.clone();
+            let seed = (connection * 1000 + stream) as u64;
+            tasks.push(tokio::spawn(async move {
+                let mut latencies: Vec<u32> = Vec::new();
+                let mut rng = Rng(seed);
+                let mut health = HealthClient::new(channel.clone());
+                let mut calls = CallServiceClient::new(channel);
+                let mut n = 0_u64;
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    match rpc {
+                        Rpc::Health => {
+                            health
+                                .check(HealthCheckRequest {
+                                    service: String::new(),
+                                })
+                                .await?;
+                        }
+                        Rpc::AddCall { customers, run } => {
+                            let started = Utc::now() - chrono::TimeDelta::seconds(1);
+                            calls
+                                .add_call(pb::AddCallRequest {
+                                    customer_id: 1 + rng.below(customers) as i64,
+                                    duration: Some(
+                                        pb::add_call_request::Duration::DurationSeconds(
+                                            1 + rng.below(900) as i64,
+                                        ),
+                                    ),
+                                    started_at: Some(timestamp(started)),
+                                    call_id: format!("load-{run}-{connection}-{stream}-{n}"),
+                                    caller_number: "+14155550100".into(),
+                                    callee_number: "+12025550123".into(),
+                                })
+                                .await?;
+                        }
+                        Rpc::History { data } => {
+                            let span = (data.month_end - data.month_start).num_seconds();
+                            let from = data.month_start
+                                + chrono::TimeDelta::seconds(
+                                    rng.below(u64::try_from(span).unwrap_or(1)) as i64,
+                                );
+                            calls
+                                .get_call_history(pb::GetCallHistoryRequest {
+                                    customer_id: 1,
+                                    start_time: Some(timestamp(from)),
+                                    page_size: 100,
+                                    ..Default::default()
+                                })
+                                .await?;
+                        }
+                    }
+                    latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    n += 1;
+                }
+                Ok::<_, tonic::Status>(latencies)
+            }));
+        }
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = began.elapsed();
+    latencies.sort_unstable();
+    Ok(Outcome { latencies, elapsed })
+}
+
+/// The raw insert rate of `calls` with each index change of issue 9, on
+/// scratch databases (the first `min(calls, 500k)` records).
+async fn index_study(
+    binary: &PathBuf,
+    database: &str,
+    scratch: &std::path::Path,
+    data: Data,
+) -> Result<(), Failure> {
+    let rows = data.calls.min(500_000);
+    println!("## Raw insert rate of {rows} calls by index set");
+    let variants: [(&str, &[&str]); 5] = [
+        (
+            "before 000007 (+ idx_calls_invoice, - uninvoiced)",
+            &[
+                "CREATE INDEX idx_calls_invoice ON calls (invoice_id)",
+                "DROP INDEX idx_calls_uninvoiced",
+            ],
+        ),
+        ("as migrated", &[]),
+        ("- idx_calls_started", &["DROP INDEX idx_calls_started"]),
+        (
+            "- idx_calls_customer_started",
+            &["DROP INDEX idx_calls_customer_started"],
+        ),
+        (
+            "- idx_calls_uninvoiced",
+            &["DROP INDEX idx_calls_uninvoiced"],
+        ),
+    ];
+    println!("{:<52} {:>10}", "schema", "rows/s");
+    for (n, (label, changes)) in variants.iter().enumerate() {
+        let url = if database == "sqlite" {
+            format!(
+                "sqlite://{}",
+                scratch.join(format!("index-{n}.db")).display()
+            )
+        } else {
+            scratch_database(database, &format!("billing_bench_index_{n}")).await?
+        };
+        migrate(binary, &url)?;
+        let db = connect(&url).await?;
+        seed_customers(&db, data).await?;
+        for change in *changes {
+            db.execute_unprepared(change).await?;
+        }
+        let began = Instant::now();
+        let inserted = raw_insert(
+            &db,
+            data.records()
+                .take(usize::try_from(rows).unwrap_or(usize::MAX)),
+        )
+        .await?;
+        println!(
+            "{label:<52} {:>10.0}",
+            rate(inserted as f64, began.elapsed())
+        );
+        db.close().await?;
+    }
+    Ok(())
+}
