@@ -156,6 +156,12 @@ struct LimitFlags {
     #[arg(long, env = "BILLING_GROUP_COMMIT_QUEUE", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     group_commit_queue: u64,
+    /// Microseconds the AddCall writer waits for a batch to fill before
+    /// writing it; 0 (the default) writes whatever is queued at once, and
+    /// batches still grow with the load while the previous one commits.
+    #[arg(long, env = "BILLING_GROUP_COMMIT_LINGER_MICROS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    group_commit_linger_micros: u64,
 }
 
 impl LimitFlags {
@@ -171,6 +177,7 @@ impl LimitFlags {
             group_commit: GroupCommit {
                 max_batch: size(self.group_commit_max_batch),
                 queue: size(self.group_commit_queue),
+                linger: Duration::from_micros(self.group_commit_linger_micros),
             },
         }
     }

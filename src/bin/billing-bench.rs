@@ -148,6 +148,8 @@ struct Data {
 }
 
 impl Data {
+    /// The calls, in the order a switch would send them: by start time,
+    /// spread evenly over the month, of random customers.
     fn records(self) -> impl Iterator<Item = Record> {
         let mut rng = Rng(self.seed);
         let span = u64::try_from((self.month_end - self.month_start).num_seconds()).unwrap_or(1);
@@ -159,9 +161,11 @@ impl Data {
             } else {
                 2 + rng.below(self.customers.saturating_sub(1))
             };
-            let offset = rng.below(span.saturating_sub(1));
+            // A switch sends its records roughly in the order the calls
+            // started, numbered in sequence.
+            let offset = n * span.saturating_sub(1) / self.calls.max(1);
             Record {
-                call_id: format!("bench-{n}"),
+                call_id: format!("switch-1-{n:012}"),
                 customer_id: i64::try_from(customer_id).unwrap_or(1),
                 started_at: self.month_start + chrono::TimeDelta::seconds(offset as i64),
                 duration_seconds: 1 + rng.below(900) as i64,

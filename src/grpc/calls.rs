@@ -19,8 +19,29 @@ use crate::service::Calls;
 use crate::service::calls::CustomerCache;
 
 /// Records of a stream written per transaction: large enough to amortise the
-/// commit, small enough to bound memory and lock hold time.
-const INGEST_BATCH: usize = 500;
+/// commit, small enough to bound memory (two batches per stream: one being
+/// written, one being read) and lock hold time, and within SQLite's 32,766
+/// bound values per statement (14 per call).
+const INGEST_BATCH: usize = 2000;
+
+/// A batch of a stream being written: its records' stream indexes, the
+/// records, and the outcome of storing them.
+type Written = (
+    Vec<i64>,
+    Vec<NewCall>,
+    AppResult<Vec<AppResult<StoredCall>>>,
+);
+type Write = std::pin::Pin<Box<dyn std::future::Future<Output = Written> + Send>>;
+
+/// Stores `batch` (records with their stream indexes) in one transaction,
+/// call by call if it is refused.
+fn write(calls: Calls, batch: Vec<(i64, NewCall)>) -> Write {
+    Box::pin(async move {
+        let (indexes, batch): (Vec<i64>, Vec<NewCall>) = batch.into_iter().unzip();
+        let outcomes = calls.store(&batch).await;
+        (indexes, batch, outcomes)
+    })
+}
 /// Rejected records described in one IngestCalls response, at most.
 const MAX_REPORTED_ERRORS: usize = 10_000;
 /// Encoded bytes of the described errors, at most: with the counters the
@@ -104,14 +125,12 @@ impl IngestTally {
         }
     }
 
-    /// Writes a batch and counts its outcomes (a refused batch is stored
+    /// Counts the outcomes of a written batch (a refused batch was stored
     /// call by call, so only the records at fault are rejected). Only an
     /// unavailable database ends the stream; batches written before stay
     /// written.
-    async fn flush(&mut self, calls: &Calls, batch: &mut Vec<(i64, NewCall)>) -> AppResult<()> {
-        let (indexes, batch): (Vec<i64>, Vec<NewCall>) = std::mem::take(batch).into_iter().unzip();
-        let outcomes = calls.store(&batch).await?;
-        for ((index, new), outcome) in indexes.into_iter().zip(&batch).zip(outcomes) {
+    fn settle(&mut self, (indexes, batch, outcomes): Written) -> AppResult<()> {
+        for ((index, new), outcome) in indexes.into_iter().zip(&batch).zip(outcomes?) {
             self.count(index, new, outcome);
         }
         Ok(())
@@ -166,18 +185,35 @@ impl CallService for CallApi {
         let mut tally = IngestTally::default();
         let mut batch = Vec::with_capacity(INGEST_BATCH);
         let mut index: i64 = 0;
-        while let Some(record) = stream.message().await? {
-            let call_id = record.call_id.clone();
-            match self.prepare(&principal, record, &mut customers).await {
-                Ok(new) => batch.push((index, new)),
-                Err(err) => tally.reject(index, call_id, &err),
+        // One batch is written while the next is read and rated: the
+        // database works on its own thread (SQLite) or server (PostgreSQL)
+        // meanwhile. Dropping the stream drops the write in flight, which
+        // rolls it back.
+        let mut writing: Option<Write> = None;
+        let mut open = true;
+        while open || writing.is_some() || !batch.is_empty() {
+            if writing.is_none() && (batch.len() >= INGEST_BATCH || (!open && !batch.is_empty())) {
+                writing = Some(write(self.calls.clone(), std::mem::take(&mut batch)));
             }
-            if batch.len() >= INGEST_BATCH {
-                tally.flush(&self.calls, &mut batch).await?;
+            tokio::select! {
+                written = async { writing.as_mut().expect("guarded by the condition").await }, if writing.is_some() => {
+                    writing = None;
+                    tally.settle(written)?;
+                }
+                message = stream.message(), if open && batch.len() < INGEST_BATCH => {
+                    let Some(record) = message? else {
+                        open = false;
+                        continue;
+                    };
+                    let call_id = record.call_id.clone();
+                    match self.prepare(&principal, record, &mut customers).await {
+                        Ok(new) => batch.push((index, new)),
+                        Err(err) => tally.reject(index, call_id, &err),
+                    }
+                    index += 1;
+                }
             }
-            index += 1;
         }
-        tally.flush(&self.calls, &mut batch).await?;
         Ok(Response::new(tally.into_response()))
     }
 

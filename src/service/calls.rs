@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
@@ -22,7 +23,20 @@ use crate::storage::{CallFilter, CallWriter, GroupCommit, Store};
 /// What one request has learnt of each customer it pushed calls for: its
 /// plan, or `None` when the caller may not push calls for it. A customer's
 /// plan and links are read once per request (a plan never changes).
-pub type CustomerCache = HashMap<i64, Option<Plan>>;
+pub type CustomerCache = HashMap<i64, Option<Arc<Plan>>>;
+
+/// Customers whose plan one process remembers, at most; past it the cache
+/// starts over. About 100 bytes each, plus one copy of each plan.
+pub const PLAN_CACHE_CUSTOMERS: usize = 100_000;
+
+/// Each customer's plan, shared by every request of the process. A plan and
+/// a customer's plan never change and customers are never deleted, so an
+/// entry never goes stale, on this replica or because of another.
+#[derive(Debug, Default)]
+struct PlanCache {
+    plan_of: HashMap<i64, i64>,
+    plans: HashMap<i64, Arc<Plan>>,
+}
 
 /// The call use cases. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -36,6 +50,7 @@ pub struct Calls {
     tz: Tz,
     /// Unary calls are stored through it, in group commits.
     writer: CallWriter,
+    plans: Arc<Mutex<PlanCache>>,
 }
 
 impl Calls {
@@ -56,7 +71,32 @@ impl Calls {
             clock,
             max_call_age,
             tz,
+            plans: Arc::default(),
         }
+    }
+
+    /// The plan of a customer the caller may see, from the cache when this
+    /// process has read it before.
+    async fn plan_of(&self, customer_id: i64) -> AppResult<Arc<Plan>> {
+        if let Ok(cache) = self.plans.lock()
+            && let Some(plan) = cache
+                .plan_of
+                .get(&customer_id)
+                .and_then(|plan_id| cache.plans.get(plan_id))
+        {
+            return Ok(Arc::clone(plan));
+        }
+        let plan = self.store.plan_of_customer(customer_id).await?;
+        let Ok(mut cache) = self.plans.lock() else {
+            return Ok(Arc::new(plan));
+        };
+        if cache.plan_of.len() >= PLAN_CACHE_CUSTOMERS {
+            *cache = PlanCache::default();
+        }
+        cache.plan_of.insert(customer_id, plan.id);
+        Ok(Arc::clone(
+            cache.plans.entry(plan.id).or_insert_with(|| Arc::new(plan)),
+        ))
     }
 
     /// Checks and rates one record for `principal`.
@@ -75,7 +115,7 @@ impl Calls {
                     .customer(principal, Action::AddCalls, customer_id)
                     .await
                 {
-                    Ok(pass) => Some(self.store.plan_of_customer(pass.customer_id()).await?),
+                    Ok(pass) => Some(self.plan_of(pass.customer_id()).await?),
                     Err(AppError::NotFound(_)) => None,
                     Err(err) => return Err(err),
                 };
@@ -160,7 +200,7 @@ impl Calls {
             Some(at) => at,
             None => now,
         };
-        let plan = self.store.plan_of_customer(pass.customer_id()).await?;
+        let plan = self.plan_of(pass.customer_id()).await?;
         if plan.kind != PlanKind::Prepaid {
             return Ok(Authorization {
                 allowed: true,

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use futures_util::StreamExt;
 use sea_orm::sea_query::{Alias, Expr, Func, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait, ExprTrait,
@@ -946,7 +947,11 @@ async fn issue_months(
              RETURNING calls.invoice_id, calls.id, calls.started_at, calls.billed_seconds, \
                calls.cost_micros, calls.per_minute_micros, calls.connect_fee_micros"
         );
-        for row in txn.query_all_raw(run(sql, bound())).await? {
+        // Streamed: a chunk may claim many calls, and only their figures
+        // are kept.
+        let mut claimed = sea_orm::StreamTrait::stream_raw(txn, run(sql, bound())).await?;
+        while let Some(row) = claimed.next().await {
+            let row = row?;
             calls
                 .entry(row.try_get_by_index(0)?)
                 .or_default()
@@ -960,6 +965,7 @@ async fn issue_months(
                     segments: Vec::new(),
                 });
         }
+        drop(claimed);
         let sql = format!(
             "UPDATE top_ups SET invoice_id = i.id FROM invoices i \
              WHERE i.id IN ({marks}) AND top_ups.customer_id = i.customer_id \

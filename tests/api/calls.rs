@@ -441,3 +441,46 @@ async fn a_call_that_cannot_be_stored_never_fails_the_calls_committed_with_it() 
     assert!(app.history(poor).await.is_empty());
     assert_eq!(app.get_customer(poor).await.balance_micros, i64::MIN + 1);
 }
+
+#[tokio::test]
+async fn with_a_linger_and_small_batches_concurrent_calls_and_duplicates_are_stored_once() {
+    use billing::app::Limits;
+    use billing::storage::GroupCommit;
+
+    use crate::helpers::{AppOptions, spawn_app_with};
+    let app = spawn_app_with(AppOptions {
+        limits: Limits {
+            group_commit: GroupCommit {
+                max_batch: 3,
+                queue: 4,
+                linger: std::time::Duration::from_millis(20),
+            },
+            ..Limits::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await.id;
+    // Ten distinct calls, each sent twice at once: more than a batch and
+    // more than the queue holds.
+    let sends: Vec<_> = (0..20)
+        .map(|n| {
+            let mut client = app.calls.clone();
+            let mut request = call(customer, 60);
+            request.call_id = format!("linger-{}", n % 10);
+            request.started_at = Some(ts(&format!("2026-06-30T10:00:{:02}Z", n % 10)));
+            tokio::spawn(async move { client.add_call(request).await })
+        })
+        .collect();
+    let mut duplicates = 0;
+    for send in sends {
+        if send.await.unwrap().unwrap().into_inner().duplicate {
+            duplicates += 1;
+        }
+    }
+    assert_eq!(duplicates, 10);
+    assert_eq!(app.history(customer).await.len(), 10);
+    // Each stored call was debited once.
+    assert_eq!(app.get_customer(customer).await.balance_micros, -600_000);
+}
