@@ -86,6 +86,10 @@ struct Args {
     /// The `billing` binary; default: next to this one.
     #[arg(long)]
     server: Option<PathBuf>,
+    /// The server's log filter (`RUST_LOG`); when given, its log lines are
+    /// copied to this program's stderr.
+    #[arg(long)]
+    server_log: Option<String>,
     /// Also measure the raw insert rate with each index of `calls` added or
     /// dropped, on scratch databases.
     #[arg(long)]
@@ -236,7 +240,7 @@ async fn main() -> Result<(), Failure> {
         db.close().await?;
     }
 
-    let mut server = Server::start(&server_binary, &service_url)?;
+    let mut server = Server::start(&server_binary, &service_url, args.server_log.as_deref())?;
     let url = format!("http://{}", server.addr);
     println!("server: pid {} at {}", server.child.id(), server.addr);
     println!();
@@ -759,7 +763,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &PathBuf, url: &str) -> Result<Server, Failure> {
+    fn start(binary: &PathBuf, url: &str, log: Option<&str>) -> Result<Server, Failure> {
         let mut child = Command::new(binary)
             .args([
                 "--database-url",
@@ -772,17 +776,21 @@ impl Server {
                 "--unary-timeout-seconds",
                 "3600",
             ])
-            .env("RUST_LOG", "warn,billing=info")
+            .env("RUST_LOG", log.unwrap_or("warn,billing=info"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
         // The server logs to stderr; the reader drains it to the end.
         let stdout = child.stderr.take().ok_or("no stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let echo = log.is_some();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("{line}");
+                }
                 if let Some((_, rest)) = line.split_once("serving addr=")
                     && let Some(tx) = tx.take()
                 {

@@ -256,13 +256,16 @@ impl Calls {
             .access
             .customer(principal, Action::GetCallHistory, customer_id)
             .await?;
-        self.store.ensure_customer(pass.customer_id()).await?;
+        // NOT_FOUND for an unknown customer; a customer's plan never
+        // changes, so a plan without tariffs means calls without segments.
+        let plan = self.plan_of(pass.customer_id()).await?;
         self.store
             .list_calls(
                 CallFilter::Customer(pass.customer_id()),
                 range,
                 after,
                 limit,
+                !plan.tariffs.is_empty(),
             )
             .await
     }
@@ -286,6 +289,8 @@ impl Calls {
             }
             CustomerScope::Customer(id) => CallFilter::Customer(id),
         };
-        self.store.list_calls(filter, range, after, limit).await
+        self.store
+            .list_calls(filter, range, after, limit, true)
+            .await
     }
 }

@@ -221,13 +221,16 @@ impl Store {
     }
 
     /// Up to `limit` calls matching `filter` that started within `range`,
-    /// after the `(started_at, id)` position `after`, in that order.
+    /// after the `(started_at, id)` position `after`, in that order; their
+    /// stored segments are read only when `segments` says some may exist
+    /// (a plan without tariffs stores none).
     pub async fn list_calls(
         &self,
         filter: CallFilter,
         range: TimeRange,
         after: Option<(i64, i64)>,
         limit: u64,
+        segments: bool,
     ) -> AppResult<Vec<Call>> {
         let mut query = call::Entity::find()
             .order_by_asc(call::Column::StartedAt)
@@ -271,7 +274,9 @@ impl Store {
             .into_iter()
             .map(call_from)
             .collect();
-        attach_segments(&self.db, &mut calls).await?;
+        if segments {
+            attach_segments(&self.db, &mut calls).await?;
+        }
         Ok(calls)
     }
 }

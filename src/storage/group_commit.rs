@@ -114,10 +114,16 @@ async fn write_batches(store: Store, mut pending: mpsc::Receiver<Pending>, confi
         // the transaction is dropped, so rolled back: nobody is told, so
         // nothing is stored. (One that goes while others wait is stored; a
         // retry with its call_id is then a duplicate.)
+        let began = std::time::Instant::now();
         let stored = tokio::select! {
             stored = store.store_calls_each(&calls) => stored,
             _ = futures_util::future::join_all(replies.iter_mut().map(|r| r.closed())) => continue,
         };
+        tracing::debug!(
+            calls = calls.len(),
+            micros = began.elapsed().as_micros() as u64,
+            "group commit"
+        );
         match stored {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
