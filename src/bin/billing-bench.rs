@@ -733,9 +733,9 @@ async fn raw_cycle(db: &DatabaseConnection, data: Data) -> Result<(), Failure> {
         .await?;
     }
     txn.execute_raw(run(
-        "UPDATE calls SET invoice_id = (SELECT i.id FROM invoices i \
-           WHERE i.customer_id = calls.customer_id AND i.period_year = ? AND i.period_month = ?) \
-         WHERE invoice_id IS NULL AND started_at < ?",
+        "UPDATE calls SET invoice_id = i.id FROM invoices i \
+         WHERE i.customer_id = calls.customer_id AND i.period_year = ? AND i.period_month = ? \
+           AND calls.invoice_id IS NULL AND calls.started_at < ?",
         vec![year.into(), month.into(), end.into()],
     ))
     .await?;
@@ -798,9 +798,11 @@ impl Server {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .map_err(|_| "the server did not log its address")?;
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the server did not log its address".into());
+        };
         Ok(Server {
             child,
             addr,
