@@ -258,15 +258,16 @@ impl Store {
             query = query.filter(call::Column::StartedAt.lt(micros(end)));
         }
         if let Some((started_at, id)) = after {
-            query = query.filter(
-                Condition::any()
-                    .add(call::Column::StartedAt.gt(started_at))
-                    .add(
-                        Condition::all()
-                            .add(call::Column::StartedAt.eq(started_at))
-                            .add(call::Column::Id.gt(id)),
-                    ),
-            );
+            // The plain lower bound lets the index range start at the
+            // position (PostgreSQL's planner does not derive it from the
+            // OR, and would scan the customer's calls from the first).
+            query = query
+                .filter(call::Column::StartedAt.gte(started_at))
+                .filter(
+                    Condition::any()
+                        .add(call::Column::StartedAt.gt(started_at))
+                        .add(call::Column::Id.gt(id)),
+                );
         }
         let mut calls: Vec<Call> = query
             .all(&self.db)
