@@ -134,6 +134,22 @@ impl Store {
                 [ISSUE_LOCK_KEY.into()],
             ))
             .await?;
+            // Issuers of one customer take turns, so the latest invoiced
+            // month read next is current (no lock on SQLite's single
+            // writer). In id order, so overlapping batches cannot deadlock;
+            // `NO KEY UPDATE` leaves calls free to be inserted meanwhile.
+            txn.execute_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                numbered_placeholders(
+                    DatabaseBackend::Postgres,
+                    &format!(
+                        "SELECT id FROM customers WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
+                        vec!["?"; customers.len()].join(", ")
+                    ),
+                ),
+                customers.iter().map(|id| sea_orm::Value::from(*id)),
+            ))
+            .await?;
         }
         let latest = latest_invoiced_months(&txn, &requests).await?;
         let months: Vec<Vec<BillingPeriod>> = requests
