@@ -10,6 +10,8 @@ use crate::error::{AppError, AppResult};
 pub const MAX_CALL_SECONDS: i64 = 24 * 60 * 60;
 /// How far in the future a call may claim to have started (clock skew).
 pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::minutes(5);
+/// How far ahead AuthorizeCall may be asked about a call.
+pub const MAX_AUTHORIZE_AHEAD: TimeDelta = TimeDelta::days(1);
 /// The default billing increment in seconds.
 pub const DEFAULT_INCREMENT_SECONDS: i32 = 60;
 /// The highest per-minute rate: 1,000 currency units a minute. With calls of
@@ -231,21 +233,41 @@ pub fn call_start(
     max_age: TimeDelta,
 ) -> AppResult<DateTime<Utc>> {
     match record.started_at {
-        Some(at) if at > now + MAX_FUTURE_SKEW => Err(AppError::invalid(
+        Some(at) => start_within(at, now, MAX_FUTURE_SKEW, max_age),
+        None => Ok(now - TimeDelta::seconds(record.duration_seconds)),
+    }
+}
+
+/// `at`, the `started_at` of a call, if it lies no more than `ahead` after
+/// `now` and no more than `max_age` before it.
+pub fn start_within(
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    ahead: TimeDelta,
+    max_age: TimeDelta,
+) -> AppResult<DateTime<Utc>> {
+    if at > now + ahead {
+        let ahead = if ahead.num_minutes() % 60 == 0 {
+            format!("{} hours", ahead.num_hours())
+        } else {
+            format!("{} minutes", ahead.num_minutes())
+        };
+        return Err(AppError::invalid(
             "started_at",
-            format!("{} is more than 5 minutes in the future", at.to_rfc3339()),
-        )),
-        Some(at) if at < now - max_age => Err(AppError::invalid(
+            format!("{} is more than {ahead} in the future", at.to_rfc3339()),
+        ));
+    }
+    if at < now - max_age {
+        return Err(AppError::invalid(
             "started_at",
             format!(
                 "{} is more than {} days ago (the oldest call accepted)",
                 at.to_rfc3339(),
                 max_age.num_days()
             ),
-        )),
-        Some(at) => Ok(at),
-        None => Ok(now - TimeDelta::seconds(record.duration_seconds)),
+        ));
     }
+    Ok(at)
 }
 
 #[cfg(test)]
@@ -257,6 +279,35 @@ mod tests {
             AppError::InvalidArgument { field, .. } => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_start_must_lie_within_the_window_and_the_error_says_which_bound() {
+        let now: DateTime<Utc> = "2026-07-01T00:00:00Z".parse().unwrap();
+        let year = TimeDelta::days(365);
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
+        let ahead = at("2026-07-01T00:05:01Z");
+        assert!(
+            start_within(ahead, now, MAX_FUTURE_SKEW, year).is_err_and(|err| err
+                .to_string()
+                .contains("more than 5 minutes in the future"))
+        );
+        assert_eq!(
+            start_within(ahead, now, MAX_AUTHORIZE_AHEAD, year).unwrap(),
+            ahead
+        );
+        assert!(
+            start_within(at("2026-07-02T00:00:01Z"), now, MAX_AUTHORIZE_AHEAD, year)
+                .is_err_and(|err| err.to_string().contains("more than 24 hours in the future"))
+        );
+        assert!(
+            start_within(at("2025-06-30T23:59:59Z"), now, MAX_FUTURE_SKEW, year)
+                .is_err_and(|err| err.to_string().contains("more than 365 days ago"))
+        );
+        assert_eq!(
+            field_of(start_within(ahead, now, MAX_FUTURE_SKEW, year).unwrap_err()),
+            "started_at"
+        );
     }
 
     #[test]

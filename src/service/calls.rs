@@ -181,23 +181,9 @@ impl Calls {
             .await?;
         let now = self.clock.now();
         let start = match started_at {
-            Some(at) if at > now + TimeDelta::days(1) => {
-                return Err(AppError::invalid(
-                    "started_at",
-                    format!("{} is more than 24 hours ahead", at.to_rfc3339()),
-                ));
+            Some(at) => {
+                valid::start_within(at, now, valid::MAX_AUTHORIZE_AHEAD, self.max_call_age)?
             }
-            Some(at) if at < now - self.max_call_age => {
-                return Err(AppError::invalid(
-                    "started_at",
-                    format!(
-                        "{} is more than {} days ago",
-                        at.to_rfc3339(),
-                        self.max_call_age.num_days()
-                    ),
-                ));
-            }
-            Some(at) => at,
             None => now,
         };
         let plan = self.plan_of(pass.customer_id()).await?;
