@@ -138,16 +138,16 @@ impl Store {
             // month read next is current (no lock on SQLite's single
             // writer). In id order, so overlapping batches cannot deadlock;
             // `NO KEY UPDATE` leaves calls free to be inserted meanwhile.
-            txn.execute_raw(Statement::from_sql_and_values(
+            txn.execute_raw(statement(
                 DatabaseBackend::Postgres,
-                numbered_placeholders(
-                    DatabaseBackend::Postgres,
-                    &format!(
-                        "SELECT id FROM customers WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
-                        vec!["?"; customers.len()].join(", ")
-                    ),
+                &format!(
+                    "SELECT id FROM customers WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
+                    vec!["?"; customers.len()].join(", ")
                 ),
-                customers.iter().map(|id| sea_orm::Value::from(*id)),
+                customers
+                    .iter()
+                    .map(|id| sea_orm::Value::from(*id))
+                    .collect(),
             ))
             .await?;
         }
@@ -355,16 +355,10 @@ impl Store {
             IncludedBasis::Calls => (allowance, None),
             IncludedBasis::Segments { rates, only } => (0, Some((rates, only))),
         };
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(2 * months.len() + 1);
-        let mut rows = Vec::with_capacity(months.len());
-        for (index, (start, end)) in months.iter().enumerate() {
-            rows.push(format!("({index}, ?, ?)"));
-            values.push(micros(*start).into());
-            values.push(micros(*end).into());
-        }
+        let (rows, mut values) = months_table(months);
         values.push(customer_id.into());
         let sql = format!(
-            "WITH months(idx, lo, hi) AS (VALUES {}), \
+            "WITH months(idx, lo, hi) AS (VALUES {rows}), \
              ordered AS ( \
                SELECT m.idx AS idx, c.billed_seconds AS billed_seconds, \
                       c.cost_micros AS cost_micros, c.per_minute_micros AS per_minute_micros, \
@@ -375,30 +369,17 @@ impl Store {
              SELECT idx, COUNT(*), \
                     CAST(SUM(billed_seconds) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), {} \
              FROM ordered GROUP BY idx",
-            rows.join(", "),
             included_split_columns(calls_allowance)
         );
         let backend = self.db.get_database_backend();
         for row in self
             .db
-            .query_all_raw(Statement::from_sql_and_values(
-                backend,
-                numbered_placeholders(backend, &sql),
-                values,
-            ))
+            .query_all_raw(statement(backend, &sql, values))
             .await?
         {
             let index: i32 = row.try_get_by_index(0)?;
-            let current = UsageTotals {
-                call_count: row.try_get_by_index(1)?,
-                billed_seconds: row.try_get_by_index(2)?,
-                usage_micros: row.try_get_by_index(3)?,
-            };
-            let whole = UsageTotals {
-                call_count: row.try_get_by_index(4)?,
-                billed_seconds: row.try_get_by_index(5)?,
-                usage_micros: row.try_get_by_index(6)?,
-            };
+            let current = totals_at(&row, 1)?;
+            let whole = totals_at(&row, 4)?;
             let included = if calls_allowance == 0 {
                 IncludedUsage::default()
             } else {
@@ -435,20 +416,14 @@ impl Store {
         rates: &[(String, i64)],
         only: &[String],
     ) -> AppResult<Vec<(usize, IncludedUsage)>> {
-        let mut values: Vec<sea_orm::Value> = Vec::new();
-        let mut rows = Vec::with_capacity(months.len());
-        for (index, (start, end)) in months.iter().enumerate() {
-            rows.push(format!("({index}, ?, ?)"));
-            values.push(micros(*start).into());
-            values.push(micros(*end).into());
-        }
+        let (rows, mut values) = months_table(months);
         let (rate, rate_values) = segment_rate_case(rates);
         values.extend(rate_values);
         values.push(customer_id.into());
         let (only_sql, only_values) = only_tariffs(only);
         values.extend(only_values);
         let sql = format!(
-            "WITH months(idx, lo, hi) AS (VALUES {}), \
+            "WITH months(idx, lo, hi) AS (VALUES {rows}), \
              ordered AS ( \
                SELECT m.idx AS idx, s.billed_seconds AS billed_seconds, \
                       s.cost_micros AS cost_micros, {rate} AS per_minute_micros, \
@@ -459,26 +434,17 @@ impl Store {
                JOIN call_segments s ON s.call_id = c.id \
                WHERE c.customer_id = ? AND c.invoice_id IS NULL{only_sql}) \
              SELECT idx, {} FROM ordered GROUP BY idx",
-            rows.join(", "),
             included_split_columns(allowance)
         );
         let backend = self.db.get_database_backend();
         let mut included = Vec::new();
         for row in self
             .db
-            .query_all_raw(Statement::from_sql_and_values(
-                backend,
-                numbered_placeholders(backend, &sql),
-                values,
-            ))
+            .query_all_raw(statement(backend, &sql, values))
             .await?
         {
             let index: i32 = row.try_get_by_index(0)?;
-            let whole = UsageTotals {
-                call_count: row.try_get_by_index(1)?,
-                billed_seconds: row.try_get_by_index(2)?,
-                usage_micros: row.try_get_by_index(3)?,
-            };
+            let whole = totals_at(&row, 1)?;
             if let Ok(index) = usize::try_from(index) {
                 included.push((
                     index,
@@ -743,18 +709,10 @@ async fn included_usage(
     );
     let backend = db.get_database_backend();
     let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            numbered_placeholders(backend, &sql),
-            values,
-        ))
+        .query_one_raw(statement(backend, &sql, values))
         .await?
         .ok_or_else(|| AppError::internal("an aggregate returned no row"))?;
-    let whole = UsageTotals {
-        call_count: row.try_get_by_index(0)?,
-        billed_seconds: row.try_get_by_index(1)?,
-        usage_micros: row.try_get_by_index(2)?,
-    };
+    let whole = totals_at(&row, 0)?;
     let straddling = straddling_call(&row, 3)?;
     Ok(IncludedUsage { whole, straddling })
 }
@@ -821,6 +779,34 @@ fn included_split_columns(allowance: i64) -> String {
          MAX(CASE WHEN {crossing} THEN cost_micros END), \
          MAX(CASE WHEN {crossing} THEN per_minute_micros END)"
     )
+}
+
+/// A statement of `sql` (with `?` placeholders) and its `values`.
+fn statement(backend: DatabaseBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(backend, numbered_placeholders(backend, sql), values)
+}
+
+/// `months` as the rows of a `months(idx, lo, hi)` VALUES table, and the
+/// instants to bind: `(0, ?, ?), (1, ?, ?), …`.
+fn months_table(months: &[(DateTime<Utc>, DateTime<Utc>)]) -> (String, Vec<sea_orm::Value>) {
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(2 * months.len() + 1);
+    let mut rows = Vec::with_capacity(months.len());
+    for (index, (start, end)) in months.iter().enumerate() {
+        rows.push(format!("({index}, ?, ?)"));
+        values.push(micros(*start).into());
+        values.push(micros(*end).into());
+    }
+    (rows.join(", "), values)
+}
+
+/// Count, billed seconds and cost read from three columns of `row`
+/// starting at `first`.
+fn totals_at(row: &sea_orm::QueryResult, first: usize) -> AppResult<UsageTotals> {
+    Ok(UsageTotals {
+        call_count: row.try_get_by_index(first)?,
+        billed_seconds: row.try_get_by_index(first + 1)?,
+        usage_micros: row.try_get_by_index(first + 2)?,
+    })
 }
 
 /// `sql` with its `?` placeholders as the backend numbers them (`$1`, `$2`
@@ -912,9 +898,7 @@ async fn issue_months(
     compose: &impl Fn(&InvoiceRequest, BillingPeriod, &ClaimedUsage) -> AppResult<InvoiceDraft>,
 ) -> AppResult<Vec<Option<Invoice>>> {
     let backend = txn.get_database_backend();
-    let run = |sql: String, values: Vec<sea_orm::Value>| {
-        Statement::from_sql_and_values(backend, numbered_placeholders(backend, &sql), values)
-    };
+    let run = |sql: String, values: Vec<sea_orm::Value>| statement(backend, &sql, values);
 
     // Customer → its new invoice's id.
     let mut invoice_of: HashMap<i64, i64> = HashMap::with_capacity(items.len());
