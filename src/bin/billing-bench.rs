@@ -94,6 +94,9 @@ struct Args {
     /// dropped, on scratch databases.
     #[arg(long)]
     index_study: bool,
+    /// Stop after the unary load (to profile or tune it alone).
+    #[arg(long)]
+    unary_only: bool,
 }
 
 /// SplitMix64: a fixed seed gives the same data on every run.
@@ -273,6 +276,9 @@ async fn main() -> Result<(), Failure> {
     }
     server.memory("after the unary load");
     println!();
+    if args.unary_only {
+        return Ok(());
+    }
 
     // 2. Ingestion.
     println!("## Ingestion ({} records)", data.calls);
