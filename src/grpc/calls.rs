@@ -19,10 +19,12 @@ use crate::service::Calls;
 use crate::service::calls::CustomerCache;
 
 /// Records of a stream written per transaction: large enough to amortise the
-/// commit, small enough to bound memory (two batches per stream: one being
-/// written, one being read) and lock hold time, and within SQLite's 32,766
-/// bound values per statement (14 per call).
-const INGEST_BATCH: usize = 2000;
+/// commit (each batch rewrites the index pages it touches, and a batch of
+/// 2,000 reached only 0.4x of a raw bulk insert against 0.67x for 10,000;
+/// see BENCHMARKS.md), small enough to bound memory (two batches per stream:
+/// one being written, one being read) and how long a batch holds SQLite's
+/// write lock (about half a second on the benchmark machine).
+const INGEST_BATCH: usize = 10_000;
 
 /// A batch of a stream being written: its records' stream indexes, the
 /// records, and the outcome of storing them.

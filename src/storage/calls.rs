@@ -65,16 +65,18 @@ impl Store {
         }
         // Unkeyed calls (None) sort first; keyed ones in call_id order.
         candidates.sort_by(|a, b| a.record.call_id.cmp(&b.record.call_id));
-        let candidates = candidates.into_iter().map(active_call);
         let txn = self.begin_write().await?;
-        let inserted = match call::Entity::insert_many(candidates)
-            .on_conflict_do_nothing_on([call::Column::CallId])
-            .exec_with_returning_many(&txn)
-            .await?
-        {
-            TryInsertResult::Inserted(models) => models,
-            TryInsertResult::Conflicted | TryInsertResult::Empty => Vec::new(),
-        };
+        let mut inserted = Vec::with_capacity(candidates.len());
+        for rows in candidates.chunks(CALL_ROWS_PER_INSERT) {
+            match call::Entity::insert_many(rows.iter().copied().map(active_call))
+                .on_conflict_do_nothing_on([call::Column::CallId])
+                .exec_with_returning_many(&txn)
+                .await?
+            {
+                TryInsertResult::Inserted(models) => inserted.extend(models),
+                TryInsertResult::Conflicted | TryInsertResult::Empty => {}
+            }
+        }
         let mut inserted_by_key: HashMap<String, call::Model> = HashMap::new();
         let mut inserted_unkeyed: HashMap<UnkeyedCall, Vec<call::Model>> = HashMap::new();
         for model in inserted {
@@ -285,6 +287,11 @@ impl Store {
 /// Segment rows written per statement (6 values each, far below SQLite's
 /// limit on bound values).
 const SEGMENT_ROWS_PER_INSERT: usize = 1000;
+
+/// Calls per multi-row insert: 14 bound values each stay far below the
+/// 32,766 a SQLite statement takes (and PostgreSQL's 65,535), whatever the
+/// batch size.
+const CALL_ROWS_PER_INSERT: usize = 1000;
 
 /// The segment rows of a newly stored call (none for a call of a plan
 /// without tariffs).

@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbErr, SqlErr,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 use crate::error::AppError;
@@ -35,10 +35,20 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// several times, each time behind every other request for a worker.
 const SQLITE_ROW_BUFFER: usize = 1024;
 
+/// The page cache of the SQLite connection that writes, in KiB: a bulk
+/// write that touches more pages than its cache holds spills them to the
+/// WAL before it commits and reads them back. 32 MiB holds the index pages
+/// an ingestion batch of 10,000 calls touches (see BENCHMARKS.md); the
+/// reading connections keep SQLite's default of 2 MiB each.
+const SQLITE_WRITER_CACHE_KIB: u32 = 32 * 1024;
+
 /// The service's database: a connection pool and the queries over it.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Reads, and writes of one statement.
     db: DatabaseConnection,
+    /// Write transactions ([`Store::begin_write`]).
+    writer: DatabaseConnection,
 }
 
 impl Store {
@@ -46,31 +56,25 @@ impl Store {
     /// file is created on first use and configured for a service: WAL, a busy
     /// timeout, foreign keys on, and full sync so an acknowledged write is on
     /// disk.
+    ///
+    /// On SQLite, write transactions get a pool of their own with one
+    /// connection: SQLite takes one writer at a time anyway, so writers queue
+    /// for that connection in order instead of polling the file lock, and
+    /// only that connection keeps a page cache large enough for a bulk
+    /// write ([`SQLITE_WRITER_CACHE_KIB`]). On PostgreSQL both are one pool.
     pub async fn connect(database_url: &str) -> Result<Self, DbErr> {
-        let mut options = ConnectOptions::new(database_url);
-        options
-            .max_connections(if database_url.starts_with("sqlite") {
-                8
-            } else {
-                16
-            })
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(10))
-            // A SQLite connection is a file handle that cannot drop, so the
-            // ping before each use is only a round trip to its worker thread.
-            .test_before_acquire(!database_url.starts_with("sqlite"))
-            .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|opts| {
-                opts.create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                    .foreign_keys(true)
-                    .row_buffer_size(SQLITE_ROW_BUFFER)
+        if !database_url.starts_with("sqlite") {
+            let db = Database::connect(pool_options(database_url, 16, None)).await?;
+            return Ok(Store {
+                writer: db.clone(),
+                db,
             });
-        let db = Database::connect(options).await?;
-        Ok(Store { db })
+        }
+        // The writer connects first: it creates the file and turns on WAL.
+        let writer =
+            Database::connect(pool_options(database_url, 1, Some(SQLITE_WRITER_CACHE_KIB))).await?;
+        let db = Database::connect(pool_options(database_url, 8, None)).await?;
+        Ok(Store { db, writer })
     }
 
     /// Applies every pending migration.
@@ -80,6 +84,9 @@ impl Store {
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(self) -> Result<(), DbErr> {
+        if self.db.get_database_backend() == DatabaseBackend::Sqlite {
+            self.writer.close().await?;
+        }
         self.db.close().await
     }
 
@@ -91,8 +98,39 @@ impl Store {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..Default::default()
         };
-        Ok(self.db.begin_with_options(options).await?)
+        Ok(self.writer.begin_with_options(options).await?)
     }
+}
+
+/// The options of a pool of at most `connections` to `database_url`; on
+/// SQLite, `cache_kib` sets each connection's page cache (SQLite's default,
+/// 2 MiB, when `None`).
+fn pool_options(database_url: &str, connections: u32, cache_kib: Option<u32>) -> ConnectOptions {
+    let mut options = ConnectOptions::new(database_url);
+    options
+        .max_connections(connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        // A SQLite connection is a file handle that cannot drop, so the
+        // ping before each use is only a round trip to its worker thread.
+        .test_before_acquire(!database_url.starts_with("sqlite"))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |opts| {
+            let opts = opts
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true)
+                .row_buffer_size(SQLITE_ROW_BUFFER);
+            match cache_kib {
+                // A negative cache_size is in KiB.
+                Some(kib) => opts.pragma("cache_size", format!("-{kib}")),
+                None => opts,
+            }
+        });
+    options
 }
 
 /// What a database error means for the request that met it.

@@ -210,13 +210,13 @@ async fn a_database_that_stays_locked_ends_a_stream_unavailable_keeping_what_was
             .ingest_calls(tokio_stream::wrappers::ReceiverStream::new(stream))
             .await
     });
-    // One full batch (2,000 records) is written and acknowledged by the
-    // database before the lock is taken.
-    for n in 0..2000 {
+    // One full batch (10,000 records, INGEST_BATCH) is written and
+    // acknowledged by the database before the lock is taken.
+    for n in 0..10_000 {
         records.send(record(n)).await.unwrap();
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while app.history(customer.id).await.len() < 2000 {
+    while app.history(customer.id).await.len() < 10_000 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the first batch was never written"
@@ -224,7 +224,7 @@ async fn a_database_that_stays_locked_ends_a_stream_unavailable_keeping_what_was
         tokio::task::yield_now().await;
     }
     let lock = app.hold_lock(customer.id).await;
-    for n in 2000..2010 {
+    for n in 10_000..10_010 {
         records.send(record(n)).await.unwrap();
     }
     drop(records);
@@ -233,5 +233,5 @@ async fn a_database_that_stays_locked_ends_a_stream_unavailable_keeping_what_was
     lock.release().await;
     assert_eq!(unary.code(), Code::Unavailable, "{unary:?}");
     assert_eq!(streamed.code(), Code::Unavailable, "{streamed:?}");
-    assert_eq!(app.history(customer.id).await.len(), 2000);
+    assert_eq!(app.history(customer.id).await.len(), 10_000);
 }
