@@ -43,7 +43,7 @@ const SQLITE_ROW_BUFFER: usize = 1024;
 /// SQLite's default of 2 MiB each.
 const SQLITE_WRITER_CACHE_KIB: u32 = 32 * 1024;
 
-/// The service's database: a connection pool and the queries over it.
+/// The service's database: its connection pools and the queries over them.
 #[derive(Debug, Clone)]
 pub struct Store {
     /// Reads, and writes of one statement.
@@ -83,7 +83,7 @@ impl Store {
         Migrator::up(&self.db, None).await
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// Closes the pools, waiting for connections in use to be returned.
     pub async fn close(self) -> Result<(), DbErr> {
         if self.db.get_database_backend() == DatabaseBackend::Sqlite {
             self.writer.close().await?;
