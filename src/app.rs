@@ -14,8 +14,6 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::clock::Clock;
 use crate::domain::validation::DEFAULT_MAX_CALL_AGE_DAYS;
@@ -26,18 +24,20 @@ use crate::grpc::pb::account_service_server::AccountServiceServer;
 use crate::grpc::pb::call_service_server::CallServiceServer;
 use crate::grpc::pb::customer_service_server::CustomerServiceServer;
 use crate::grpc::pb::invoice_service_server::InvoiceServiceServer;
+use crate::grpc::readiness::ReadinessLayer;
 use crate::grpc::{AccountApi, CallApi, CustomerApi, InvoiceApi, pb};
+use crate::readiness::Readiness;
 use crate::service::{Accounts, Calls, Customers, Invoicing};
 use crate::shutdown::{self, until_stopping};
-use crate::storage::{GroupCommit, Store};
+use crate::storage::{DatabaseConfig, GroupCommit, Store};
 
 /// Everything `serve` needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// `sqlite://…` or `postgres://…`.
-    pub database_url: String,
+    /// The database and its pools.
+    pub database: DatabaseConfig,
     /// The service's clock.
     pub clock: Clock,
     /// The billing time zone: periods are calendar months there.
@@ -177,7 +177,7 @@ impl Application {
     /// Connects to and migrates the database, then binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let tls = config.tls.as_ref().map(TlsFiles::load).transpose()?;
-        let store = Store::connect(&config.database_url)
+        let store = Store::connect_with(&config.database)
             .await
             .map_err(StartupError::Database)?;
         store.migrate().await.map_err(StartupError::Migration)?;
@@ -241,7 +241,7 @@ impl Application {
         let invoicing = Invoicing::new(store.clone(), clock.clone(), billing_tz);
         let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl);
         let authentication = if auth {
-            Authentication::On(accounts.clone())
+            Authentication::On(Box::new(accounts.clone()))
         } else {
             tracing::warn!("authentication is OFF (--no-auth): every caller has full access");
             Authentication::Off
@@ -256,7 +256,13 @@ impl Application {
         let max_bytes = limits.max_message_bytes;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health_service = health_service.max_decoding_message_size(max_bytes);
-        set_health(&health_reporter, ServingStatus::Serving).await;
+        let readiness = Readiness::new(health_reporter, health_names());
+        readiness.set_database_up(true).await;
+        let monitor_task = tokio::spawn(crate::readiness::monitor(
+            store.clone(),
+            readiness.clone(),
+            stopping_rx.clone(),
+        ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -275,12 +281,12 @@ impl Application {
             }
             tracing::info!(%addr, "serving");
         }
-        let reporter = health_reporter.clone();
+        let database_up = readiness.database_up();
         let mut draining = stopping_rx.clone();
         let drain = async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight RPCs");
-            set_health(&reporter, ServingStatus::NotServing).await;
+            readiness.set_stopping().await;
             stopping.send_replace(true);
         };
         // Keepalive pings find dead peers of long-lived streams (invoice
@@ -301,6 +307,7 @@ impl Application {
             .http2_max_local_error_reset_streams(Some(1024))
             .layer(RpcLogLayer)
             .layer(UnaryTimeoutLayer::new(limits.unary_timeout))
+            .layer(ReadinessLayer::new(database_up))
             .layer(AuthLayer::new(authentication))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -346,7 +353,7 @@ impl Application {
                 Ok(())
             }
         };
-        if let Some(task) = scheduler_task {
+        for task in scheduler_task.into_iter().chain([monitor_task]) {
             task.abort();
             let _ = task.await;
         }
@@ -365,30 +372,13 @@ pub fn accepted_connections(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    reporter
-        .set_service_status(
-            <AccountServiceServer<AccountApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-    reporter
-        .set_service_status(
-            <CustomerServiceServer<CustomerApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-    reporter
-        .set_service_status(
-            <CallServiceServer<CallApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-    reporter
-        .set_service_status(
-            <InvoiceServiceServer<InvoiceApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
+/// The names health reports on: "" (the whole server) and each service.
+fn health_names() -> Vec<&'static str> {
+    vec![
+        "",
+        <AccountServiceServer<AccountApi> as tonic::server::NamedService>::NAME,
+        <CustomerServiceServer<CustomerApi> as tonic::server::NamedService>::NAME,
+        <CallServiceServer<CallApi> as tonic::server::NamedService>::NAME,
+        <InvoiceServiceServer<InvoiceApi> as tonic::server::NamedService>::NAME,
+    ]
 }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod readiness;
 pub mod scheduler;
 pub mod service;
 pub mod shutdown;

@@ -10,7 +10,7 @@ use billing::app::{Application, Config, DEFAULT_TOKEN_TTL, Limits, TlsFiles};
 use billing::clock::Clock;
 use billing::service::Accounts;
 use billing::storage::GroupCommit;
-use billing::storage::Store;
+use billing::storage::{DatabaseConfig, Store};
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use clap::{Parser, Subcommand};
@@ -34,6 +34,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup: the size of `Serve` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gRPC server (migrations run at startup).
@@ -77,6 +79,8 @@ enum Command {
         #[arg(long, env = "BILLING_TLS_CLIENT_CA", requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
         #[command(flatten)]
+        database: DatabaseFlags,
+        #[command(flatten)]
         limits: LimitFlags,
     },
     /// Apply pending database migrations and exit.
@@ -115,6 +119,30 @@ fn parse_ttl(text: &str) -> Result<TimeDelta, String> {
         return Err(format!("`{text}` must be between 1 minute and 30 days"));
     }
     Ok(TimeDelta::seconds(seconds))
+}
+
+/// The read replica and the connection pools.
+#[derive(Debug, clap::Args)]
+struct DatabaseFlags {
+    /// A read replica of the database (`postgres://…`; a `sqlite://` file
+    /// also works). History, lists, consolidated months and invoice reads go
+    /// there and may lag the primary by the replica's delay; everything that
+    /// writes, or must read its own writes, stays on --database-url. Its
+    /// value is never printed.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    database_read_url: Option<String>,
+    /// Connections per pool (default: 16 on PostgreSQL, for the primary and
+    /// again for the read replica; 8 reading connections on SQLite, which
+    /// always writes through one). Each replica of the service holds this
+    /// many, plus one for readiness probes and one listening for invoices.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    database_max_connections: Option<u32>,
+    /// Milliseconds a request waits for a database connection (opening one
+    /// included) before it fails with UNAVAILABLE.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    database_acquire_timeout_ms: u64,
 }
 
 /// Bounds on what one request or connection may cost.
@@ -205,12 +233,18 @@ async fn main() -> ExitCode {
             tls_cert,
             tls_key,
             tls_client_ca,
+            database,
             limits,
         } => {
             let clock = clock_start.map_or_else(Clock::system, Clock::starting_at);
             let config = Config {
                 listen,
-                database_url: cli.database_url,
+                database: DatabaseConfig {
+                    url: cli.database_url,
+                    read_url: database.database_read_url,
+                    max_connections: database.database_max_connections,
+                    acquire_timeout: Duration::from_millis(database.database_acquire_timeout_ms),
+                },
                 clock,
                 billing_tz: billing_timezone,
                 scheduler: !no_scheduler,

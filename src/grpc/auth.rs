@@ -55,7 +55,7 @@ pub fn caller_may<T>(request: &Request<T>, action: Action) -> Result<Principal, 
 #[derive(Debug, Clone)]
 pub enum Authentication {
     /// Bearer tokens checked against the accounts.
-    On(Accounts),
+    On(Box<Accounts>),
     /// Every caller acts as [`NO_AUTH`].
     Off,
 }

@@ -11,6 +11,7 @@ mod customers;
 mod invoices;
 pub mod limits;
 pub mod logging;
+pub mod readiness;
 pub mod status;
 
 pub use accounts::AccountApi;

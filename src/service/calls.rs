@@ -246,6 +246,7 @@ impl Calls {
         // changes, so a plan without tariffs means calls without segments.
         let plan = self.plan_of(pass.customer_id()).await?;
         self.store
+            .replica()
             .list_calls(
                 CallFilter::Customer(pass.customer_id()),
                 range,
@@ -276,6 +277,7 @@ impl Calls {
             CustomerScope::Customer(id) => CallFilter::Customer(id),
         };
         self.store
+            .replica()
             .list_calls(filter, range, after, limit, true)
             .await
     }

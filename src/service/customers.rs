@@ -41,7 +41,7 @@ impl Customers {
         limit: u64,
     ) -> AppResult<Vec<Plan>> {
         access::permits(principal, Action::ListPlans)?;
-        self.store.list_plans(after_id, limit).await
+        self.store.replica().list_plans(after_id, limit).await
     }
 
     pub async fn create_operator(
@@ -61,7 +61,7 @@ impl Customers {
         limit: u64,
     ) -> AppResult<Vec<Operator>> {
         access::permits(principal, Action::ListOperators)?;
-        self.store.list_operators(after_id, limit).await
+        self.store.replica().list_operators(after_id, limit).await
     }
 
     /// Creates a customer. An operator's new customer is linked to it, and
@@ -114,6 +114,7 @@ impl Customers {
             self.store.ensure_operator(operator_id).await?;
         }
         self.store
+            .replica()
             .list_customers(operator_id, after_id, limit)
             .await
     }

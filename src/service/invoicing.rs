@@ -221,6 +221,7 @@ impl Invoicing {
             None => BillingPeriod::latest_started("period", month, self.clock.now(), self.tz)?,
         };
         self.store
+            .replica()
             .invoice_for(customer_id, period)
             .await?
             .ok_or_else(|| {
@@ -423,8 +424,10 @@ impl Invoicing {
         from: BillingPeriod,
         to: BillingPeriod,
     ) -> AppResult<Vec<ConsolidatedMonth>> {
-        let mut issued: BTreeMap<BillingPeriod, ConsolidatedMonth> = self
-            .store
+        // Consolidated months may lag the primary: all three reads go to the
+        // read replica.
+        let store = self.store.replica();
+        let mut issued: BTreeMap<BillingPeriod, ConsolidatedMonth> = store
             .invoiced_months(customer.id, from, to)
             .await?
             .into_iter()
@@ -445,8 +448,7 @@ impl Invoicing {
             .iter()
             .map(|month| (month.start(self.tz), month.end(self.tz)))
             .collect();
-        let usage = self
-            .store
+        let usage = store
             .uninvoiced_usage_by_month(
                 customer.id,
                 &bounds,
@@ -456,8 +458,7 @@ impl Invoicing {
             .await?;
         let mut top_ups: BTreeMap<BillingPeriod, Vec<invoice::TopUpEntry>> = BTreeMap::new();
         if let (Some(first), Some(last)) = (bounds.first(), bounds.last()) {
-            for top_up in self
-                .store
+            for top_up in store
                 .uninvoiced_top_ups(customer.id, first.0, last.1)
                 .await?
             {
@@ -550,7 +551,10 @@ impl Invoicing {
             }
             None => self.scope_filter(principal, Action::ReadInvoices)?,
         };
-        self.store.list_invoices(filter, after_id, limit).await
+        self.store
+            .replica()
+            .list_invoices(filter, after_id, limit)
+            .await
     }
 
     /// The invoices a `WatchInvoices` stream of `principal` may carry.

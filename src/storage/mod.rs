@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, DbErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
 };
 
 use crate::error::AppError;
@@ -43,6 +44,49 @@ const SQLITE_ROW_BUFFER: usize = 1024;
 /// SQLite's default of 2 MiB each.
 const SQLITE_WRITER_CACHE_KIB: u32 = 32 * 1024;
 
+/// Connections per pool unless `--database-max-connections` says otherwise:
+/// on PostgreSQL the one pool of reads and writes (and the read replica's);
+/// on SQLite the reading pool, since writes there have one connection.
+pub const DEFAULT_POSTGRES_CONNECTIONS: u32 = 16;
+/// See [`DEFAULT_POSTGRES_CONNECTIONS`].
+pub const DEFAULT_SQLITE_READ_CONNECTIONS: u32 = 8;
+/// How long a request waits for a pooled connection (including opening
+/// one) before it fails with `UNAVAILABLE`, unless
+/// `--database-acquire-timeout-ms` says otherwise.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one readiness probe ([`Store::probe`]) may take before the
+/// database counts as unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the database is and how the pools to it are sized.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// The primary: `sqlite://FILE` or `postgres://…`. Everything that
+    /// writes, or must read what it just wrote, goes here.
+    pub url: String,
+    /// A read replica (or any copy that may lag) for the reads that may be
+    /// a little stale: history, lists, consolidated months and invoice
+    /// reads ([`Store::replica`]). `None`: the primary serves them.
+    pub read_url: Option<String>,
+    /// Connections per pool; `None`: [`DEFAULT_POSTGRES_CONNECTIONS`] or
+    /// [`DEFAULT_SQLITE_READ_CONNECTIONS`].
+    pub max_connections: Option<u32>,
+    /// How long a request waits for a connection before `UNAVAILABLE`.
+    pub acquire_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// The primary at `url`, no read replica, default pool sizes.
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseConfig {
+            url: url.into(),
+            read_url: None,
+            max_connections: None,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
 /// The service's database: its connection pools and the queries over them.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -50,37 +94,119 @@ pub struct Store {
     db: DatabaseConnection,
     /// Write transactions ([`Store::begin_write`]).
     writer: DatabaseConnection,
+    /// Reads that may be stale: the read replica's pool, or `db`.
+    reads: DatabaseConnection,
+    /// One connection to the primary for readiness probes, apart from the
+    /// pools so a busy pool never reads as a lost database.
+    probe: DatabaseConnection,
+    /// The same for the read replica, when there is one.
+    read_probe: Option<DatabaseConnection>,
 }
 
 impl Store {
-    /// Connects to `database_url` (`sqlite://…` or `postgres://…`). A SQLite
-    /// file is created on first use and configured for a service: WAL, a busy
-    /// timeout, foreign keys on, and full sync so an acknowledged write is on
-    /// disk.
+    /// Connects to `database_url` with default pools and no read replica;
+    /// see [`Store::connect_with`].
+    pub async fn connect(database_url: &str) -> Result<Self, DbErr> {
+        Store::connect_with(&DatabaseConfig::new(database_url)).await
+    }
+
+    /// Connects to the database of `config` (`sqlite://…` or
+    /// `postgres://…`). A SQLite file is created on first use and configured
+    /// for a service: WAL, a busy timeout, foreign keys on, and full sync so
+    /// an acknowledged write is on disk.
     ///
     /// On SQLite, write transactions get a pool of their own with one
     /// connection: SQLite takes one writer at a time anyway, so writers queue
     /// for that connection in order instead of polling the file lock, and
     /// only that connection keeps a page cache large enough for a bulk
     /// write ([`SQLITE_WRITER_CACHE_KIB`]). On PostgreSQL both are one pool.
-    pub async fn connect(database_url: &str) -> Result<Self, DbErr> {
-        if !database_url.starts_with("sqlite") {
-            let db = Database::connect(pool_options(database_url, 16, None)).await?;
-            return Ok(Store {
-                writer: db.clone(),
-                db,
-            });
-        }
-        // The writer connects first: it creates the file and turns on WAL.
-        let writer =
-            Database::connect(pool_options(database_url, 1, Some(SQLITE_WRITER_CACHE_KIB))).await?;
-        let db = Database::connect(pool_options(database_url, 8, None)).await?;
-        Ok(Store { db, writer })
+    pub async fn connect_with(config: &DatabaseConfig) -> Result<Self, DbErr> {
+        let url = config.url.as_str();
+        let sqlite = is_sqlite(url);
+        let connections = config.max_connections.unwrap_or(if sqlite {
+            DEFAULT_SQLITE_READ_CONNECTIONS
+        } else {
+            DEFAULT_POSTGRES_CONNECTIONS
+        });
+        let pool = |url: &str, connections, cache_kib, writes| {
+            Database::connect(pool_options(
+                url,
+                PoolSize {
+                    connections,
+                    acquire_timeout: config.acquire_timeout,
+                },
+                cache_kib,
+                writes,
+            ))
+        };
+        let (db, writer) = if sqlite {
+            // The writer connects first: it creates the file and turns on WAL.
+            let writer = pool(url, 1, Some(SQLITE_WRITER_CACHE_KIB), true).await?;
+            (pool(url, connections, None, true).await?, writer)
+        } else {
+            let db = pool(url, connections, None, true).await?;
+            (db.clone(), db)
+        };
+        let probe = Database::connect(probe_options(url)).await?;
+        let (reads, read_probe) = match &config.read_url {
+            None => (db.clone(), None),
+            Some(read_url) => (
+                pool(read_url, connections, None, false).await?,
+                Some(Database::connect(probe_options(read_url)).await?),
+            ),
+        };
+        Ok(Store {
+            db,
+            writer,
+            reads,
+            probe,
+            read_probe,
+        })
     }
 
-    /// Applies every pending migration.
+    /// This store with every query sent to the read replica (the primary
+    /// when none is configured). For use cases whose reads may lag the
+    /// primary by the replica's delay; never for writes, which would fail
+    /// on a replica.
+    pub fn replica(&self) -> Store {
+        Store {
+            db: self.reads.clone(),
+            writer: self.reads.clone(),
+            reads: self.reads.clone(),
+            probe: self
+                .read_probe
+                .clone()
+                .unwrap_or_else(|| self.probe.clone()),
+            read_probe: None,
+        }
+    }
+
+    /// Whether the primary, and the read replica if any, answer a trivial
+    /// query within [`PROBE_TIMEOUT`]; the error says which did not.
+    pub async fn probe(&self) -> Result<(), String> {
+        probe_one(&self.probe, "primary").await?;
+        match &self.read_probe {
+            Some(read_probe) => probe_one(read_probe, "read replica").await,
+            None => Ok(()),
+        }
+    }
+
+    /// Applies every pending migration. On PostgreSQL, replicas starting
+    /// together take turns behind an advisory lock held by the migrating
+    /// transaction, so the second finds the schema complete.
     pub async fn migrate(&self) -> Result<(), DbErr> {
-        Migrator::up(&self.db, None).await
+        if self.db.get_database_backend() != DatabaseBackend::Postgres {
+            return Migrator::up(&self.db, None).await;
+        }
+        let txn = self.db.begin().await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [MIGRATION_LOCK_KEY.into()],
+        ))
+        .await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await
     }
 
     /// Closes the pools, waiting for connections in use to be returned.
@@ -88,6 +214,11 @@ impl Store {
         if self.db.get_database_backend() == DatabaseBackend::Sqlite {
             self.writer.close().await?;
         }
+        if let Some(read_probe) = self.read_probe {
+            self.reads.close().await?;
+            read_probe.close().await?;
+        }
+        self.probe.close().await?;
         self.db.close().await
     }
 
@@ -103,34 +234,87 @@ impl Store {
     }
 }
 
-/// The options of a pool of at most `connections` to `database_url`; on
-/// SQLite, `cache_kib` sets each connection's page cache (SQLite's default,
-/// 2 MiB, when `None`).
-fn pool_options(database_url: &str, connections: u32, cache_kib: Option<u32>) -> ConnectOptions {
+/// The advisory lock key that serialises migrations on PostgreSQL
+/// (`"billmigr"` in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6269_6c6c_6d69_6772;
+
+/// Whether `url` names a SQLite database.
+fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite")
+}
+
+/// Runs `SELECT 1` on `pool` within [`PROBE_TIMEOUT`].
+async fn probe_one(pool: &DatabaseConnection, which: &str) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, pool.execute_unprepared("SELECT 1")).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(format!("the {which} database does not answer: {err}")),
+        Err(_) => Err(format!(
+            "the {which} database did not answer within {} s",
+            PROBE_TIMEOUT.as_secs_f64()
+        )),
+    }
+}
+
+/// The size and wait of one pool.
+#[derive(Debug, Clone, Copy)]
+struct PoolSize {
+    connections: u32,
+    acquire_timeout: Duration,
+}
+
+/// The options of a pool to `database_url`; on SQLite, `cache_kib` sets each
+/// connection's page cache (SQLite's default, 2 MiB, when `None`) and
+/// `writes` whether the pool may create the file and set it up (a read
+/// replica's pool only opens it).
+fn pool_options(
+    database_url: &str,
+    size: PoolSize,
+    cache_kib: Option<u32>,
+    writes: bool,
+) -> ConnectOptions {
     let mut options = ConnectOptions::new(database_url);
     options
-        .max_connections(connections)
+        .max_connections(size.connections)
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(10))
+        .connect_timeout(size.acquire_timeout)
+        .acquire_timeout(size.acquire_timeout)
         // A SQLite connection is a file handle that cannot drop, so the
         // ping before each use is only a round trip to its worker thread.
-        .test_before_acquire(!database_url.starts_with("sqlite"))
+        .test_before_acquire(!is_sqlite(database_url))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |opts| {
             let opts = opts
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
                 .row_buffer_size(SQLITE_ROW_BUFFER);
+            let opts = if writes {
+                opts.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+            } else {
+                opts
+            };
             match cache_kib {
                 // A negative cache_size is in KiB.
                 Some(kib) => opts.pragma("cache_size", format!("-{kib}")),
                 None => opts,
             }
         });
+    options
+}
+
+/// The options of a one-connection pool for readiness probes.
+fn probe_options(database_url: &str) -> ConnectOptions {
+    let mut options = ConnectOptions::new(database_url);
+    options
+        .max_connections(1)
+        .min_connections(0)
+        .connect_timeout(PROBE_TIMEOUT)
+        .acquire_timeout(PROBE_TIMEOUT)
+        // A connection the database dropped is noticed and replaced.
+        .test_before_acquire(!is_sqlite(database_url))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| opts.busy_timeout(SQLITE_BUSY_TIMEOUT));
     options
 }
 

@@ -104,6 +104,8 @@ pub struct AppOptions {
     pub token_ttl: chrono::TimeDelta,
     /// Serve over TLS with these files (clients are then the test's own).
     pub tls: Option<billing::app::TlsFiles>,
+    /// `--database-read-url`.
+    pub read_url: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -117,6 +119,7 @@ impl Default for AppOptions {
             auth: false,
             token_ttl: billing::app::DEFAULT_TOKEN_TTL,
             tls: None,
+            read_url: None,
         }
     }
 }
@@ -157,7 +160,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let tls = options.tls.is_some();
     let app = Application::build(Config {
         listen: "127.0.0.1:0".parse().expect("address"),
-        database_url: database.url.clone(),
+        database: billing::storage::DatabaseConfig {
+            read_url: options.read_url,
+            ..billing::storage::DatabaseConfig::new(database.url.clone())
+        },
         clock: clock.clone(),
         billing_tz: options.tz,
         scheduler: options.scheduler,
@@ -199,7 +205,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
 }
 
-async fn fresh_database() -> Database {
+pub async fn fresh_database() -> Database {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     match std::env::var("TEST_DATABASE_URL") {
         Ok(admin_url) if admin_url.starts_with("postgres") => {
@@ -511,4 +517,9 @@ impl tonic::service::Interceptor for Bearer {
         }
         Ok(request)
     }
+}
+
+/// Whether this run's databases are PostgreSQL (`TEST_DATABASE_URL`).
+pub fn on_postgres() -> bool {
+    std::env::var("TEST_DATABASE_URL").is_ok_and(|url| url.starts_with("postgres"))
 }

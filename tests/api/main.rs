@@ -13,5 +13,6 @@ mod operations;
 mod paging;
 mod property;
 mod robustness;
+mod scaling;
 mod tariffs;
 mod tls;
