@@ -44,6 +44,9 @@ pub struct Config {
     pub billing_tz: Tz,
     /// Whether to run the billing scheduler.
     pub scheduler: bool,
+    /// How often every invoice watcher looks for invoices it was not told
+    /// of (another replica's, when a notification was lost).
+    pub invoice_feed_catch_up: Duration,
     /// How long in-flight RPCs may run on after a shutdown signal before the
     /// remaining connections are closed (long-lived streams never end alone).
     pub shutdown_grace: Duration,
@@ -85,6 +88,10 @@ impl TlsFiles {
         Ok(config)
     }
 }
+
+/// How often invoice watchers catch up unless
+/// `--invoice-feed-catch-up-seconds` says otherwise.
+pub const DEFAULT_FEED_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// How long access tokens live unless `--token-ttl` says otherwise.
 pub const DEFAULT_TOKEN_TTL: TimeDelta = TimeDelta::hours(12);
@@ -166,6 +173,7 @@ pub struct Application {
     clock: Clock,
     billing_tz: Tz,
     scheduler: bool,
+    invoice_feed_catch_up: Duration,
     shutdown_grace: Duration,
     limits: Limits,
     auth: bool,
@@ -194,6 +202,7 @@ impl Application {
             clock: config.clock,
             billing_tz: config.billing_tz,
             scheduler: config.scheduler,
+            invoice_feed_catch_up: config.invoice_feed_catch_up,
             shutdown_grace: config.shutdown_grace,
             limits: config.limits,
             auth: config.auth,
@@ -232,6 +241,7 @@ impl Application {
             clock,
             billing_tz,
             scheduler,
+            invoice_feed_catch_up,
             shutdown_grace,
             limits,
             auth,
@@ -258,6 +268,11 @@ impl Application {
         let health_service = health_service.max_decoding_message_size(max_bytes);
         let readiness = Readiness::new(health_reporter, health_names());
         readiness.set_database_up(true).await;
+        let relay_task = tokio::spawn(
+            invoicing
+                .clone()
+                .relay_invoices(invoice_feed_catch_up, stopping_rx.clone()),
+        );
         let monitor_task = tokio::spawn(crate::readiness::monitor(
             store.clone(),
             readiness.clone(),
@@ -353,7 +368,7 @@ impl Application {
                 Ok(())
             }
         };
-        for task in scheduler_task.into_iter().chain([monitor_task]) {
+        for task in scheduler_task.into_iter().chain([monitor_task, relay_task]) {
             task.abort();
             let _ = task.await;
         }

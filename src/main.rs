@@ -55,6 +55,13 @@ enum Command {
         /// through GenerateInvoice and RunBillingCycle).
         #[arg(long, env = "BILLING_NO_SCHEDULER")]
         no_scheduler: bool,
+        /// Seconds between two catch-ups of every WatchInvoices stream: each
+        /// looks for invoices it was not notified of (issued by another
+        /// replica while this one's listening connection was down).
+        #[arg(long, env = "BILLING_INVOICE_FEED_CATCH_UP_SECONDS",
+              default_value_t = billing::app::DEFAULT_FEED_CATCH_UP.as_secs(),
+              value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        invoice_feed_catch_up_seconds: u64,
         /// Seconds in-flight RPCs may run on after SIGINT/SIGTERM before the
         /// server closes them.
         #[arg(long, env = "BILLING_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
@@ -227,6 +234,7 @@ async fn main() -> ExitCode {
             clock_start,
             billing_timezone,
             no_scheduler,
+            invoice_feed_catch_up_seconds,
             shutdown_grace_seconds,
             no_auth,
             token_ttl,
@@ -248,6 +256,7 @@ async fn main() -> ExitCode {
                 clock,
                 billing_tz: billing_timezone,
                 scheduler: !no_scheduler,
+                invoice_feed_catch_up: Duration::from_secs(invoice_feed_catch_up_seconds),
                 shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
                 limits: limits.limits(),
                 auth: !no_auth,

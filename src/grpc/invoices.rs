@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
@@ -22,8 +21,6 @@ use crate::shutdown::{Stopping, until_stopping};
 
 /// Invoices sent per database read while replaying history.
 const WATCH_BATCH: u64 = 100;
-/// How often a watcher looks for invoices issued by other replicas.
-const WATCH_POLL: Duration = Duration::from_secs(2);
 /// Messages buffered per server stream.
 const STREAM_BUFFER: usize = 16;
 /// Months of consolidated history computed per page (three queries each).
@@ -280,7 +277,6 @@ impl InvoiceService for InvoiceApi {
                 }
                 tokio::select! {
                     _ = issued.changed() => {}
-                    () = tokio::time::sleep(WATCH_POLL) => {}
                     () = tx.closed() => return,
                     () = until_stopping(&mut stopping) => {
                         let _ = tx.send(Err(Status::unavailable("server shutting down; reconnect with your last invoice id"))).await;

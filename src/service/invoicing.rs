@@ -9,6 +9,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::Tz;
@@ -23,7 +24,8 @@ use crate::domain::invoice::{
 use crate::domain::model::{Customer, Plan};
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
-use crate::storage::{InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport, Store};
+use crate::shutdown::{Stopping, until_stopping};
+use crate::storage::{FeedEvent, InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport, Store};
 
 /// Customers fetched per page while running a billing cycle.
 const CYCLE_PAGE: u64 = 2000;
@@ -77,7 +79,9 @@ pub struct Invoicing {
     access: Access,
     clock: Clock,
     tz: Tz,
-    /// The highest invoice id this process has issued; watchers wait on it.
+    /// The highest invoice id known to be issued, by this process or (heard
+    /// through [`Invoicing::relay_invoices`]) another replica; watchers wait
+    /// on it, and a catch-up wakes them with the value unchanged.
     issued: Arc<watch::Sender<i64>>,
 }
 
@@ -103,9 +107,65 @@ impl Invoicing {
         &self.clock
     }
 
-    /// A receiver that changes whenever this process issues an invoice.
+    /// A receiver that changes whenever an invoice is issued, here or by
+    /// another replica, and at each catch-up.
     pub fn issued(&self) -> watch::Receiver<i64> {
         self.issued.subscribe()
+    }
+
+    /// Relays invoices issued by other replicas to this process's watchers
+    /// until `stopping`: on PostgreSQL through one listening connection
+    /// (`LISTEN/NOTIFY`); and, on every backend, wakes all watchers every
+    /// `catch_up` to look for themselves, so that a notification lost with
+    /// a connection never loses an invoice.
+    pub async fn relay_invoices(self, catch_up: Duration, mut stopping: Stopping) {
+        let mut listener = None;
+        let mut catch_up = tokio::time::interval(catch_up);
+        catch_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut listening = self.store.listens_for_invoices();
+        loop {
+            if listening && listener.is_none() {
+                match self.store.invoice_listener().await {
+                    Ok(opened) => {
+                        listener = opened;
+                        listening = listener.is_some();
+                        // Whatever was issued while no one listened.
+                        self.wake_watchers();
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err.detail(), "invoice feed: cannot listen for other replicas' invoices; catching up every {catch_up:?}", catch_up = catch_up.period());
+                        listening = false;
+                    }
+                }
+            }
+            let event = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = event => match event {
+                    Ok(FeedEvent::Issued(id)) => self.announce(id),
+                    Ok(FeedEvent::Missed) => self.wake_watchers(),
+                    Err(err) => {
+                        tracing::warn!(error = %err.detail(), "invoice feed: listening connection lost");
+                        listener = None;
+                    }
+                },
+                _ = catch_up.tick() => {
+                    self.wake_watchers();
+                    // Retry a listener that could not be opened.
+                    listening = self.store.listens_for_invoices();
+                }
+                () = until_stopping(&mut stopping) => return,
+            }
+        }
+    }
+
+    /// Wakes every watcher to read the feed, with no new id known.
+    fn wake_watchers(&self) {
+        self.issued.send_modify(|_| {});
     }
 
     /// GenerateInvoice: with a period, issue (or return) that ended period's

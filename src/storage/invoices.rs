@@ -187,6 +187,14 @@ impl Store {
                 }
             }
         }
+        let newest = issued
+            .iter()
+            .flat_map(|(target, earlier)| target.iter().chain(earlier))
+            .map(|invoice| invoice.id)
+            .max();
+        if let Some(newest) = newest {
+            super::feed::announce(&txn, newest).await?;
+        }
         txn.commit().await?;
         let mut reports = Vec::with_capacity(requests.len());
         for (request, (target, earlier)) in requests.into_iter().zip(issued) {

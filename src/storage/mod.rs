@@ -6,9 +6,11 @@ mod accounts;
 mod calls;
 mod customers;
 pub mod entities;
+mod feed;
 mod group_commit;
 mod invoices;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +26,7 @@ use crate::error::AppError;
 
 pub use accounts::{AccountRow, ApiKeyState, StoredCredential};
 pub use calls::CallFilter;
+pub use feed::{FeedEvent, InvoiceListener};
 pub use group_commit::{CallWriter, GroupCommit};
 pub use invoices::{CustomerToInvoice, InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport};
 
@@ -101,6 +104,9 @@ pub struct Store {
     probe: DatabaseConnection,
     /// The same for the read replica, when there is one.
     read_probe: Option<DatabaseConnection>,
+    /// The primary's URL on PostgreSQL, for the invoice listener's own
+    /// connection ([`Store::invoice_listener`]); `None` on SQLite.
+    listen_url: Option<Arc<str>>,
 }
 
 impl Store {
@@ -161,6 +167,7 @@ impl Store {
             reads,
             probe,
             read_probe,
+            listen_url: (!sqlite).then(|| Arc::from(url)),
         })
     }
 
@@ -178,6 +185,7 @@ impl Store {
                 .clone()
                 .unwrap_or_else(|| self.probe.clone()),
             read_probe: None,
+            listen_url: None,
         }
     }
 

@@ -106,6 +106,8 @@ pub struct AppOptions {
     pub tls: Option<billing::app::TlsFiles>,
     /// `--database-read-url`.
     pub read_url: Option<String>,
+    /// `--invoice-feed-catch-up-seconds`.
+    pub feed_catch_up: Duration,
 }
 
 impl Default for AppOptions {
@@ -120,6 +122,7 @@ impl Default for AppOptions {
             token_ttl: billing::app::DEFAULT_TOKEN_TTL,
             tls: None,
             read_url: None,
+            feed_catch_up: billing::app::DEFAULT_FEED_CATCH_UP,
         }
     }
 }
@@ -167,6 +170,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         clock: clock.clone(),
         billing_tz: options.tz,
         scheduler: options.scheduler,
+        invoice_feed_catch_up: options.feed_catch_up,
         shutdown_grace: Duration::from_secs(2),
         limits: options.limits,
         auth: options.auth,
