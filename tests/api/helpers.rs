@@ -320,27 +320,7 @@ impl TestApp {
 
     /// Every call of a customer, following page tokens.
     pub async fn history(&self, customer_id: i64) -> Vec<pb::Call> {
-        let mut calls = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .calls
-                .clone()
-                .get_call_history(pb::GetCallHistoryRequest {
-                    customer_id,
-                    page_size: 1000,
-                    page_token,
-                    ..Default::default()
-                })
-                .await
-                .expect("history")
-                .into_inner();
-            calls.extend(page.calls);
-            if page.next_page_token.is_empty() {
-                return calls;
-            }
-            page_token = page.next_page_token;
-        }
+        history_of(self.calls.clone(), customer_id).await
     }
 
     /// Streams `records` through IngestCalls and returns the report.
@@ -526,4 +506,27 @@ impl tonic::service::Interceptor for Bearer {
 /// Whether this run's databases are PostgreSQL (`TEST_DATABASE_URL`).
 pub fn on_postgres() -> bool {
     std::env::var("TEST_DATABASE_URL").is_ok_and(|url| url.starts_with("postgres"))
+}
+
+/// Every call of a customer through `calls`, following page tokens.
+pub async fn history_of(mut calls: CallServiceClient<Channel>, customer_id: i64) -> Vec<pb::Call> {
+    let mut stored = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = calls
+            .get_call_history(pb::GetCallHistoryRequest {
+                customer_id,
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("history")
+            .into_inner();
+        stored.extend(page.calls);
+        if page.next_page_token.is_empty() {
+            return stored;
+        }
+        page_token = page.next_page_token;
+    }
 }

@@ -1,9 +1,7 @@
 //! Around the service: health, reflection, graceful shutdown, and the
 //! `billing` binary's subcommands as a new user runs them.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 
 use billing::grpc::pb;
 use billing::grpc::pb::account_service_client::AccountServiceClient;
@@ -13,7 +11,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::helpers::{Bearer, spawn_app};
+use crate::helpers::{Bearer, history_of, spawn_app};
+use crate::process::{billing, serve};
 
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_each_service() {
@@ -133,33 +132,6 @@ async fn reflection_v1_and_v1alpha_list_and_describe_the_services() {
     }
 }
 
-/// A `billing` process; stderr lines are forwarded to a channel.
-struct Process {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-}
-
-fn billing(args: &[&str], database_url: &str) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_billing"))
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("billing starts");
-    let (tx, lines) = mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Process { child, lines }
-}
-
 #[tokio::test]
 async fn the_binary_fills_demo_data_serves_it_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -179,16 +151,7 @@ async fn the_binary_fills_demo_data_serves_it_and_exits_cleanly_on_sigterm() {
         .expect("demo-data prints the admin's password")
         .to_owned();
 
-    let server = billing(&["serve", "--listen", "127.0.0.1:0"], &url);
-    let addr = loop {
-        let line = server
-            .lines
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("server logs its address");
-        if let Some((_, rest)) = line.split_once("serving addr=") {
-            break rest.trim().to_owned();
-        }
-    };
+    let (server, addr) = serve(&url, &[]);
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -287,23 +250,6 @@ fn help_never_prints_the_database_url() {
     }
 }
 
-/// Starts `billing serve` on a free port and returns it with its address.
-fn serve(database_url: &str, extra: &[&str]) -> (Process, String) {
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let server = billing(&args, database_url);
-    let addr = loop {
-        let line = server
-            .lines
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("server logs its address");
-        if let Some((_, rest)) = line.split_once("serving addr=") {
-            break rest.trim().to_owned();
-        }
-    };
-    (server, addr)
-}
-
 #[tokio::test]
 async fn a_server_killed_mid_load_loses_no_acknowledged_call() {
     use billing::grpc::pb::call_service_client::CallServiceClient;
@@ -382,28 +328,14 @@ async fn a_server_killed_mid_load_loses_no_acknowledged_call() {
     }
     // Restarted on the same database: every acknowledged call is there once.
     let (mut restarted, addr) = serve(&url, &flags);
-    let mut calls = CallServiceClient::connect(format!("http://{addr}"))
+    let calls = CallServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let mut stored = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = calls
-            .get_call_history(pb::GetCallHistoryRequest {
-                customer_id: customer.id,
-                page_size: 1000,
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        stored.extend(page.calls.into_iter().map(|c| c.call_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let stored: Vec<String> = history_of(calls, customer.id)
+        .await
+        .into_iter()
+        .map(|c| c.call_id)
+        .collect();
     let distinct: std::collections::BTreeSet<_> = stored.iter().cloned().collect();
     assert_eq!(distinct.len(), stored.len(), "a call stored twice");
     let missing: Vec<_> = acknowledged.difference(&distinct).collect();
