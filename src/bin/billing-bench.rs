@@ -97,6 +97,15 @@ struct Args {
     /// Stop after the unary load (to profile or tune it alone).
     #[arg(long)]
     unary_only: bool,
+    /// Instead of the figures above: IngestCalls and RunBillingCycle
+    /// throughput with 1 and then 2 replicas of the server on one database
+    /// (a fresh one per run; meant for PostgreSQL).
+    #[arg(long)]
+    scale_out: bool,
+    /// Concurrent IngestCalls streams in --scale-out, spread over the
+    /// replicas.
+    #[arg(long, default_value_t = 4)]
+    streams: u64,
 }
 
 /// SplitMix64: a fixed seed gives the same data on every run.
@@ -222,6 +231,9 @@ async fn main() -> Result<(), Failure> {
         month_end: this_month,
     };
     let scratch = Scratch::new()?;
+    if args.scale_out {
+        return scale_out(&args, &server_binary, scratch.path(), data).await;
+    }
     let (service_url, raw_url) = databases(&args.database, scratch.path()).await?;
     println!(
         "billing-bench: {} customers, {} calls in {} ({} of customer 1), seed {}, {} backend",
@@ -480,6 +492,126 @@ async fn main() -> Result<(), Failure> {
     if args.index_study {
         println!();
         index_study(&server_binary, &args.database, scratch.path(), data).await?;
+    }
+    Ok(())
+}
+
+/// `--scale-out`: for 1 and 2 replicas of the server on a fresh database
+/// each time, the same records ingested through `--streams` concurrent
+/// IngestCalls streams spread over the replicas, then `RunBillingCycle` of
+/// last month sent to every replica at once. Checks that both runs issued
+/// the same invoices.
+async fn scale_out(
+    args: &Args,
+    binary: &PathBuf,
+    scratch: &std::path::Path,
+    data: Data,
+) -> Result<(), Failure> {
+    println!(
+        "billing-bench --scale-out: {} customers, {} calls in {}, seed {}, {} streams",
+        data.customers,
+        data.calls,
+        data.month_start.format("%Y-%m"),
+        data.seed,
+        args.streams
+    );
+    println!(
+        "{:<9} {:>14} {:>12} {:>14} {:>12}",
+        "replicas", "ingest rows/s", "ingest s", "invoices/s", "cycle s"
+    );
+    let mut first: Option<(i64, i64)> = None;
+    for replicas in [1_usize, 2] {
+        let (url, _) = databases(&args.database, scratch).await?;
+        migrate(binary, &url)?;
+        let db = connect(&url).await?;
+        seed_customers(&db, data).await?;
+        let servers = (0..replicas)
+            .map(|_| Server::start(binary, &url, args.server_log.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints: Vec<String> = servers
+            .iter()
+            .map(|server| format!("http://{}", server.addr))
+            .collect();
+
+        let began = Instant::now();
+        let streams = args.streams.max(1);
+        let mut tasks = Vec::new();
+        for stream in 0..streams {
+            let endpoint = endpoints[stream as usize % replicas].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut calls = CallServiceClient::connect(endpoint)
+                    .await?
+                    .max_encoding_message_size(64 * 1024 * 1024);
+                let records: Vec<pb::AddCallRequest> = data
+                    .records()
+                    .enumerate()
+                    .filter(|(n, _)| *n as u64 % streams == stream)
+                    .map(|(_, record)| record.request())
+                    .collect();
+                let report = calls
+                    .ingest_calls(tokio_stream::iter(records))
+                    .await?
+                    .into_inner();
+                Ok::<i64, Failure>(report.accepted)
+            }));
+        }
+        let mut accepted = 0;
+        for task in tasks {
+            accepted += task.await??;
+        }
+        let ingest = began.elapsed();
+        if accepted != data.calls as i64 {
+            return Err(format!("IngestCalls stored {accepted} of {} calls", data.calls).into());
+        }
+        db.execute_unprepared("ANALYZE").await?;
+
+        let period = pb::BillingPeriod {
+            year: data.month_start.year(),
+            month: i32::try_from(data.month_start.month()).unwrap_or(1),
+        };
+        let began = Instant::now();
+        let mut cycles = Vec::new();
+        for endpoint in &endpoints {
+            let endpoint = endpoint.clone();
+            cycles.push(tokio::spawn(async move {
+                let mut invoices = InvoiceServiceClient::connect(endpoint).await?;
+                let cycle = invoices
+                    .run_billing_cycle(pb::RunBillingCycleRequest {
+                        period: Some(period),
+                    })
+                    .await?
+                    .into_inner();
+                Ok::<_, Failure>(cycle)
+            }));
+        }
+        for cycle in cycles {
+            let cycle = cycle.await??;
+            if cycle.failed > 0 {
+                return Err(
+                    format!("RunBillingCycle failed for {} customers", cycle.failed).into(),
+                );
+            }
+        }
+        let cycle = began.elapsed();
+        let totals = invoice_totals(&db).await?;
+        if *first.get_or_insert(totals) != totals {
+            return Err(
+                format!("the runs issued different invoices: {first:?} and {totals:?}").into(),
+            );
+        }
+        println!(
+            "{:<9} {:>14.0} {:>12.2} {:>14.0} {:>12.2}",
+            replicas,
+            rate(accepted as f64, ingest),
+            ingest.as_secs_f64(),
+            rate(totals.0 as f64, cycle),
+            cycle.as_secs_f64()
+        );
+        drop(servers);
+        db.close().await?;
+    }
+    if let Some((count, total)) = first {
+        println!("(each run issued {count} invoices totalling {total} micros)");
     }
     Ok(())
 }
