@@ -119,23 +119,25 @@ impl Invoicing {
     /// `catch_up` to look for themselves, so that a notification lost with
     /// a connection never loses an invoice.
     pub async fn relay_invoices(self, catch_up: Duration, mut stopping: Stopping) {
-        let mut listener = None;
         let mut catch_up = tokio::time::interval(catch_up);
         catch_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut listening = self.store.listens_for_invoices();
+        let mut listener = None;
+        // Whether to (re)open the listener now: at start, after a lost
+        // connection, and at each catch-up while it cannot be opened.
+        let mut open = self.store.listens_for_invoices();
         loop {
-            if listening && listener.is_none() {
+            if open && listener.is_none() {
+                open = false;
                 match self.store.invoice_listener().await {
                     Ok(opened) => {
                         listener = opened;
-                        listening = listener.is_some();
                         // Whatever was issued while no one listened.
                         self.wake_watchers();
                     }
-                    Err(err) => {
-                        tracing::warn!(error = %err.detail(), "invoice feed: cannot listen for other replicas' invoices; catching up every {catch_up:?}", catch_up = catch_up.period());
-                        listening = false;
-                    }
+                    Err(err) => tracing::warn!(
+                        error = %err.detail(),
+                        "invoice feed: cannot listen for other replicas' invoices; retrying at the next catch-up"
+                    ),
                 }
             }
             let event = async {
@@ -151,12 +153,12 @@ impl Invoicing {
                     Err(err) => {
                         tracing::warn!(error = %err.detail(), "invoice feed: listening connection lost");
                         listener = None;
+                        open = true;
                     }
                 },
                 _ = catch_up.tick() => {
                     self.wake_watchers();
-                    // Retry a listener that could not be opened.
-                    listening = self.store.listens_for_invoices();
+                    open = self.store.listens_for_invoices();
                 }
                 () = until_stopping(&mut stopping) => return,
             }
