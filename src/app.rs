@@ -278,6 +278,7 @@ impl Application {
             readiness.clone(),
             stopping_rx.clone(),
         ));
+        let checkpoint_task = tokio::spawn(checkpoint_wal(store.clone(), stopping_rx.clone()));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -368,7 +369,10 @@ impl Application {
                 Ok(())
             }
         };
-        for task in scheduler_task.into_iter().chain([monitor_task, relay_task]) {
+        for task in scheduler_task
+            .into_iter()
+            .chain([monitor_task, relay_task, checkpoint_task])
+        {
             task.abort();
             let _ = task.await;
         }
@@ -377,6 +381,27 @@ impl Application {
         }
         tracing::info!("stopped");
         served.map_err(StartupError::Serve)
+    }
+}
+
+/// Checkpoints a SQLite WAL every [`Store::checkpoint_interval`] until the
+/// server stops (returns at once when there is nothing to checkpoint). A
+/// failed checkpoint is logged and tried again at the next tick; commits
+/// still checkpoint by themselves if the WAL grows past a backstop.
+async fn checkpoint_wal(store: Store, mut stopping: shutdown::Stopping) {
+    let Some(interval) = store.checkpoint_interval() else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = until_stopping(&mut stopping) => return,
+        }
+        if let Err(err) = store.checkpoint_wal().await {
+            tracing::warn!(error = %err, "checkpointing the WAL failed");
+        }
     }
 }
 

@@ -150,6 +150,14 @@ struct DatabaseFlags {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     database_acquire_timeout_ms: u64,
+    /// SQLite: milliseconds between background checkpoints, which copy the
+    /// write-ahead log into the database file on a connection of their own
+    /// instead of inside a commit on the one writing connection; 0 leaves
+    /// them to SQLite (inside the commit that takes the log past 1,000
+    /// pages).
+    #[arg(long, env = "DATABASE_SQLITE_CHECKPOINT_INTERVAL_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    sqlite_checkpoint_interval_ms: u64,
 }
 
 /// Bounds on what one request or connection may cost.
@@ -252,6 +260,9 @@ async fn main() -> ExitCode {
                     read_url: database.database_read_url,
                     max_connections: database.database_max_connections,
                     acquire_timeout: Duration::from_millis(database.database_acquire_timeout_ms),
+                    sqlite_checkpoint_interval: Duration::from_millis(
+                        database.sqlite_checkpoint_interval_ms,
+                    ),
                 },
                 clock,
                 billing_tz: billing_timezone,

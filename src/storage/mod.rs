@@ -47,6 +47,19 @@ const SQLITE_ROW_BUFFER: usize = 1024;
 /// SQLite's default of 2 MiB each.
 const SQLITE_WRITER_CACHE_KIB: u32 = 32 * 1024;
 
+/// How often a background task checkpoints a SQLite WAL into the database
+/// file unless `--sqlite-checkpoint-interval-ms` says otherwise. Left to
+/// SQLite, the connection whose commit takes the WAL past 1,000 pages runs
+/// the checkpoint inside that commit, on the one writing connection, so
+/// every writer waits behind it; the background task copies the pages on a
+/// connection of its own while the writer goes on.
+pub const DEFAULT_SQLITE_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// With background checkpoints, the WAL size (in pages) at which a commit
+/// still checkpoints by itself: a backstop for a checkpointer that falls
+/// behind, so the WAL stays bounded (64 MiB of 4 KiB pages).
+const SQLITE_CHECKPOINT_BACKSTOP_PAGES: u32 = 16 * 1024;
+
 /// Connections per pool unless `--database-max-connections` says otherwise:
 /// on PostgreSQL the one pool of reads and writes (and the read replica's);
 /// on SQLite the reading pool, since writes there have one connection.
@@ -76,6 +89,9 @@ pub struct DatabaseConfig {
     pub max_connections: Option<u32>,
     /// How long a request waits for a connection before `UNAVAILABLE`.
     pub acquire_timeout: Duration,
+    /// SQLite only: how often [`Store::checkpoint_wal`] should run in the
+    /// background; `ZERO` leaves checkpoints to SQLite, inside commits.
+    pub sqlite_checkpoint_interval: Duration,
 }
 
 impl DatabaseConfig {
@@ -86,6 +102,7 @@ impl DatabaseConfig {
             read_url: None,
             max_connections: None,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            sqlite_checkpoint_interval: DEFAULT_SQLITE_CHECKPOINT_INTERVAL,
         }
     }
 }
@@ -107,6 +124,8 @@ pub struct Store {
     /// The primary's URL on PostgreSQL, for the invoice listener's own
     /// connection ([`Store::invoice_listener`]); `None` on SQLite.
     listen_url: Option<Arc<str>>,
+    /// SQLite with background checkpoints: their connection and interval.
+    checkpointer: Option<(DatabaseConnection, Duration)>,
 }
 
 impl Store {
@@ -134,6 +153,7 @@ impl Store {
         } else {
             DEFAULT_POSTGRES_CONNECTIONS
         });
+        let background_checkpoints = sqlite && !config.sqlite_checkpoint_interval.is_zero();
         let pool = |url: &str, connections, cache_kib, writes| {
             Database::connect(pool_options(
                 url,
@@ -141,8 +161,11 @@ impl Store {
                     connections,
                     acquire_timeout: config.acquire_timeout,
                 },
-                cache_kib,
-                writes,
+                SqliteTuning {
+                    cache_kib,
+                    writes,
+                    background_checkpoints,
+                },
             ))
         };
         let (db, writer) = if sqlite {
@@ -161,6 +184,12 @@ impl Store {
                 Some(Database::connect(probe_options(read_url)).await?),
             ),
         };
+        let checkpointer = if background_checkpoints {
+            let connection = pool(url, 1, None, true).await?;
+            Some((connection, config.sqlite_checkpoint_interval))
+        } else {
+            None
+        };
         Ok(Store {
             db,
             writer,
@@ -168,6 +197,7 @@ impl Store {
             probe,
             read_probe,
             listen_url: (!sqlite).then(|| Arc::from(url)),
+            checkpointer,
         })
     }
 
@@ -186,7 +216,27 @@ impl Store {
                 .unwrap_or_else(|| self.probe.clone()),
             read_probe: None,
             listen_url: None,
+            checkpointer: None,
         }
+    }
+
+    /// How often [`Store::checkpoint_wal`] should run: `Some` on SQLite with
+    /// background checkpoints, `None` when there is nothing to run.
+    pub fn checkpoint_interval(&self) -> Option<Duration> {
+        self.checkpointer.as_ref().map(|(_, interval)| *interval)
+    }
+
+    /// Copies what the SQLite WAL holds into the database file, without
+    /// waiting for readers or the writer (`PASSIVE`); a no-op without
+    /// background checkpoints. Durability does not depend on it: a commit
+    /// is on disk once it is in the WAL.
+    pub async fn checkpoint_wal(&self) -> Result<(), DbErr> {
+        if let Some((connection, _)) = &self.checkpointer {
+            connection
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether the primary, and the read replica if any, answer a trivial
@@ -225,6 +275,9 @@ impl Store {
         if let Some(read_probe) = self.read_probe {
             self.reads.close().await?;
             read_probe.close().await?;
+        }
+        if let Some((checkpointer, _)) = self.checkpointer {
+            checkpointer.close().await?;
         }
         self.probe.close().await?;
         self.db.close().await
@@ -270,16 +323,21 @@ struct PoolSize {
     acquire_timeout: Duration,
 }
 
-/// The options of a pool to `database_url`; on SQLite, `cache_kib` sets each
-/// connection's page cache (SQLite's default, 2 MiB, when `None`) and
-/// `writes` whether the pool may create the file and set it up (a read
-/// replica's pool only opens it).
-fn pool_options(
-    database_url: &str,
-    size: PoolSize,
+/// How a pool's SQLite connections are set up.
+#[derive(Debug, Clone, Copy)]
+struct SqliteTuning {
+    /// Each connection's page cache (SQLite's default, 2 MiB, when `None`).
     cache_kib: Option<u32>,
+    /// Whether the pool may create the file and set it up (a read
+    /// replica's pool only opens it).
     writes: bool,
-) -> ConnectOptions {
+    /// Whether a background task checkpoints the WAL, so commits only do it
+    /// past [`SQLITE_CHECKPOINT_BACKSTOP_PAGES`].
+    background_checkpoints: bool,
+}
+
+/// The options of a pool to `database_url`; `sqlite` applies on SQLite.
+fn pool_options(database_url: &str, size: PoolSize, sqlite: SqliteTuning) -> ConnectOptions {
     let mut options = ConnectOptions::new(database_url);
     options
         .max_connections(size.connections)
@@ -295,14 +353,22 @@ fn pool_options(
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
                 .row_buffer_size(SQLITE_ROW_BUFFER);
-            let opts = if writes {
+            let opts = if sqlite.writes {
                 opts.create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
             } else {
                 opts
             };
-            match cache_kib {
+            let opts = if sqlite.background_checkpoints {
+                opts.pragma(
+                    "wal_autocheckpoint",
+                    SQLITE_CHECKPOINT_BACKSTOP_PAGES.to_string(),
+                )
+            } else {
+                opts
+            };
+            match sqlite.cache_kib {
                 // A negative cache_size is in KiB.
                 Some(kib) => opts.pragma("cache_size", format!("-{kib}")),
                 None => opts,
