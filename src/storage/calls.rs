@@ -65,128 +65,19 @@ impl Store {
         }
         // Unkeyed calls (None) sort first; keyed ones in call_id order.
         candidates.sort_by(|a, b| a.record.call_id.cmp(&b.record.call_id));
+        // A batch that only inserts calls is one statement, atomic by
+        // itself: it runs without BEGIN and COMMIT, each a round trip to the
+        // database (on SQLite, to its connection's thread) that every batch
+        // behind it waits for.
+        let one_statement = candidates.len() <= CALL_ROWS_PER_INSERT
+            && batch
+                .iter()
+                .all(|new| new.balance_debit_micros() == 0 && new.rating.segments.is_empty());
+        if one_statement {
+            return write_calls(&self.writer, batch, &first_of_key, &candidates).await;
+        }
         let txn = self.begin_write().await?;
-        let mut inserted = Vec::with_capacity(candidates.len());
-        for rows in candidates.chunks(CALL_ROWS_PER_INSERT) {
-            match call::Entity::insert_many(rows.iter().copied().map(active_call))
-                .on_conflict_do_nothing_on([call::Column::CallId])
-                .exec_with_returning_many(&txn)
-                .await?
-            {
-                TryInsertResult::Inserted(models) => inserted.extend(models),
-                TryInsertResult::Conflicted | TryInsertResult::Empty => {}
-            }
-        }
-        let mut inserted_by_key: HashMap<String, call::Model> = HashMap::new();
-        let mut inserted_unkeyed: HashMap<UnkeyedCall, Vec<call::Model>> = HashMap::new();
-        for model in inserted {
-            match model.call_id.clone() {
-                Some(key) => {
-                    inserted_by_key.insert(key, model);
-                }
-                None => inserted_unkeyed
-                    .entry(UnkeyedCall::of_model(&model))
-                    .or_default()
-                    .push(model),
-            }
-        }
-        let conflicting: Vec<&str> = first_of_key
-            .keys()
-            .map(String::as_str)
-            .filter(|key| !inserted_by_key.contains_key(*key))
-            .collect();
-        let mut stored_by_key: HashMap<String, Call> = HashMap::new();
-        if !conflicting.is_empty() {
-            let mut stored: Vec<Call> = call::Entity::find()
-                .filter(call::Column::CallId.is_in(conflicting))
-                .all(&txn)
-                .await?
-                .into_iter()
-                .map(call_from)
-                .collect();
-            attach_segments(&txn, &mut stored).await?;
-            for call in stored {
-                if let Some(key) = call.call_id.clone() {
-                    stored_by_key.insert(key, call);
-                }
-            }
-        }
-        let mut segment_rows: Vec<call_segment::ActiveModel> = Vec::new();
-
-        let mut debits: BTreeMap<i64, i64> = BTreeMap::new();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for (index, new) in batch.iter().enumerate() {
-            let newly_stored = match new.record.call_id.as_deref() {
-                Some(key) if first_of_key.get(key) == Some(&index) => inserted_by_key.remove(key),
-                Some(_) => None,
-                None => inserted_unkeyed
-                    .get_mut(&UnkeyedCall::of_new(new))
-                    .and_then(Vec::pop),
-            };
-            let outcome = match (newly_stored, new.record.call_id.clone()) {
-                (Some(model), key) => {
-                    let amount = new.balance_debit_micros();
-                    if amount != 0 {
-                        let customer_id = new.record.customer_id;
-                        let debit = debits.entry(customer_id).or_default();
-                        *debit = debit
-                            .checked_add(amount)
-                            .ok_or_else(|| balance_overflow(customer_id))?;
-                    }
-                    let mut call = call_from(model);
-                    call.stored_segments = new.rating.segments.clone();
-                    segment_rows.extend(segment_models(&call));
-                    if let Some(key) = key {
-                        stored_by_key.insert(key, call.clone());
-                    }
-                    Ok(StoredCall::Inserted(call))
-                }
-                (None, Some(key)) => {
-                    let stored = stored_by_key.get(&key).ok_or_else(|| {
-                        AppError::internal(format!(
-                            "call_id {} neither inserted nor stored",
-                            shown(&key)
-                        ))
-                    })?;
-                    if new.record.describes(stored) {
-                        Ok(StoredCall::Duplicate(stored.clone()))
-                    } else {
-                        Err(AppError::AlreadyExists(format!(
-                            "call_id {} is already stored with different content (call {})",
-                            shown(&key),
-                            stored.id
-                        )))
-                    }
-                }
-                (None, None) => {
-                    return Err(AppError::internal(
-                        "a call without call_id was not inserted",
-                    ));
-                }
-            };
-            outcomes.push(outcome);
-        }
-        for rows in segment_rows.chunks(SEGMENT_ROWS_PER_INSERT) {
-            call_segment::Entity::insert_many(rows.to_vec())
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        for (customer_id, debit_micros) in debits {
-            // Checked in the statement itself: a balance that cannot take the
-            // debit is left alone (SQLite would otherwise store a REAL).
-            let debited = customer::Entity::update_many()
-                .col_expr(
-                    customer::Column::BalanceMicros,
-                    Expr::col(customer::Column::BalanceMicros).sub(debit_micros),
-                )
-                .filter(customer::Column::Id.eq(customer_id))
-                .filter(customer::Column::BalanceMicros.gte(i64::MIN + debit_micros))
-                .exec(&txn)
-                .await?;
-            if debited.rows_affected == 0 {
-                return Err(balance_overflow(customer_id));
-            }
-        }
+        let outcomes = write_calls(&txn, batch, &first_of_key, &candidates).await?;
         txn.commit().await?;
         Ok(outcomes)
     }
@@ -282,6 +173,139 @@ impl Store {
         }
         Ok(calls)
     }
+}
+
+/// The statements of [`Store::store_calls`] on `conn` (a transaction, or
+/// the writer's pool for a batch of one insert): the insert, the lookup of
+/// conflicting keys, segment rows and debits, and each call's outcome.
+async fn write_calls<C: ConnectionTrait>(
+    conn: &C,
+    batch: &[NewCall],
+    first_of_key: &HashMap<String, usize>,
+    candidates: &[&NewCall],
+) -> AppResult<Vec<AppResult<StoredCall>>> {
+    let mut inserted = Vec::with_capacity(candidates.len());
+    for rows in candidates.chunks(CALL_ROWS_PER_INSERT) {
+        match call::Entity::insert_many(rows.iter().copied().map(active_call))
+            .on_conflict_do_nothing_on([call::Column::CallId])
+            .exec_with_returning_many(conn)
+            .await?
+        {
+            TryInsertResult::Inserted(models) => inserted.extend(models),
+            TryInsertResult::Conflicted | TryInsertResult::Empty => {}
+        }
+    }
+    let mut inserted_by_key: HashMap<String, call::Model> = HashMap::new();
+    let mut inserted_unkeyed: HashMap<UnkeyedCall, Vec<call::Model>> = HashMap::new();
+    for model in inserted {
+        match model.call_id.clone() {
+            Some(key) => {
+                inserted_by_key.insert(key, model);
+            }
+            None => inserted_unkeyed
+                .entry(UnkeyedCall::of_model(&model))
+                .or_default()
+                .push(model),
+        }
+    }
+    let conflicting: Vec<&str> = first_of_key
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !inserted_by_key.contains_key(*key))
+        .collect();
+    let mut stored_by_key: HashMap<String, Call> = HashMap::new();
+    if !conflicting.is_empty() {
+        let mut stored: Vec<Call> = call::Entity::find()
+            .filter(call::Column::CallId.is_in(conflicting))
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(call_from)
+            .collect();
+        attach_segments(conn, &mut stored).await?;
+        for call in stored {
+            if let Some(key) = call.call_id.clone() {
+                stored_by_key.insert(key, call);
+            }
+        }
+    }
+    let mut segment_rows: Vec<call_segment::ActiveModel> = Vec::new();
+
+    let mut debits: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (index, new) in batch.iter().enumerate() {
+        let newly_stored = match new.record.call_id.as_deref() {
+            Some(key) if first_of_key.get(key) == Some(&index) => inserted_by_key.remove(key),
+            Some(_) => None,
+            None => inserted_unkeyed
+                .get_mut(&UnkeyedCall::of_new(new))
+                .and_then(Vec::pop),
+        };
+        let outcome = match (newly_stored, new.record.call_id.clone()) {
+            (Some(model), key) => {
+                let amount = new.balance_debit_micros();
+                if amount != 0 {
+                    let customer_id = new.record.customer_id;
+                    let debit = debits.entry(customer_id).or_default();
+                    *debit = debit
+                        .checked_add(amount)
+                        .ok_or_else(|| balance_overflow(customer_id))?;
+                }
+                let mut call = call_from(model);
+                call.stored_segments = new.rating.segments.clone();
+                segment_rows.extend(segment_models(&call));
+                if let Some(key) = key {
+                    stored_by_key.insert(key, call.clone());
+                }
+                Ok(StoredCall::Inserted(call))
+            }
+            (None, Some(key)) => {
+                let stored = stored_by_key.get(&key).ok_or_else(|| {
+                    AppError::internal(format!(
+                        "call_id {} neither inserted nor stored",
+                        shown(&key)
+                    ))
+                })?;
+                if new.record.describes(stored) {
+                    Ok(StoredCall::Duplicate(stored.clone()))
+                } else {
+                    Err(AppError::AlreadyExists(format!(
+                        "call_id {} is already stored with different content (call {})",
+                        shown(&key),
+                        stored.id
+                    )))
+                }
+            }
+            (None, None) => {
+                return Err(AppError::internal(
+                    "a call without call_id was not inserted",
+                ));
+            }
+        };
+        outcomes.push(outcome);
+    }
+    for rows in segment_rows.chunks(SEGMENT_ROWS_PER_INSERT) {
+        call_segment::Entity::insert_many(rows.to_vec())
+            .exec_without_returning(conn)
+            .await?;
+    }
+    for (customer_id, debit_micros) in debits {
+        // Checked in the statement itself: a balance that cannot take the
+        // debit is left alone (SQLite would otherwise store a REAL).
+        let debited = customer::Entity::update_many()
+            .col_expr(
+                customer::Column::BalanceMicros,
+                Expr::col(customer::Column::BalanceMicros).sub(debit_micros),
+            )
+            .filter(customer::Column::Id.eq(customer_id))
+            .filter(customer::Column::BalanceMicros.gte(i64::MIN + debit_micros))
+            .exec(conn)
+            .await?;
+        if debited.rows_affected == 0 {
+            return Err(balance_overflow(customer_id));
+        }
+    }
+    Ok(outcomes)
 }
 
 /// Segment rows written per statement (6 values each, far below SQLite's
