@@ -97,6 +97,12 @@ struct Args {
     /// Stop after the unary load (to profile or tune it alone).
     #[arg(long)]
     unary_only: bool,
+    /// Put the customers on a prepaid plan instead (every call debits a
+    /// balance, so each AddCall batch is a transaction with debits rather
+    /// than one insert); implies --unary-only, since the references of the
+    /// later figures are written for the postpaid plan.
+    #[arg(long)]
+    prepaid: bool,
     /// Instead of the figures above: IngestCalls and RunBillingCycle
     /// throughput with 1 and then 2 replicas of the server on one database
     /// (a fresh one per run; meant for PostgreSQL).
@@ -161,6 +167,8 @@ struct Data {
     heavy_calls: u64,
     month_start: DateTime<Utc>,
     month_end: DateTime<Utc>,
+    /// The plan's kind: `prepaid` or `postpaid`.
+    plan_kind: &'static str,
 }
 
 impl Data {
@@ -229,6 +237,7 @@ async fn main() -> Result<(), Failure> {
         heavy_calls: args.heavy_calls,
         month_start: this_month - Months::new(1),
         month_end: this_month,
+        plan_kind: if args.prepaid { "prepaid" } else { "postpaid" },
     };
     let scratch = Scratch::new()?;
     if args.scale_out {
@@ -288,7 +297,7 @@ async fn main() -> Result<(), Failure> {
     }
     server.memory("after the unary load");
     println!();
-    if args.unary_only {
+    if args.unary_only || args.prepaid {
         return Ok(());
     }
 
@@ -718,9 +727,10 @@ async fn seed_customers(db: &DatabaseConnection, data: Data) -> Result<(), Failu
             backend,
             "INSERT INTO plans (id, name, kind, currency_code, monthly_fee_micros, \
                per_minute_micros, billing_increment_seconds, included_minutes, created_at) \
-             VALUES (1, 'bench', 'postpaid', 'USD', ?, ?, ?, 0, ?)",
+             VALUES (1, 'bench', ?, 'USD', ?, ?, ?, 0, ?)",
         ),
         [
+            data.plan_kind.into(),
             MONTHLY_FEE_MICROS.into(),
             PER_MINUTE_MICROS.into(),
             i32::try_from(INCREMENT_SECONDS).unwrap_or(1).into(),

@@ -1,17 +1,17 @@
 //! Rated calls: idempotent batch storage with prepaid debits, and keyset
 //! listings ordered by `(started_at, id)`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::Query;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, TryInsertResult,
 };
 
-use super::entities::{call, call_segment, customer, customer_operator};
-use super::{Store, instant, micros};
+use super::entities::{call, call_segment, customer_operator};
+use super::{Store, instant, micros, statement};
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
 use crate::domain::tariff::Segment;
 use crate::domain::validation::shown;
@@ -289,24 +289,66 @@ async fn write_calls<C: ConnectionTrait>(
             .exec_without_returning(conn)
             .await?;
     }
-    for (customer_id, debit_micros) in debits {
-        // Checked in the statement itself: a balance that cannot take the
-        // debit is left alone (SQLite would otherwise store a REAL).
-        let debited = customer::Entity::update_many()
-            .col_expr(
-                customer::Column::BalanceMicros,
-                Expr::col(customer::Column::BalanceMicros).sub(debit_micros),
-            )
-            .filter(customer::Column::Id.eq(customer_id))
-            .filter(customer::Column::BalanceMicros.gte(i64::MIN + debit_micros))
-            .exec(conn)
-            .await?;
-        if debited.rows_affected == 0 {
+    debit_balances(conn, &debits).await?;
+    Ok(outcomes)
+}
+
+/// Takes each customer's debit from its prepaid balance: per
+/// [`DEBITS_PER_STATEMENT`] customers one `UPDATE … FROM (VALUES …)`
+/// (and on PostgreSQL, before it, one statement locking those customers in
+/// id order, so batches on two replicas cannot deadlock). Checked in the
+/// statement itself: a balance that cannot take its debit is left alone
+/// (SQLite would otherwise store a REAL), and its customer fails the batch.
+async fn debit_balances<C: ConnectionTrait>(
+    conn: &C,
+    debits: &BTreeMap<i64, i64>,
+) -> AppResult<()> {
+    let backend = conn.get_database_backend();
+    let debits: Vec<(i64, i64)> = debits.iter().map(|(id, debit)| (*id, *debit)).collect();
+    for chunk in debits.chunks(DEBITS_PER_STATEMENT) {
+        let ids = || {
+            chunk
+                .iter()
+                .map(|(id, _)| sea_orm::Value::from(*id))
+                .collect()
+        };
+        if backend == DatabaseBackend::Postgres {
+            let sql = format!(
+                "SELECT id FROM customers WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            conn.execute_raw(statement(backend, &sql, ids())).await?;
+        }
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(3 * chunk.len());
+        for &(customer_id, debit_micros) in chunk {
+            // The smallest balance that can take the debit.
+            let floor = i64::MIN
+                .checked_add(debit_micros)
+                .ok_or_else(|| balance_overflow(customer_id))?;
+            values.extend([customer_id.into(), debit_micros.into(), floor.into()]);
+        }
+        let sql = format!(
+            "UPDATE customers SET balance_micros = customers.balance_micros - d.column2 \
+             FROM (VALUES {}) AS d \
+             WHERE customers.id = d.column1 AND customers.balance_micros >= d.column3 \
+             RETURNING customers.id",
+            vec!["(?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let debited: HashSet<i64> = conn
+            .query_all_raw(statement(backend, &sql, values))
+            .await?
+            .iter()
+            .map(|row| row.try_get_by_index(0))
+            .collect::<Result<_, _>>()?;
+        if let Some(&(customer_id, _)) = chunk.iter().find(|(id, _)| !debited.contains(id)) {
             return Err(balance_overflow(customer_id));
         }
     }
-    Ok(outcomes)
+    Ok(())
 }
+
+/// Customers whose balances one statement debits (3 values each).
+const DEBITS_PER_STATEMENT: usize = 1000;
 
 /// Segment rows written per statement (6 values each, far below SQLite's
 /// limit on bound values).

@@ -13,7 +13,7 @@ use sea_orm::{
 };
 
 use super::entities::{call, customer, customer_operator, invoice, invoice_line, top_up};
-use super::{Store, instant, micros};
+use super::{Store, instant, micros, statement};
 use crate::domain::invoice::{
     ClaimedCall, ClaimedSegment, ClaimedUsage, ConsolidatedMonth, IncludedBasis, IncludedUsage,
     Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, StraddlingCall, TopUpEntry, UsageTotals,
@@ -789,11 +789,6 @@ fn included_split_columns(allowance: i64) -> String {
     )
 }
 
-/// A statement of `sql` (with `?` placeholders) and its `values`.
-fn statement(backend: DatabaseBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
-    Statement::from_sql_and_values(backend, numbered_placeholders(backend, sql), values)
-}
-
 /// `months` as the rows of a `months(idx, lo, hi)` VALUES table, and the
 /// instants to bind: `(0, ?, ?), (1, ?, ?), …`.
 fn months_table(months: &[(DateTime<Utc>, DateTime<Utc>)]) -> (String, Vec<sea_orm::Value>) {
@@ -815,25 +810,6 @@ fn totals_at(row: &sea_orm::QueryResult, first: usize) -> AppResult<UsageTotals>
         billed_seconds: row.try_get_by_index(first + 1)?,
         usage_micros: row.try_get_by_index(first + 2)?,
     })
-}
-
-/// `sql` with its `?` placeholders as the backend numbers them (`$1`, `$2`
-/// … on PostgreSQL).
-fn numbered_placeholders(backend: DatabaseBackend, sql: &str) -> String {
-    if backend != DatabaseBackend::Postgres {
-        return sql.to_owned();
-    }
-    let mut numbered = String::with_capacity(sql.len() + 8);
-    let mut next = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            next += 1;
-            numbered.push_str(&format!("${next}"));
-        } else {
-            numbered.push(c);
-        }
-    }
-    numbered
 }
 
 /// The call figures stored on an invoice row.

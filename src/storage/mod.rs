@@ -483,6 +483,30 @@ impl From<DbErr> for AppError {
     }
 }
 
+/// A statement of `sql` (with `?` placeholders) and its `values`.
+fn statement(backend: DatabaseBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(backend, numbered_placeholders(backend, sql), values)
+}
+
+/// `sql` with its `?` placeholders as the backend numbers them (`$1`, `$2`
+/// … on PostgreSQL).
+fn numbered_placeholders(backend: DatabaseBackend, sql: &str) -> String {
+    if backend != DatabaseBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut numbered = String::with_capacity(sql.len() + 8);
+    let mut next = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            next += 1;
+            numbered.push_str(&format!("${next}"));
+        } else {
+            numbered.push(c);
+        }
+    }
+    numbered
+}
+
 /// Whether `err` is a unique-constraint violation.
 fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
