@@ -16,6 +16,27 @@ use chrono_tz::Tz;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// The server's allocator: mimalloc. Rows read from SQLite are allocated on
+/// its connections' threads and freed on the runtime's, and glibc's malloc
+/// spent a fifth of the server's time under the history load on that
+/// (see BENCHMARKS.md). Transparent huge pages are turned off for the
+/// process ([`disable_transparent_huge_pages`]): with them, mimalloc's
+/// regions made the peak RSS a third larger.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off for this process (on Linux; a no-op
+/// elsewhere), so memory is resident in 4 KiB pages, not 2 MiB ones, on
+/// kernels set to `always`. Failure changes nothing but the RSS.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes only integer arguments and sets a
+    // flag of this process; no memory of the program is read or written.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 /// Phone billing gRPC service.
 #[derive(Debug, Parser)]
 #[command(name = "billing", version, about)]
@@ -228,6 +249,7 @@ impl LimitFlags {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
