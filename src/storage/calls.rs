@@ -45,7 +45,10 @@ impl Store {
     ///
     /// A prepaid debit that would take a balance below the smallest 64-bit
     /// amount fails the batch with `FAILED_PRECONDITION`. An `Err` means
-    /// nothing of the batch was stored.
+    /// nothing of the batch was stored, with one exception: a batch that
+    /// only inserts is committed by its one statement, so if the lookup of
+    /// its conflicting keys then fails (the database went away), the calls
+    /// it inserted stay stored and a retry reports them as duplicates.
     pub async fn store_calls(&self, batch: &[NewCall]) -> AppResult<Vec<AppResult<StoredCall>>> {
         if batch.is_empty() {
             return Ok(Vec::new());

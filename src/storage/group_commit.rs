@@ -4,9 +4,10 @@
 //! Each request hands its rated call to a writer task through a bounded
 //! queue (a full queue makes the request wait: backpressure) and waits for
 //! its own outcome. The writer takes whatever is queued, up to a batch
-//! limit, stores it with `Store::store_calls_each` (one transaction: the
-//! duplicate check and the prepaid debits inside it; call by call if the
-//! batch is refused, so one bad call never fails its neighbours) and
+//! limit, stores it with `Store::store_calls_each` (one transaction with
+//! the duplicate check and the prepaid debits inside it, or one `INSERT`
+//! for a batch without debits or segments; call by call if the batch is
+//! refused, so one bad call never fails its neighbours) and
 //! answers each request only after the commit. While one batch commits, the
 //! next queues up, so batches grow with the load without any waiting: the
 //! linger (how long the writer waits for a batch to fill before writing
@@ -111,9 +112,11 @@ async fn write_batches(store: Store, mut pending: mpsc::Receiver<Pending>, confi
             continue;
         }
         // If every request of the batch goes away while it is being written,
-        // the transaction is dropped, so rolled back: nobody is told, so
-        // nothing is stored. (One that goes while others wait is stored; a
-        // retry with its call_id is then a duplicate.)
+        // nobody is left to tell: a transaction (a batch with debits or
+        // segments) is dropped, so rolled back; an insert-only batch's one
+        // statement may already have committed. Either way a request that
+        // went away has no answer, and a retry with its call_id is stored
+        // once: new if it was not, a duplicate if it was.
         let began = std::time::Instant::now();
         let stored = tokio::select! {
             stored = store.store_calls_each(&calls) => stored,
