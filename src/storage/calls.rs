@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sea_orm::sea_query::Query;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TryInsertResult,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TryInsertResult,
 };
 
 use super::entities::{call, call_segment, customer_operator};
-use super::{Store, instant, micros, statement};
+use super::{Store, instant, lock_customers, micros, statement};
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
 use crate::domain::tariff::Segment;
 use crate::domain::validation::shown;
@@ -309,19 +309,8 @@ async fn debit_balances<C: ConnectionTrait>(
     let backend = conn.get_database_backend();
     let debits: Vec<(i64, i64)> = debits.iter().map(|(id, debit)| (*id, *debit)).collect();
     for chunk in debits.chunks(DEBITS_PER_STATEMENT) {
-        let ids = || {
-            chunk
-                .iter()
-                .map(|(id, _)| sea_orm::Value::from(*id))
-                .collect()
-        };
-        if backend == DatabaseBackend::Postgres {
-            let sql = format!(
-                "SELECT id FROM customers WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
-                vec!["?"; chunk.len()].join(", ")
-            );
-            conn.execute_raw(statement(backend, &sql, ids())).await?;
-        }
+        let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+        lock_customers(conn, &ids).await?;
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(3 * chunk.len());
         for &(customer_id, debit_micros) in chunk {
             // The smallest balance that can take the debit.

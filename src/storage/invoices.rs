@@ -13,7 +13,7 @@ use sea_orm::{
 };
 
 use super::entities::{call, customer, customer_operator, invoice, invoice_line, top_up};
-use super::{Store, instant, micros, statement};
+use super::{Store, instant, lock_customers, micros, placeholders, statement};
 use crate::domain::invoice::{
     ClaimedCall, ClaimedSegment, ClaimedUsage, ConsolidatedMonth, IncludedBasis, IncludedUsage,
     Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, StraddlingCall, TopUpEntry, UsageTotals,
@@ -136,20 +136,8 @@ impl Store {
             .await?;
             // Issuers of one customer take turns, so the latest invoiced
             // month read next is current (no lock on SQLite's single
-            // writer). In id order, so overlapping batches cannot deadlock;
-            // `NO KEY UPDATE` leaves calls free to be inserted meanwhile.
-            txn.execute_raw(statement(
-                DatabaseBackend::Postgres,
-                &format!(
-                    "SELECT id FROM customers WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
-                    vec!["?"; customers.len()].join(", ")
-                ),
-                customers
-                    .iter()
-                    .map(|id| sea_orm::Value::from(*id))
-                    .collect(),
-            ))
-            .await?;
+            // writer).
+            lock_customers(&txn, &customers).await?;
         }
         let latest = latest_invoiced_months(&txn, &requests).await?;
         let months: Vec<Vec<BillingPeriod>> = requests
@@ -744,7 +732,7 @@ fn only_tariffs(only: &[String]) -> (String, Vec<sea_orm::Value>) {
     if only.is_empty() {
         return (String::new(), Vec::new());
     }
-    let marks = vec!["?"; only.len()].join(", ");
+    let marks = placeholders(only.len());
     (
         format!(" AND s.tariff_name IN ({marks})"),
         only.iter().map(|name| name.clone().into()).collect(),
@@ -922,7 +910,7 @@ async fn issue_months(
     let mut calls: HashMap<i64, Vec<ClaimedCall>> = HashMap::with_capacity(ids.len());
     let mut top_ups: HashMap<i64, Vec<(i64, TopUpEntry)>> = HashMap::new();
     for chunk in ids.chunks(IDS_PER_STATEMENT) {
-        let marks = vec!["?"; chunk.len()].join(", ");
+        let marks = placeholders(chunk.len());
         let bound = || chunk.iter().map(|id| sea_orm::Value::from(*id)).collect();
         let sql = format!(
             "UPDATE calls SET invoice_id = i.id FROM invoices i \
@@ -981,7 +969,7 @@ async fn issue_months(
         let sql = format!(
             "SELECT call_id, tariff_name, billed_seconds, cost_micros FROM call_segments \
              WHERE call_id IN ({}) ORDER BY call_id, position",
-            vec!["?"; chunk.len()].join(", ")
+            placeholders(chunk.len())
         );
         let values = chunk.iter().map(|id| sea_orm::Value::from(*id)).collect();
         for row in txn.query_all_raw(run(sql, values)).await? {

@@ -483,6 +483,32 @@ impl From<DbErr> for AppError {
     }
 }
 
+/// `count` `?` placeholders separated by commas, for an `IN (…)` list.
+fn placeholders(count: usize) -> String {
+    vec!["?"; count].join(", ")
+}
+
+/// On PostgreSQL, locks the rows of `customer_ids` `FOR NO KEY UPDATE`, in
+/// id order, so transactions that lock overlapping sets cannot deadlock
+/// (`NO KEY UPDATE` leaves calls free to be inserted meanwhile). Nothing on
+/// SQLite, whose one writer already runs write transactions in turn.
+async fn lock_customers(conn: &impl ConnectionTrait, customer_ids: &[i64]) -> Result<(), DbErr> {
+    let backend = conn.get_database_backend();
+    if backend != DatabaseBackend::Postgres || customer_ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT id FROM customers WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
+        placeholders(customer_ids.len())
+    );
+    let ids = customer_ids
+        .iter()
+        .map(|id| sea_orm::Value::from(*id))
+        .collect();
+    conn.execute_raw(statement(backend, &sql, ids)).await?;
+    Ok(())
+}
+
 /// A statement of `sql` (with `?` placeholders) and its `values`.
 fn statement(backend: DatabaseBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
     Statement::from_sql_and_values(backend, numbered_placeholders(backend, sql), values)
