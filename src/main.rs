@@ -16,10 +16,13 @@ use chrono_tz::Tz;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// The server's allocator: mimalloc. Rows read from SQLite are allocated on
-/// its connections' threads and freed on the runtime's, and glibc's malloc
-/// spent a fifth of the server's time under the history load on that
-/// (see BENCHMARKS.md). Transparent huge pages are turned off for the
+/// The server's allocator: mimalloc, for Rust and, through the crate's
+/// `override` feature, for C's `malloc` too, so SQLite's own allocations
+/// (sqlx copies every column value of every row it reads with
+/// `sqlite3_value_dup`) no longer go to glibc. Rows read from SQLite are
+/// allocated on its connections' threads and freed on the runtime's, and
+/// glibc's malloc spent a fifth of the server's time under the history load
+/// on that (see BENCHMARKS.md). Transparent huge pages are turned off for the
 /// process ([`disable_transparent_huge_pages`]): with them, mimalloc's
 /// regions made the peak RSS a third larger.
 #[global_allocator]
