@@ -37,8 +37,9 @@ impl Store {
     /// batch), or `ALREADY_EXISTS` when that `call_id` holds a different
     /// call. Uniqueness of `call_id` is a database constraint, so concurrent
     /// duplicates store exactly one row and debit once. The batch is one
-    /// multi-row `INSERT … ON CONFLICT (call_id) DO NOTHING RETURNING *`
-    /// plus one lookup of the conflicting keys. Rows are inserted in
+    /// multi-row `INSERT … ON CONFLICT (call_id) DO NOTHING RETURNING id,
+    /// call_id` (calls without `call_id` are inserted by another, which
+    /// returns them whole) plus one lookup of the conflicting keys. Rows are inserted in
     /// `call_id` order and balances debited in customer order, so batches
     /// that overlap (on two replicas) take their locks in one order and
     /// cannot deadlock.
@@ -72,7 +73,10 @@ impl Store {
         // itself: it runs without BEGIN and COMMIT, each a round trip to the
         // database (on SQLite, to its connection's thread) that every batch
         // behind it waits for.
+        // (Keyed and unkeyed calls are inserted by separate statements.)
+        let unkeyed = candidates.partition_point(|new| new.record.call_id.is_none());
         let one_statement = candidates.len() <= CALL_ROWS_PER_INSERT
+            && (unkeyed == 0 || unkeyed == candidates.len())
             && batch
                 .iter()
                 .all(|new| new.balance_debit_micros() == 0 && new.rating.segments.is_empty());
@@ -187,28 +191,30 @@ async fn write_calls<C: ConnectionTrait>(
     first_of_key: &HashMap<String, usize>,
     candidates: &[&NewCall],
 ) -> AppResult<Vec<AppResult<StoredCall>>> {
-    let mut inserted = Vec::with_capacity(candidates.len());
-    for rows in candidates.chunks(CALL_ROWS_PER_INSERT) {
-        match call::Entity::insert_many(rows.iter().copied().map(active_call))
-            .on_conflict_do_nothing_on([call::Column::CallId])
-            .exec_with_returning_many(conn)
-            .await?
-        {
-            TryInsertResult::Inserted(models) => inserted.extend(models),
-            TryInsertResult::Conflicted | TryInsertResult::Empty => {}
-        }
+    // Unkeyed calls sort first. Keyed rows return only their id and key:
+    // the stored call is the record as rated, so nothing else is read back.
+    let split = candidates.partition_point(|new| new.record.call_id.is_none());
+    let (unkeyed_rows, keyed_rows) = candidates.split_at(split);
+    let mut inserted_by_key: HashMap<String, i64> = HashMap::with_capacity(keyed_rows.len());
+    for rows in keyed_rows.chunks(CALL_ROWS_PER_INSERT) {
+        insert_keyed_calls(conn, rows, &mut inserted_by_key).await?;
     }
-    let mut inserted_by_key: HashMap<String, call::Model> = HashMap::new();
+    // Unkeyed rows come back whole, and are matched to their records by
+    // content (rows alike in all of it are interchangeable).
     let mut inserted_unkeyed: HashMap<UnkeyedCall, Vec<call::Model>> = HashMap::new();
-    for model in inserted {
-        match model.call_id.clone() {
-            Some(key) => {
-                inserted_by_key.insert(key, model);
+    for rows in unkeyed_rows.chunks(CALL_ROWS_PER_INSERT) {
+        if let TryInsertResult::Inserted(models) =
+            call::Entity::insert_many(rows.iter().copied().map(active_call))
+                .on_conflict_do_nothing_on([call::Column::CallId])
+                .exec_with_returning_many(conn)
+                .await?
+        {
+            for model in models {
+                inserted_unkeyed
+                    .entry(UnkeyedCall::of_model(&model))
+                    .or_default()
+                    .push(model);
             }
-            None => inserted_unkeyed
-                .entry(UnkeyedCall::of_model(&model))
-                .or_default()
-                .push(model),
         }
     }
     let conflicting: Vec<&str> = first_of_key
@@ -235,17 +241,21 @@ async fn write_calls<C: ConnectionTrait>(
     let mut segment_rows: Vec<call_segment::ActiveModel> = Vec::new();
 
     let mut debits: BTreeMap<i64, i64> = BTreeMap::new();
+    let repeated_keys = candidates.len() < batch.len();
     let mut outcomes = Vec::with_capacity(batch.len());
     for (index, new) in batch.iter().enumerate() {
         let newly_stored = match new.record.call_id.as_deref() {
-            Some(key) if first_of_key.get(key) == Some(&index) => inserted_by_key.remove(key),
+            Some(key) if first_of_key.get(key) == Some(&index) => {
+                inserted_by_key.remove(key).map(|id| stored_call(new, id))
+            }
             Some(_) => None,
             None => inserted_unkeyed
                 .get_mut(&UnkeyedCall::of_new(new))
-                .and_then(Vec::pop),
+                .and_then(Vec::pop)
+                .map(call_from),
         };
         let outcome = match (newly_stored, new.record.call_id.clone()) {
-            (Some(model), key) => {
+            (Some(mut call), key) => {
                 let amount = new.balance_debit_micros();
                 if amount != 0 {
                     let customer_id = new.record.customer_id;
@@ -254,10 +264,13 @@ async fn write_calls<C: ConnectionTrait>(
                         .checked_add(amount)
                         .ok_or_else(|| balance_overflow(customer_id))?;
                 }
-                let mut call = call_from(model);
                 call.stored_segments = new.rating.segments.clone();
                 segment_rows.extend(segment_models(&call));
-                if let Some(key) = key {
+                // Later records of this key in the batch are judged
+                // against it.
+                if let Some(key) = key
+                    && repeated_keys
+                {
                     stored_by_key.insert(key, call.clone());
                 }
                 Ok(StoredCall::Inserted(call))
@@ -420,6 +433,69 @@ fn active_call(new: &NewCall) -> call::ActiveModel {
         invoice_id: Set(None),
         connect_fee_micros: Set(new.rating.connect_fee_micros),
     }
+}
+
+/// The call `new` became when stored under `id`: exactly what
+/// [`call_from`] reads back from its row.
+fn stored_call(new: &NewCall, id: i64) -> Call {
+    Call {
+        id,
+        call_id: new.record.call_id.clone(),
+        customer_id: new.record.customer_id,
+        started_at: instant(micros(new.started_at)),
+        duration_seconds: new.record.duration_seconds,
+        billed_seconds: new.rating.billed_seconds,
+        cost_micros: new.rating.cost_micros,
+        per_minute_micros: new.rating.per_minute_micros,
+        billing_increment_seconds: new.rating.billing_increment_seconds,
+        caller_number: new.record.caller_number.clone(),
+        callee_number: new.record.callee_number.clone(),
+        received_at: instant(micros(new.received_at)),
+        invoice_id: None,
+        connect_fee_micros: new.rating.connect_fee_micros,
+        stored_segments: Vec::new(),
+    }
+}
+
+/// Inserts calls that all have a `call_id` (at most
+/// [`CALL_ROWS_PER_INSERT`]) in one statement, skipping keys already
+/// stored, and records the id of each inserted one under its key.
+async fn insert_keyed_calls<C: ConnectionTrait>(
+    conn: &C,
+    rows: &[&NewCall],
+    inserted: &mut HashMap<String, i64>,
+) -> AppResult<()> {
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(rows.len() * 12);
+    for new in rows {
+        values.extend([
+            new.record.call_id.clone().into(),
+            new.record.customer_id.into(),
+            micros(new.started_at).into(),
+            new.record.duration_seconds.into(),
+            new.rating.billed_seconds.into(),
+            new.rating.per_minute_micros.into(),
+            new.rating.billing_increment_seconds.into(),
+            new.rating.cost_micros.into(),
+            new.record.caller_number.clone().into(),
+            new.record.callee_number.clone().into(),
+            micros(new.received_at).into(),
+            new.rating.connect_fee_micros.into(),
+        ]);
+    }
+    let sql = format!(
+        "INSERT INTO calls (call_id, customer_id, started_at, duration_seconds, \
+           billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
+           caller_number, callee_number, received_at, connect_fee_micros) \
+         VALUES {} \
+         ON CONFLICT (call_id) DO NOTHING \
+         RETURNING id, call_id",
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ")
+    );
+    let backend = conn.get_database_backend();
+    for row in conn.query_all_raw(statement(backend, &sql, values)).await? {
+        inserted.insert(row.try_get_by_index(1)?, row.try_get_by_index(0)?);
+    }
+    Ok(())
 }
 
 /// Everything stored of a call without `call_id` but its id: matches the

@@ -10,6 +10,7 @@ mod feed;
 mod group_commit;
 mod invoices;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -525,7 +526,8 @@ fn numbered_placeholders(backend: DatabaseBackend, sql: &str) -> String {
     for c in sql.chars() {
         if c == '?' {
             next += 1;
-            numbered.push_str(&format!("${next}"));
+            // Writing to a String cannot fail.
+            let _ = write!(numbered, "${next}");
         } else {
             numbered.push(c);
         }

@@ -64,6 +64,58 @@ async fn a_mixed_stream_stores_every_good_record_and_reports_each_bad_one() {
 }
 
 #[tokio::test]
+async fn keyed_and_unkeyed_records_in_one_batch_are_each_stored_once_as_sent() {
+    let app = spawn_app().await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.customer(plan.id, 1, vec![]).await;
+    let record = |seconds: i64, key: &str| {
+        let mut request = call(customer.id, seconds);
+        request.call_id = key.into();
+        request.started_at = Some(ts("2026-01-01T08:00:00.250001Z"));
+        request.caller_number = "+14155550100".into();
+        request
+    };
+    let records = vec![
+        record(10, "k1"),
+        record(20, ""),   // unkeyed
+        record(20, ""),   // its twin: another call
+        record(30, "k2"), //
+        record(10, "k1"), // a duplicate of the first, in the same batch
+        record(40, ""),
+    ];
+    let response = app.ingest(records).await;
+    assert_eq!(
+        (response.accepted, response.duplicates, response.rejected),
+        (5, 1, 0)
+    );
+    let mut stored: Vec<(String, i64, i64, String)> = app
+        .history(customer.id)
+        .await
+        .into_iter()
+        .map(|c| {
+            (
+                c.call_id,
+                c.duration_seconds,
+                c.cost_micros,
+                c.caller_number,
+            )
+        })
+        .collect();
+    stored.sort();
+    let caller = || "+14155550100".to_owned();
+    assert_eq!(
+        stored,
+        vec![
+            (String::new(), 20, 20_000, caller()),
+            (String::new(), 20, 20_000, caller()),
+            (String::new(), 40, 40_000, caller()),
+            ("k1".to_owned(), 10, 10_000, caller()),
+            ("k2".to_owned(), 30, 30_000, caller()),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn replaying_a_stream_stores_and_debits_nothing_twice() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
