@@ -229,6 +229,12 @@ struct LimitFlags {
     #[arg(long, env = "BILLING_GROUP_COMMIT_LINGER_MICROS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     group_commit_linger_micros: u64,
+    /// AddCall writer tasks, each writing one batch at a time on its own
+    /// connection (default: 2 on PostgreSQL, 1 on SQLite, which writes
+    /// through one connection).
+    #[arg(long, env = "BILLING_GROUP_COMMIT_WRITERS",
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    group_commit_writers: Option<u64>,
 }
 
 impl LimitFlags {
@@ -245,6 +251,7 @@ impl LimitFlags {
                 max_batch: size(self.group_commit_max_batch),
                 queue: size(self.group_commit_queue),
                 linger: Duration::from_micros(self.group_commit_linger_micros),
+                writers: self.group_commit_writers.map(size),
             },
         }
     }

@@ -28,7 +28,7 @@ use crate::error::AppError;
 pub use accounts::{AccountRow, ApiKeyState, StoredCredential};
 pub use calls::CallFilter;
 pub use feed::{FeedEvent, InvoiceListener};
-pub use group_commit::{CallWriter, GroupCommit};
+pub use group_commit::{CallWriter, DEFAULT_POSTGRES_WRITERS, GroupCommit};
 pub use invoices::{CustomerToInvoice, InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport};
 
 /// How long a writer waits for SQLite's write lock before giving up.
@@ -266,6 +266,11 @@ impl Store {
         .await?;
         Migrator::up(&txn, None).await?;
         txn.commit().await
+    }
+
+    /// Whether the database is SQLite (one writing connection).
+    fn is_sqlite(&self) -> bool {
+        self.db.get_database_backend() == DatabaseBackend::Sqlite
     }
 
     /// Closes the pools, waiting for connections in use to be returned.

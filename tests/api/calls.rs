@@ -454,6 +454,9 @@ async fn with_a_linger_and_small_batches_concurrent_calls_and_duplicates_are_sto
                 max_batch: 3,
                 queue: 4,
                 linger: std::time::Duration::from_millis(20),
+                // Batches written at once (on PostgreSQL, on three
+                // connections).
+                writers: Some(3),
             },
             ..Limits::default()
         },
