@@ -39,10 +39,10 @@ impl Store {
     /// duplicates store exactly one row and debit once. The batch is one
     /// multi-row `INSERT … ON CONFLICT (call_id) DO NOTHING RETURNING id,
     /// call_id` (calls without `call_id` are inserted by another, which
-    /// returns them whole) plus one lookup of the conflicting keys. Rows are inserted in
-    /// `call_id` order and balances debited in customer order, so batches
-    /// that overlap (on two replicas) take their locks in one order and
-    /// cannot deadlock.
+    /// returns them whole) plus one lookup of the conflicting keys. Rows
+    /// are inserted in `call_id` order and balances debited in customer
+    /// order, so batches that overlap (on two replicas, or two writers)
+    /// take their locks in one order and cannot deadlock.
     ///
     /// A prepaid debit that would take a balance below the smallest 64-bit
     /// amount fails the batch with `FAILED_PRECONDITION`. An `Err` means
@@ -72,8 +72,8 @@ impl Store {
         // A batch that only inserts calls is one statement, atomic by
         // itself: it runs without BEGIN and COMMIT, each a round trip to the
         // database (on SQLite, to its connection's thread) that every batch
-        // behind it waits for.
-        // (Keyed and unkeyed calls are inserted by separate statements.)
+        // behind it waits for. Keyed and unkeyed calls are inserted by
+        // separate statements, so a batch of both is a transaction.
         let unkeyed = candidates.partition_point(|new| new.record.call_id.is_none());
         let one_statement = candidates.len() <= CALL_ROWS_PER_INSERT
             && (unkeyed == 0 || unkeyed == candidates.len())
