@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use super::entities::{call, call_segment, customer_operator};
-use super::{Store, instant, lock_customers, micros, statement};
+use super::{Store, instant, lock_customers, micros, statement, value_rows};
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
 use crate::domain::tariff::Segment;
 use crate::domain::validation::shown;
@@ -337,7 +337,7 @@ async fn debit_balances<C: ConnectionTrait>(
              FROM (VALUES {}) AS d \
              WHERE customers.id = d.column1 AND customers.balance_micros >= d.column3 \
              RETURNING customers.id",
-            vec!["(?, ?, ?)"; chunk.len()].join(", ")
+            value_rows(chunk.len(), 3)
         );
         let debited: HashSet<i64> = conn
             .query_all_raw(statement(backend, &sql, values))
@@ -489,7 +489,7 @@ async fn insert_keyed_calls<C: ConnectionTrait>(
          VALUES {} \
          ON CONFLICT (call_id) DO NOTHING \
          RETURNING id, call_id",
-        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ")
+        value_rows(rows.len(), 12)
     );
     let backend = conn.get_database_backend();
     for row in conn.query_all_raw(statement(backend, &sql, values)).await? {

@@ -13,7 +13,7 @@ use sea_orm::{
 };
 
 use super::entities::{call, customer, customer_operator, invoice, invoice_line, top_up};
-use super::{Store, instant, lock_customers, micros, placeholders, statement};
+use super::{Store, instant, lock_customers, micros, placeholders, statement, value_rows};
 use crate::domain::invoice::{
     ClaimedCall, ClaimedSegment, ClaimedUsage, ConsolidatedMonth, IncludedBasis, IncludedUsage,
     Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, StraddlingCall, TopUpEntry, UsageTotals,
@@ -1041,7 +1041,7 @@ async fn issue_months(
                billed_seconds = v.billed_seconds, usage_micros = v.usage_micros, \
                monthly_fee_micros = v.monthly_fee_micros, total_micros = v.total_micros \
              FROM v WHERE invoices.id = v.id",
-            vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            value_rows(chunk.len(), 7)
         );
         txn.execute_raw(run(sql, values)).await?;
     }
@@ -1068,7 +1068,7 @@ async fn issue_months(
         let sql = format!(
             "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, \
                amount_micros) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            value_rows(chunk.len(), 6)
         );
         txn.execute_raw(run(sql, values)).await?;
     }

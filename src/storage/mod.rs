@@ -28,7 +28,7 @@ use crate::error::AppError;
 pub use accounts::{AccountRow, ApiKeyState, StoredCredential};
 pub use calls::CallFilter;
 pub use feed::{FeedEvent, InvoiceListener};
-pub use group_commit::{CallWriter, DEFAULT_POSTGRES_WRITERS, GroupCommit};
+pub use group_commit::{CallWriter, GroupCommit};
 pub use invoices::{CustomerToInvoice, InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport};
 
 /// How long a writer waits for SQLite's write lock before giving up.
@@ -275,7 +275,7 @@ impl Store {
 
     /// Closes the pools, waiting for connections in use to be returned.
     pub async fn close(self) -> Result<(), DbErr> {
-        if self.db.get_database_backend() == DatabaseBackend::Sqlite {
+        if self.is_sqlite() {
             self.writer.close().await?;
         }
         if let Some(read_probe) = self.read_probe {
@@ -492,6 +492,13 @@ impl From<DbErr> for AppError {
 /// `count` `?` placeholders separated by commas, for an `IN (…)` list.
 fn placeholders(count: usize) -> String {
     vec!["?"; count].join(", ")
+}
+
+/// `rows` parenthesised groups of `width` `?` placeholders, separated by
+/// commas, for a multi-row `VALUES` list.
+fn value_rows(rows: usize, width: usize) -> String {
+    let row = format!("({})", placeholders(width));
+    vec![row.as_str(); rows].join(", ")
 }
 
 /// On PostgreSQL, locks the rows of `customer_ids` `FOR NO KEY UPDATE`, in
