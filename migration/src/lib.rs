@@ -12,6 +12,7 @@ mod m20261124_000004_accounts;
 mod m20261124_000005_tariffs;
 mod m20261124_000006_included_tariffs;
 mod m20261124_000007_uninvoiced_index;
+mod m20261125_000008_calls_by_customer;
 
 /// The service's migrations, oldest first.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000005_tariffs::Migration),
             Box::new(m20261124_000006_included_tariffs::Migration),
             Box::new(m20261124_000007_uninvoiced_index::Migration),
+            Box::new(m20261125_000008_calls_by_customer::Migration),
         ]
     }
 }

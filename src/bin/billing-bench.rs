@@ -782,10 +782,24 @@ async fn raw_insert(
     records: impl Iterator<Item = Record>,
 ) -> Result<u64, Failure> {
     let backend = db.get_database_backend();
-    let columns = "INSERT INTO calls (call_id, customer_id, started_at, duration_seconds, \
-                   billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
-                   caller_number, callee_number, received_at, connect_fee_micros) VALUES ";
-    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)";
+    // SQLite's calls have no rowid (migration 000008): ids are the
+    // inserter's, here consecutive from 1 (the table starts empty).
+    let sqlite = backend == DatabaseBackend::Sqlite;
+    let (columns, row) = if sqlite {
+        (
+            "INSERT INTO calls (id, call_id, customer_id, started_at, duration_seconds, \
+             billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
+             caller_number, callee_number, received_at, connect_fee_micros) VALUES ",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        )
+    } else {
+        (
+            "INSERT INTO calls (call_id, customer_id, started_at, duration_seconds, \
+             billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
+             caller_number, callee_number, received_at, connect_fee_micros) VALUES ",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        )
+    };
     let full = numbered(
         backend,
         &format!("{columns}{}", vec![row; RAW_ROWS_PER_STATEMENT].join(", ")),
@@ -793,10 +807,13 @@ async fn raw_insert(
     let received = micros(Utc::now());
     let mut count = 0_u64;
     let mut txn = db.begin().await?;
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(RAW_ROWS_PER_STATEMENT * 11);
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(RAW_ROWS_PER_STATEMENT * 12);
     let mut rows = 0;
     for record in records {
         let billed = record.billed_seconds();
+        if sqlite {
+            values.push(i64::try_from(count + 1).unwrap_or(i64::MAX).into());
+        }
         values.extend([
             record.call_id.into(),
             record.customer_id.into(),
@@ -1139,18 +1156,19 @@ async fn index_study(
             "before 000007 (+ idx_calls_invoice, - uninvoiced)",
             &[
                 "CREATE INDEX idx_calls_invoice ON calls (invoice_id)",
-                "DROP INDEX idx_calls_uninvoiced",
+                "DROP INDEX IF EXISTS idx_calls_uninvoiced",
             ],
         ),
         ("as migrated", &[]),
         ("- idx_calls_started", &["DROP INDEX idx_calls_started"]),
         (
             "- idx_calls_customer_started",
-            &["DROP INDEX idx_calls_customer_started"],
+            // SQLite's calls are keyed by these columns (migration 000008).
+            &["DROP INDEX IF EXISTS idx_calls_customer_started"],
         ),
         (
             "- idx_calls_uninvoiced",
-            &["DROP INDEX idx_calls_uninvoiced"],
+            &["DROP INDEX IF EXISTS idx_calls_uninvoiced"],
         ),
     ];
     println!("{:<52} {:>10}", "schema", "rows/s");

@@ -2,16 +2,17 @@
 //! listings ordered by `(started_at, id)`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 
 use sea_orm::sea_query::Query;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TryInsertResult,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TryInsertResult,
 };
 
 use super::entities::{call, call_segment, customer_operator};
-use super::{Store, instant, lock_customers, micros, statement, value_rows};
+use super::{Store, instant, lock_customers, micros, placeholders, statement, value_rows};
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
 use crate::domain::tariff::Segment;
 use crate::domain::validation::shown;
@@ -38,8 +39,9 @@ impl Store {
     /// call. Uniqueness of `call_id` is a database constraint, so concurrent
     /// duplicates store exactly one row and debit once. The batch is one
     /// multi-row `INSERT … ON CONFLICT (call_id) DO NOTHING RETURNING id,
-    /// call_id` (calls without `call_id` are inserted by another, which
-    /// returns them whole) plus one lookup of the conflicting keys. Rows
+    /// call_id` (calls without `call_id` are inserted by another; see
+    /// `insert_calls` for the ids on SQLite) plus one lookup of the
+    /// conflicting keys. Rows
     /// are inserted in `call_id` order and balances debited in customer
     /// order, so batches that overlap (on two replicas, or two writers)
     /// take their locks in one order and cannot deadlock.
@@ -197,13 +199,39 @@ async fn write_calls<C: ConnectionTrait>(
     let (unkeyed_rows, keyed_rows) = candidates.split_at(split);
     let mut inserted_by_key: HashMap<String, i64> = HashMap::with_capacity(keyed_rows.len());
     for rows in keyed_rows.chunks(CALL_ROWS_PER_INSERT) {
-        insert_keyed_calls(conn, rows, &mut inserted_by_key).await?;
+        for (id, key) in insert_calls(conn, rows).await? {
+            if let Some(key) = key {
+                inserted_by_key.insert(key, id);
+            }
+        }
     }
-    // Unkeyed rows come back whole, and are matched to their records by
-    // content (rows alike in all of it are interchangeable).
-    let mut inserted_unkeyed: HashMap<UnkeyedCall, Vec<call::Model>> = HashMap::new();
+    // Unkeyed rows are all inserted (NULL never conflicts). On SQLite their
+    // ids follow their order (see insert_calls); PostgreSQL's come back
+    // whole and are matched to their records by content (rows alike in all
+    // of it are interchangeable).
+    let mut inserted_unkeyed: HashMap<UnkeyedCall, Vec<Call>> = HashMap::new();
     for rows in unkeyed_rows.chunks(CALL_ROWS_PER_INSERT) {
-        if let TryInsertResult::Inserted(models) =
+        if conn.get_database_backend() == DatabaseBackend::Sqlite {
+            let mut ids: Vec<i64> = insert_calls(conn, rows)
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            if ids.len() != rows.len() {
+                return Err(AppError::internal(format!(
+                    "{} of {} calls without call_id were inserted",
+                    ids.len(),
+                    rows.len()
+                )));
+            }
+            ids.sort_unstable();
+            for (new, id) in rows.iter().zip(ids) {
+                inserted_unkeyed
+                    .entry(UnkeyedCall::of_new(new))
+                    .or_default()
+                    .push(stored_call(new, id));
+            }
+        } else if let TryInsertResult::Inserted(models) =
             call::Entity::insert_many(rows.iter().copied().map(active_call))
                 .on_conflict_do_nothing_on([call::Column::CallId])
                 .exec_with_returning_many(conn)
@@ -213,7 +241,7 @@ async fn write_calls<C: ConnectionTrait>(
                 inserted_unkeyed
                     .entry(UnkeyedCall::of_model(&model))
                     .or_default()
-                    .push(model);
+                    .push(call_from(model));
             }
         }
     }
@@ -251,8 +279,7 @@ async fn write_calls<C: ConnectionTrait>(
             Some(_) => None,
             None => inserted_unkeyed
                 .get_mut(&UnkeyedCall::of_new(new))
-                .and_then(Vec::pop)
-                .map(call_from),
+                .and_then(Vec::pop),
         };
         let outcome = match (newly_stored, new.record.call_id.clone()) {
             (Some(mut call), key) => {
@@ -457,15 +484,30 @@ fn stored_call(new: &NewCall, id: i64) -> Call {
     }
 }
 
-/// Inserts calls that all have a `call_id` (at most
-/// [`CALL_ROWS_PER_INSERT`]) in one statement, skipping keys already
-/// stored, and records the id of each inserted one under its key.
-async fn insert_keyed_calls<C: ConnectionTrait>(
+/// The columns a call insert binds, in the order [`insert_calls`] binds
+/// them (`invoice_id` starts NULL; the id is the database's).
+const CALL_INSERT_COLUMNS: &str = "call_id, customer_id, started_at, duration_seconds, \
+     billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
+     caller_number, callee_number, received_at, connect_fee_micros";
+
+/// How many columns that is.
+const CALL_INSERT_WIDTH: usize = 12;
+
+/// Inserts `rows` (at most [`CALL_ROWS_PER_INSERT`]) in one statement,
+/// skipping keys already stored; returns the id and `call_id` of each row
+/// inserted.
+///
+/// On SQLite, whose `calls` has no rowid (migration 000008), the statement
+/// numbers its rows itself: row `k` (from 1) gets the largest id stored
+/// plus `k`, that largest id being read once, before anything is inserted.
+/// SQLite runs one writing statement at a time, so ids stay unique (and
+/// `idx_calls_id` would refuse a repeat); a row skipped as a duplicate
+/// leaves its id unused. PostgreSQL takes ids from its sequence.
+async fn insert_calls<C: ConnectionTrait>(
     conn: &C,
     rows: &[&NewCall],
-    inserted: &mut HashMap<String, i64>,
-) -> AppResult<()> {
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(rows.len() * 12);
+) -> AppResult<Vec<(i64, Option<String>)>> {
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(rows.len() * CALL_INSERT_WIDTH);
     for new in rows {
         values.extend([
             new.record.call_id.clone().into(),
@@ -482,20 +524,40 @@ async fn insert_keyed_calls<C: ConnectionTrait>(
             new.rating.connect_fee_micros.into(),
         ]);
     }
-    let sql = format!(
-        "INSERT INTO calls (call_id, customer_id, started_at, duration_seconds, \
-           billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
-           caller_number, callee_number, received_at, connect_fee_micros) \
-         VALUES {} \
-         ON CONFLICT (call_id) DO NOTHING \
-         RETURNING id, call_id",
-        value_rows(rows.len(), 12)
-    );
     let backend = conn.get_database_backend();
+    let sql = if backend == DatabaseBackend::Sqlite {
+        let row = placeholders(CALL_INSERT_WIDTH);
+        let mut numbered = String::with_capacity(rows.len() * (row.len() + 10));
+        for position in 1..=rows.len() {
+            if position > 1 {
+                numbered.push_str(", ");
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(numbered, "({position}, {row})");
+        }
+        // `WHERE true` keeps ON CONFLICT from being read as a join's ON.
+        format!(
+            "INSERT INTO calls (id, {CALL_INSERT_COLUMNS}) \
+             SELECT (SELECT IFNULL(MAX(id), 0) FROM calls) + column1, column2, column3, \
+               column4, column5, column6, column7, column8, column9, column10, column11, \
+               column12, column13 \
+             FROM (VALUES {numbered}) WHERE true \
+             ON CONFLICT (call_id) DO NOTHING \
+             RETURNING id, call_id"
+        )
+    } else {
+        format!(
+            "INSERT INTO calls ({CALL_INSERT_COLUMNS}) VALUES {} \
+             ON CONFLICT (call_id) DO NOTHING \
+             RETURNING id, call_id",
+            value_rows(rows.len(), CALL_INSERT_WIDTH)
+        )
+    };
+    let mut inserted = Vec::with_capacity(rows.len());
     for row in conn.query_all_raw(statement(backend, &sql, values)).await? {
-        inserted.insert(row.try_get_by_index(1)?, row.try_get_by_index(0)?);
+        inserted.push((row.try_get_by_index(0)?, row.try_get_by_index(1)?));
     }
-    Ok(())
+    Ok(inserted)
 }
 
 /// Everything stored of a call without `call_id` but its id: matches the

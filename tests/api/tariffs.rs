@@ -7,7 +7,12 @@ use billing::grpc::DayOfWeek;
 use billing::grpc::pb::{self, PlanKind};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_status, at, call, spawn_app, spawn_app_at, ts};
+use billing::clock::Clock;
+
+use crate::helpers::{
+    AppOptions, TEST_NOW, TestApp, assert_status, at, call, spawn_app, spawn_app_at,
+    spawn_app_with, ts,
+};
 
 fn tariff(name: &str, prefix: &str, window: (i32, i32), per_minute_micros: i64) -> pb::Tariff {
     pb::Tariff {
@@ -527,4 +532,59 @@ async fn included_minutes_tariffs_must_name_tariffs_of_a_postpaid_tariffed_plan(
     with_base.included_minutes_tariffs = vec!["base".into(), "peak".into(), "peak".into()];
     let plan = customers.create_plan(with_base).await.unwrap().into_inner();
     assert_eq!(plan.included_minutes_tariffs, vec!["base", "peak"]);
+}
+
+/// Migration 000008 rebuilds SQLite's `calls` in customer order (nothing
+/// changes on PostgreSQL). A database taken back to the rowid table and
+/// started again, as a database from before it is upgraded, keeps every
+/// call with its id and segments; a keyed call sent again is still its
+/// duplicate, and a new call gets an id after every stored one.
+#[tokio::test]
+async fn calls_and_their_segments_survive_the_rebuild_of_the_calls_table() {
+    let before = spawn_app().await;
+    let (_, customer) = customer_on_tariffs(&before).await;
+    rated(&before, customer, "+4930123", "2026-06-02T21:58:00Z", 300).await;
+    rated(
+        &before,
+        customer,
+        "+442071234567",
+        "2026-06-02T10:00:00Z",
+        5,
+    )
+    .await;
+    let mut keyed = call(customer, 90);
+    keyed.call_id = "switch-1".into();
+    keyed.started_at = Some(ts("2026-06-01T09:00:00Z"));
+    let first = before.calls.clone().add_call(keyed.clone()).await.unwrap();
+    let history = before.history(customer).await;
+    assert_eq!(history.len(), 3);
+    assert!(history.iter().all(|call| !call.segments.is_empty()));
+    let database = before.database.clone();
+    before.stop().await;
+
+    let db = sea_orm::Database::connect(&database.url).await.unwrap();
+    <migration::Migrator as migration::MigratorTrait>::down(&db, Some(1))
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let after = spawn_app_with(AppOptions {
+        clock: Clock::starting_at(at(TEST_NOW)),
+        database: Some(database),
+        ..AppOptions::default()
+    })
+    .await;
+
+    assert_eq!(after.history(customer).await, history);
+    let again = after
+        .calls
+        .clone()
+        .add_call(keyed)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.call, first.into_inner().call);
+    let newest = rated(&after, customer, "+4930123", "2026-06-01T08:00:00Z", 60).await;
+    assert!(history.iter().all(|call| call.id < newest.id));
+    assert_eq!(after.history(customer).await.len(), 4);
 }
