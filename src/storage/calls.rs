@@ -535,15 +535,19 @@ async fn insert_calls<C: ConnectionTrait>(
             // Writing to a String cannot fail.
             let _ = write!(numbered, "({position}, {row})");
         }
-        // `WHERE true` keeps ON CONFLICT from being read as a join's ON.
+        // SQLite names a VALUES list's columns column1, column2, …; the
+        // first is the position. `WHERE true` keeps ON CONFLICT from being
+        // read as a join's ON.
+        let bound: Vec<String> = (2..=CALL_INSERT_WIDTH + 1)
+            .map(|n| format!("column{n}"))
+            .collect();
         format!(
             "INSERT INTO calls (id, {CALL_INSERT_COLUMNS}) \
-             SELECT (SELECT IFNULL(MAX(id), 0) FROM calls) + column1, column2, column3, \
-               column4, column5, column6, column7, column8, column9, column10, column11, \
-               column12, column13 \
+             SELECT (SELECT IFNULL(MAX(id), 0) FROM calls) + column1, {} \
              FROM (VALUES {numbered}) WHERE true \
              ON CONFLICT (call_id) DO NOTHING \
-             RETURNING id, call_id"
+             RETURNING id, call_id",
+            bound.join(", ")
         )
     } else {
         format!(
