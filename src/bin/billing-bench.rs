@@ -785,24 +785,20 @@ async fn raw_insert(
     // SQLite's calls have no rowid (migration 000008): ids are the
     // inserter's, here consecutive from 1 (the table starts empty).
     let sqlite = backend == DatabaseBackend::Sqlite;
-    let (columns, row) = if sqlite {
-        (
-            "INSERT INTO calls (id, call_id, customer_id, started_at, duration_seconds, \
-             billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
-             caller_number, callee_number, received_at, connect_fee_micros) VALUES ",
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-        )
-    } else {
-        (
-            "INSERT INTO calls (call_id, customer_id, started_at, duration_seconds, \
-             billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
-             caller_number, callee_number, received_at, connect_fee_micros) VALUES ",
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-        )
-    };
+    let id = if sqlite { ("id, ", "?, ") } else { ("", "") };
+    let columns = format!(
+        "INSERT INTO calls ({}call_id, customer_id, started_at, duration_seconds, \
+         billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
+         caller_number, callee_number, received_at, connect_fee_micros) VALUES ",
+        id.0
+    );
+    let row = format!("({}?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)", id.1);
     let full = numbered(
         backend,
-        &format!("{columns}{}", vec![row; RAW_ROWS_PER_STATEMENT].join(", ")),
+        &format!(
+            "{columns}{}",
+            vec![row.as_str(); RAW_ROWS_PER_STATEMENT].join(", ")
+        ),
     );
     let received = micros(Utc::now());
     let mut count = 0_u64;
@@ -844,7 +840,10 @@ async fn raw_insert(
         }
     }
     if rows > 0 {
-        let tail = numbered(backend, &format!("{columns}{}", vec![row; rows].join(", ")));
+        let tail = numbered(
+            backend,
+            &format!("{columns}{}", vec![row.as_str(); rows].join(", ")),
+        );
         txn.execute_raw(Statement::from_sql_and_values(backend, tail, values))
             .await?;
     }
