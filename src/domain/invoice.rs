@@ -266,7 +266,7 @@ pub fn claimed_usage(
     start: DateTime<Utc>,
     month_of: impl Fn(DateTime<Utc>) -> BillingPeriod,
     mut calls: Vec<ClaimedCall>,
-    mut top_ups: Vec<(i64, TopUpEntry)>,
+    top_ups: Vec<(i64, TopUpEntry)>,
     allowance: i64,
     basis: &IncludedBasis,
 ) -> AppResult<ClaimedUsage> {
@@ -313,7 +313,58 @@ pub fn claimed_usage(
         connect_fees_micros,
     };
     let included = included_usage(&own, current, allowance, basis, period)?;
-    let late = late_usage_by_month(
+    Ok(ClaimedUsage {
+        current,
+        included,
+        late: late_by_month(period, &month_of, &late)?,
+        top_ups: in_order(top_ups),
+        breakdown,
+    })
+}
+
+/// The month's own calls of an invoice, summed by the database as it
+/// claimed them: all that a plan with neither included minutes nor tariffs
+/// needs of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnCallSums {
+    pub totals: UsageTotals,
+    /// Calls charged a connect fee, and the fees' sum.
+    pub connect_fee_calls: i64,
+    pub connect_fees_micros: i64,
+}
+
+/// [`claimed_usage`] for a plan with neither included minutes nor tariffs:
+/// the month's own calls come summed (`own`), and only the calls of
+/// earlier months (`late`, every one started before the month) one by one.
+/// For the same calls it gives what `claimed_usage` gives with no
+/// allowance.
+pub fn summed_claimed_usage(
+    period: BillingPeriod,
+    month_of: impl Fn(DateTime<Utc>) -> BillingPeriod,
+    own: OwnCallSums,
+    late: Vec<ClaimedCall>,
+    top_ups: Vec<(i64, TopUpEntry)>,
+) -> AppResult<ClaimedUsage> {
+    Ok(ClaimedUsage {
+        current: own.totals,
+        included: IncludedUsage::default(),
+        late: late_by_month(period, &month_of, &late)?,
+        top_ups: in_order(top_ups),
+        breakdown: UsageBreakdown {
+            tariffs: Vec::new(),
+            connect_fee_calls: own.connect_fee_calls,
+            connect_fees_micros: own.connect_fees_micros,
+        },
+    })
+}
+
+/// The calls of earlier months `late` summed per month, oldest first.
+fn late_by_month(
+    period: BillingPeriod,
+    month_of: &impl Fn(DateTime<Utc>) -> BillingPeriod,
+    late: &[ClaimedCall],
+) -> AppResult<Vec<(BillingPeriod, UsageTotals)>> {
+    late_usage_by_month(
         period,
         late.iter().map(|call| {
             (
@@ -322,15 +373,13 @@ pub fn claimed_usage(
                 call.cost_micros,
             )
         }),
-    )?;
+    )
+}
+
+/// The top-ups in the order they were made (then by id).
+fn in_order(mut top_ups: Vec<(i64, TopUpEntry)>) -> Vec<TopUpEntry> {
     top_ups.sort_by_key(|(id, entry)| (entry.created_at, *id));
-    Ok(ClaimedUsage {
-        current,
-        included,
-        late,
-        top_ups: top_ups.into_iter().map(|(_, entry)| entry).collect(),
-        breakdown,
-    })
+    top_ups.into_iter().map(|(_, entry)| entry).collect()
 }
 
 /// How the month's own calls `own` (in start order; `current` their
@@ -882,6 +931,71 @@ mod tests {
                 }),
             }
         );
+    }
+
+    #[test]
+    fn summed_own_calls_give_what_the_calls_one_by_one_give_without_an_allowance() {
+        use chrono::TimeZone;
+        let may = Utc.with_ymd_and_hms(2026, 5, 31, 23, 59, 59).unwrap();
+        let april = Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0).unwrap();
+        let mut with_fee = call(5, at(3, 0), 90, 1_200);
+        with_fee.connect_fee_micros = 50_000;
+        with_fee.cost_micros += 50_000;
+        let calls = vec![
+            call(3, at(2, 0), 60, 600),
+            call(1, may, 120, 600),
+            with_fee,
+            call(2, april, 60, 600),
+            call(4, at(1, 0), 30, 600),
+            call(6, may, 7, 900),
+        ];
+        let top_ups = vec![
+            (
+                2,
+                TopUpEntry {
+                    created_at: at(4, 0),
+                    amount_micros: 5,
+                },
+            ),
+            (
+                1,
+                TopUpEntry {
+                    created_at: at(2, 0),
+                    amount_micros: 7,
+                },
+            ),
+        ];
+        let (late, own): (Vec<ClaimedCall>, Vec<ClaimedCall>) = calls
+            .iter()
+            .cloned()
+            .partition(|call| call.started_at < at(1, 0));
+        let mut sums = OwnCallSums::default();
+        for call in &own {
+            sums.totals = sums
+                .totals
+                .checked_plus(UsageTotals {
+                    call_count: 1,
+                    billed_seconds: call.billed_seconds,
+                    usage_micros: call.cost_micros,
+                })
+                .unwrap();
+            if call.connect_fee_micros > 0 {
+                sums.connect_fee_calls += 1;
+                sums.connect_fees_micros += call.connect_fee_micros;
+            }
+        }
+        let summed = summed_claimed_usage(
+            month(2026, 6),
+            |instant| BillingPeriod::containing(instant, chrono_tz::UTC),
+            sums,
+            late,
+            top_ups.clone(),
+        )
+        .unwrap();
+        let each = june_usage(calls, top_ups, 0, &IncludedBasis::Calls);
+        assert_eq!(summed, each);
+        assert_eq!(summed.late.len(), 2);
+        assert_eq!(summed.breakdown.connect_fee_calls, 1);
     }
 
     #[test]

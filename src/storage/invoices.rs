@@ -1,7 +1,7 @@
 //! Invoices: issuing (claiming calls and top-ups in one transaction),
 //! reading, and the usage figures of months not invoiced yet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -16,8 +16,8 @@ use super::entities::{call, customer, customer_operator, invoice, invoice_line, 
 use super::{Store, instant, lock_customers, micros, placeholders, statement, value_rows};
 use crate::domain::invoice::{
     ClaimedCall, ClaimedSegment, ClaimedUsage, ConsolidatedMonth, IncludedBasis, IncludedUsage,
-    Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, StraddlingCall, TopUpEntry, UsageTotals,
-    claimed_usage, invoice_number,
+    Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, OwnCallSums, StraddlingCall, TopUpEntry,
+    UsageTotals, claimed_usage, invoice_number, summed_claimed_usage,
 };
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
@@ -857,13 +857,58 @@ const IDS_PER_STATEMENT: usize = 5000;
 /// Invoice lines inserted per statement (6 bound values each).
 const LINES_PER_INSERT: usize = 2000;
 
+/// Claims, for each invoice of `invoice_ids`, its customer's uninvoiced
+/// calls that meet `when` (a condition on `calls` and the invoice `i`), and
+/// adds each claimed call to its invoice's list in `claimed`.
+async fn claim_calls_returning(
+    txn: &DatabaseTransaction,
+    invoice_ids: &[i64],
+    when: &str,
+    claimed: &mut HashMap<i64, Vec<ClaimedCall>>,
+) -> AppResult<()> {
+    let sql = format!(
+        "UPDATE calls SET invoice_id = i.id FROM invoices i \
+         WHERE i.id IN ({}) AND calls.customer_id = i.customer_id \
+           AND calls.invoice_id IS NULL AND {when} \
+         RETURNING calls.invoice_id, calls.id, calls.started_at, calls.billed_seconds, \
+           calls.cost_micros, calls.per_minute_micros, calls.connect_fee_micros",
+        placeholders(invoice_ids.len())
+    );
+    let values = invoice_ids
+        .iter()
+        .map(|id| sea_orm::Value::from(*id))
+        .collect();
+    let statement = statement(txn.get_database_backend(), &sql, values);
+    // Streamed: a chunk may claim many calls, and only their figures are
+    // kept.
+    let mut rows = sea_orm::StreamTrait::stream_raw(txn, statement).await?;
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        claimed
+            .entry(row.try_get_by_index(0)?)
+            .or_default()
+            .push(ClaimedCall {
+                id: row.try_get_by_index(1)?,
+                started_at: instant(row.try_get_by_index(2)?),
+                billed_seconds: row.try_get_by_index(3)?,
+                cost_micros: row.try_get_by_index(4)?,
+                per_minute_micros: row.try_get_by_index(5)?,
+                connect_fee_micros: row.try_get_by_index(6)?,
+                segments: Vec::new(),
+            });
+    }
+    Ok(())
+}
+
 /// Issues the month of each item inside `txn` (one item per customer), in
 /// a fixed number of set-based statements whatever the number of items:
 /// the invoice rows are inserted (an existing one conflicts and its item
-/// yields `None`), the calls and top-ups due are claimed by one update each
-/// that returns what it claimed, the claimed calls' segments are read
-/// (tariffed plans only), every invoice is composed in memory, and the
-/// totals and lines are written back.
+/// yields `None`), the calls and top-ups due are claimed by updates that
+/// return what they claimed (for a plan with neither included minutes nor
+/// tariffs, the month's own calls are claimed without returning them and
+/// summed by one query), the claimed calls' segments are read (tariffed
+/// plans only), every invoice is composed in memory, and the totals and
+/// lines are written back.
 async fn issue_months(
     txn: &DatabaseTransaction,
     items: &[(&InvoiceRequest, BillingPeriod)],
@@ -906,45 +951,73 @@ async fn issue_months(
     ids.sort_unstable();
 
     // Every uninvoiced call of the customer that started before the
-    // month's end, and every such top-up, is claimed.
+    // month's end, and every such top-up, is claimed. A plan with neither
+    // included minutes nor tariffs needs only the sums of the month's own
+    // calls: the database claims and sums those without returning them, and
+    // returns only the earlier months' calls. Every other invoice gets each
+    // claimed call back.
+    let summed: HashSet<i64> = items
+        .iter()
+        .filter(|(request, _)| {
+            request.included_seconds <= 0 && matches!(request.included_basis, IncludedBasis::Calls)
+        })
+        .filter_map(|(request, _)| invoice_of.get(&request.customer_id).copied())
+        .collect();
+    let (summed_ids, each_ids): (Vec<i64>, Vec<i64>) =
+        ids.iter().partition(|id| summed.contains(id));
     let mut calls: HashMap<i64, Vec<ClaimedCall>> = HashMap::with_capacity(ids.len());
+    let mut own_sums: HashMap<i64, OwnCallSums> = HashMap::with_capacity(summed_ids.len());
+    let bound = |chunk: &[i64]| chunk.iter().map(|id| sea_orm::Value::from(*id)).collect();
+    for chunk in each_ids.chunks(IDS_PER_STATEMENT) {
+        claim_calls_returning(txn, chunk, "calls.started_at < i.period_end", &mut calls).await?;
+    }
+    for chunk in summed_ids.chunks(IDS_PER_STATEMENT) {
+        claim_calls_returning(txn, chunk, "calls.started_at < i.period_start", &mut calls).await?;
+        let marks = placeholders(chunk.len());
+        txn.execute_raw(run(
+            format!(
+                "UPDATE calls SET invoice_id = i.id FROM invoices i \
+                 WHERE i.id IN ({marks}) AND calls.customer_id = i.customer_id \
+                   AND calls.invoice_id IS NULL AND calls.started_at >= i.period_start \
+                   AND calls.started_at < i.period_end"
+            ),
+            bound(chunk),
+        ))
+        .await?;
+        // Sums cast to BIGINT: PostgreSQL sums BIGINT as NUMERIC. An
+        // overflowing sum is an error of the database, which maps to
+        // FAILED_PRECONDITION.
+        let sql = format!(
+            "SELECT i.id, COUNT(*), CAST(SUM(c.billed_seconds) AS BIGINT), \
+               CAST(SUM(c.cost_micros) AS BIGINT), \
+               CAST(SUM(CASE WHEN c.connect_fee_micros > 0 THEN 1 ELSE 0 END) AS BIGINT), \
+               CAST(SUM(c.connect_fee_micros) AS BIGINT) \
+             FROM invoices i JOIN calls c ON c.customer_id = i.customer_id \
+               AND c.started_at >= i.period_start AND c.started_at < i.period_end \
+               AND c.invoice_id = i.id \
+             WHERE i.id IN ({marks}) GROUP BY i.id"
+        );
+        for row in txn.query_all_raw(run(sql, bound(chunk))).await? {
+            own_sums.insert(
+                row.try_get_by_index(0)?,
+                OwnCallSums {
+                    totals: totals_at(&row, 1)?,
+                    connect_fee_calls: row.try_get_by_index(4)?,
+                    connect_fees_micros: row.try_get_by_index(5)?,
+                },
+            );
+        }
+    }
     let mut top_ups: HashMap<i64, Vec<(i64, TopUpEntry)>> = HashMap::new();
     for chunk in ids.chunks(IDS_PER_STATEMENT) {
-        let marks = placeholders(chunk.len());
-        let bound = || chunk.iter().map(|id| sea_orm::Value::from(*id)).collect();
-        let sql = format!(
-            "UPDATE calls SET invoice_id = i.id FROM invoices i \
-             WHERE i.id IN ({marks}) AND calls.customer_id = i.customer_id \
-               AND calls.invoice_id IS NULL AND calls.started_at < i.period_end \
-             RETURNING calls.invoice_id, calls.id, calls.started_at, calls.billed_seconds, \
-               calls.cost_micros, calls.per_minute_micros, calls.connect_fee_micros"
-        );
-        // Streamed: a chunk may claim many calls, and only their figures
-        // are kept.
-        let mut claimed = sea_orm::StreamTrait::stream_raw(txn, run(sql, bound())).await?;
-        while let Some(row) = claimed.next().await {
-            let row = row?;
-            calls
-                .entry(row.try_get_by_index(0)?)
-                .or_default()
-                .push(ClaimedCall {
-                    id: row.try_get_by_index(1)?,
-                    started_at: instant(row.try_get_by_index(2)?),
-                    billed_seconds: row.try_get_by_index(3)?,
-                    cost_micros: row.try_get_by_index(4)?,
-                    per_minute_micros: row.try_get_by_index(5)?,
-                    connect_fee_micros: row.try_get_by_index(6)?,
-                    segments: Vec::new(),
-                });
-        }
-        drop(claimed);
         let sql = format!(
             "UPDATE top_ups SET invoice_id = i.id FROM invoices i \
-             WHERE i.id IN ({marks}) AND top_ups.customer_id = i.customer_id \
+             WHERE i.id IN ({}) AND top_ups.customer_id = i.customer_id \
                AND top_ups.invoice_id IS NULL AND top_ups.created_at < i.period_end \
-             RETURNING top_ups.invoice_id, top_ups.id, top_ups.created_at, top_ups.amount_micros"
+             RETURNING top_ups.invoice_id, top_ups.id, top_ups.created_at, top_ups.amount_micros",
+            placeholders(chunk.len())
         );
-        for row in txn.query_all_raw(run(sql, bound())).await? {
+        for row in txn.query_all_raw(run(sql, bound(chunk))).await? {
             top_ups.entry(row.try_get_by_index(0)?).or_default().push((
                 row.try_get_by_index(1)?,
                 TopUpEntry {
@@ -993,18 +1066,30 @@ async fn issue_months(
         let tz = request.tz;
         let (start, end) = (period.start(tz), period.end(tz));
         let mut claimed = calls.remove(&invoice_id).unwrap_or_default();
-        for call in &mut claimed {
-            call.segments = segments.remove(&call.id).unwrap_or_default();
-        }
-        let usage = claimed_usage(
-            *period,
-            start,
-            |at| BillingPeriod::containing(at, tz),
-            claimed,
-            top_ups.remove(&invoice_id).unwrap_or_default(),
-            request.included_seconds,
-            &request.included_basis,
-        )?;
+        let claimed_top_ups = top_ups.remove(&invoice_id).unwrap_or_default();
+        let month_of = |at| BillingPeriod::containing(at, tz);
+        let usage = if summed.contains(&invoice_id) {
+            summed_claimed_usage(
+                *period,
+                month_of,
+                own_sums.remove(&invoice_id).unwrap_or_default(),
+                claimed,
+                claimed_top_ups,
+            )?
+        } else {
+            for call in &mut claimed {
+                call.segments = segments.remove(&call.id).unwrap_or_default();
+            }
+            claimed_usage(
+                *period,
+                start,
+                month_of,
+                claimed,
+                claimed_top_ups,
+                request.included_seconds,
+                &request.included_basis,
+            )?
+        };
         let draft = compose(request, *period, &usage)?;
         issued.push(Some(Invoice {
             id: invoice_id,
