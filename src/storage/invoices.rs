@@ -13,7 +13,9 @@ use sea_orm::{
 };
 
 use super::entities::{call, customer, customer_operator, invoice, invoice_line, top_up};
-use super::{Store, instant, lock_customers, micros, placeholders, statement, value_rows};
+use super::{
+    Store, id_values, instant, lock_customers, micros, placeholders, statement, value_rows,
+};
 use crate::domain::invoice::{
     ClaimedCall, ClaimedSegment, ClaimedUsage, ConsolidatedMonth, IncludedBasis, IncludedUsage,
     Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, OwnCallSums, StraddlingCall, TopUpEntry,
@@ -857,28 +859,34 @@ const IDS_PER_STATEMENT: usize = 5000;
 /// Invoice lines inserted per statement (6 bound values each).
 const LINES_PER_INSERT: usize = 2000;
 
+/// The update that claims, for each of `count` invoices (`i`, bound to
+/// `?`s), its customer's uninvoiced calls that meet `when` (a condition on
+/// `calls` and `i`), followed by `returning`.
+fn claim_calls_sql(count: usize, when: &str, returning: &str) -> String {
+    format!(
+        "UPDATE calls SET invoice_id = i.id FROM invoices i \
+         WHERE i.id IN ({}) AND calls.customer_id = i.customer_id \
+           AND calls.invoice_id IS NULL AND {when}{returning}",
+        placeholders(count)
+    )
+}
+
 /// Claims, for each invoice of `invoice_ids`, its customer's uninvoiced
-/// calls that meet `when` (a condition on `calls` and the invoice `i`), and
-/// adds each claimed call to its invoice's list in `claimed`.
+/// calls that meet `when` (see [`claim_calls_sql`]), and adds each claimed
+/// call to its invoice's list in `claimed`.
 async fn claim_calls_returning(
     txn: &DatabaseTransaction,
     invoice_ids: &[i64],
     when: &str,
     claimed: &mut HashMap<i64, Vec<ClaimedCall>>,
 ) -> AppResult<()> {
-    let sql = format!(
-        "UPDATE calls SET invoice_id = i.id FROM invoices i \
-         WHERE i.id IN ({}) AND calls.customer_id = i.customer_id \
-           AND calls.invoice_id IS NULL AND {when} \
-         RETURNING calls.invoice_id, calls.id, calls.started_at, calls.billed_seconds, \
+    let sql = claim_calls_sql(
+        invoice_ids.len(),
+        when,
+        " RETURNING calls.invoice_id, calls.id, calls.started_at, calls.billed_seconds, \
            calls.cost_micros, calls.per_minute_micros, calls.connect_fee_micros",
-        placeholders(invoice_ids.len())
     );
-    let values = invoice_ids
-        .iter()
-        .map(|id| sea_orm::Value::from(*id))
-        .collect();
-    let statement = statement(txn.get_database_backend(), &sql, values);
+    let statement = statement(txn.get_database_backend(), &sql, id_values(invoice_ids));
     // Streamed: a chunk may claim many calls, and only their figures are
     // kept.
     let mut rows = sea_orm::StreamTrait::stream_raw(txn, statement).await?;
@@ -967,23 +975,17 @@ async fn issue_months(
         ids.iter().partition(|id| summed.contains(id));
     let mut calls: HashMap<i64, Vec<ClaimedCall>> = HashMap::with_capacity(ids.len());
     let mut own_sums: HashMap<i64, OwnCallSums> = HashMap::with_capacity(summed_ids.len());
-    let bound = |chunk: &[i64]| chunk.iter().map(|id| sea_orm::Value::from(*id)).collect();
     for chunk in each_ids.chunks(IDS_PER_STATEMENT) {
         claim_calls_returning(txn, chunk, "calls.started_at < i.period_end", &mut calls).await?;
     }
     for chunk in summed_ids.chunks(IDS_PER_STATEMENT) {
         claim_calls_returning(txn, chunk, "calls.started_at < i.period_start", &mut calls).await?;
-        let marks = placeholders(chunk.len());
-        txn.execute_raw(run(
-            format!(
-                "UPDATE calls SET invoice_id = i.id FROM invoices i \
-                 WHERE i.id IN ({marks}) AND calls.customer_id = i.customer_id \
-                   AND calls.invoice_id IS NULL AND calls.started_at >= i.period_start \
-                   AND calls.started_at < i.period_end"
-            ),
-            bound(chunk),
-        ))
-        .await?;
+        let sql = claim_calls_sql(
+            chunk.len(),
+            "calls.started_at >= i.period_start AND calls.started_at < i.period_end",
+            "",
+        );
+        txn.execute_raw(run(sql, id_values(chunk))).await?;
         // Sums cast to BIGINT: PostgreSQL sums BIGINT as NUMERIC. An
         // overflowing sum is an error of the database, which maps to
         // FAILED_PRECONDITION.
@@ -995,9 +997,10 @@ async fn issue_months(
              FROM invoices i JOIN calls c ON c.customer_id = i.customer_id \
                AND c.started_at >= i.period_start AND c.started_at < i.period_end \
                AND c.invoice_id = i.id \
-             WHERE i.id IN ({marks}) GROUP BY i.id"
+             WHERE i.id IN ({}) GROUP BY i.id",
+            placeholders(chunk.len())
         );
-        for row in txn.query_all_raw(run(sql, bound(chunk))).await? {
+        for row in txn.query_all_raw(run(sql, id_values(chunk))).await? {
             own_sums.insert(
                 row.try_get_by_index(0)?,
                 OwnCallSums {
@@ -1017,7 +1020,7 @@ async fn issue_months(
              RETURNING top_ups.invoice_id, top_ups.id, top_ups.created_at, top_ups.amount_micros",
             placeholders(chunk.len())
         );
-        for row in txn.query_all_raw(run(sql, bound(chunk))).await? {
+        for row in txn.query_all_raw(run(sql, id_values(chunk))).await? {
             top_ups.entry(row.try_get_by_index(0)?).or_default().push((
                 row.try_get_by_index(1)?,
                 TopUpEntry {
@@ -1044,8 +1047,7 @@ async fn issue_months(
              WHERE call_id IN ({}) ORDER BY call_id, position",
             placeholders(chunk.len())
         );
-        let values = chunk.iter().map(|id| sea_orm::Value::from(*id)).collect();
-        for row in txn.query_all_raw(run(sql, values)).await? {
+        for row in txn.query_all_raw(run(sql, id_values(chunk))).await? {
             segments
                 .entry(row.try_get_by_index(0)?)
                 .or_default()

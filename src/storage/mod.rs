@@ -489,6 +489,11 @@ impl From<DbErr> for AppError {
     }
 }
 
+/// `ids` as bound values, for the placeholders of an `IN (…)` list.
+fn id_values(ids: &[i64]) -> Vec<sea_orm::Value> {
+    ids.iter().map(|id| sea_orm::Value::from(*id)).collect()
+}
+
 /// `count` `?` placeholders separated by commas, for an `IN (…)` list.
 fn placeholders(count: usize) -> String {
     vec!["?"; count].join(", ")
@@ -514,11 +519,8 @@ async fn lock_customers(conn: &impl ConnectionTrait, customer_ids: &[i64]) -> Re
         "SELECT id FROM customers WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
         placeholders(customer_ids.len())
     );
-    let ids = customer_ids
-        .iter()
-        .map(|id| sea_orm::Value::from(*id))
-        .collect();
-    conn.execute_raw(statement(backend, &sql, ids)).await?;
+    conn.execute_raw(statement(backend, &sql, id_values(customer_ids)))
+        .await?;
     Ok(())
 }
 
