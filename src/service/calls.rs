@@ -38,6 +38,17 @@ struct PlanCache {
     plans: HashMap<i64, Arc<Plan>>,
 }
 
+impl PlanCache {
+    /// Records that `customer_id` is on `plan_id`; a full cache starts over
+    /// first (so the plan itself may have to be read again).
+    fn remember(&mut self, customer_id: i64, plan_id: i64) {
+        if self.plan_of.len() >= PLAN_CACHE_CUSTOMERS {
+            *self = PlanCache::default();
+        }
+        self.plan_of.insert(customer_id, plan_id);
+    }
+}
+
 /// The call use cases. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Calls {
@@ -86,17 +97,33 @@ impl Calls {
         {
             return Ok(Arc::clone(plan));
         }
-        let plan = self.store.plan_of_customer(customer_id).await?;
-        let Ok(mut cache) = self.plans.lock() else {
-            return Ok(Arc::new(plan));
-        };
-        if cache.plan_of.len() >= PLAN_CACHE_CUSTOMERS {
-            *cache = PlanCache::default();
+        // A customer new to the cache is most often on a plan it holds:
+        // then one query for the plan's id is enough.
+        let plan_id = self.store.plan_id_of_customer(customer_id).await?;
+        if let Some(plan) = self.cached_plan(customer_id, plan_id) {
+            return Ok(plan);
         }
-        cache.plan_of.insert(customer_id, plan.id);
-        Ok(Arc::clone(
-            cache.plans.entry(plan.id).or_insert_with(|| Arc::new(plan)),
-        ))
+        let plan = self.store.plan(plan_id).await?;
+        Ok(self.remember(customer_id, plan))
+    }
+
+    /// The plan `plan_id` if the cache holds it, then also recorded as
+    /// `customer_id`'s.
+    fn cached_plan(&self, customer_id: i64, plan_id: i64) -> Option<Arc<Plan>> {
+        let mut cache = self.plans.lock().ok()?;
+        let plan = Arc::clone(cache.plans.get(&plan_id)?);
+        cache.remember(customer_id, plan_id);
+        Some(plan)
+    }
+
+    /// Caches `plan` as `customer_id`'s plan.
+    fn remember(&self, customer_id: i64, plan: Plan) -> Arc<Plan> {
+        let Ok(mut cache) = self.plans.lock() else {
+            return Arc::new(plan);
+        };
+        let plan_id = plan.id;
+        cache.remember(customer_id, plan_id);
+        Arc::clone(cache.plans.entry(plan_id).or_insert_with(|| Arc::new(plan)))
     }
 
     /// Checks and rates one record for `principal`.

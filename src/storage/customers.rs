@@ -130,8 +130,21 @@ impl Store {
     /// The plan of a customer, or `NOT_FOUND` for an unknown customer. Plans
     /// and a customer's plan never change, so the answer may be cached.
     pub async fn plan_of_customer(&self, customer_id: i64) -> AppResult<Plan> {
-        let plan_id = self.customer_row(customer_id).await?.plan_id;
+        let plan_id = self.plan_id_of_customer(customer_id).await?;
         self.plan(plan_id).await
+    }
+
+    /// The id of a customer's plan, or `NOT_FOUND` for an unknown customer:
+    /// one query reading one value, for a cache that may already hold the
+    /// plan (customers are many, plans few).
+    pub async fn plan_id_of_customer(&self, customer_id: i64) -> AppResult<i64> {
+        customer::Entity::find_by_id(customer_id)
+            .select_only()
+            .column(customer::Column::PlanId)
+            .into_tuple::<i64>()
+            .one(&self.db)
+            .await?
+            .ok_or(AppError::not_found("customer", customer_id))
     }
 
     /// Stores a new operator; its name must be unused.
