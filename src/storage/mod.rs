@@ -65,8 +65,28 @@ const SQLITE_CHECKPOINT_BACKSTOP_PAGES: u32 = 16 * 1024;
 /// on PostgreSQL the one pool of reads and writes (and the read replica's);
 /// on SQLite the reading pool, since writes there have one connection.
 pub const DEFAULT_POSTGRES_CONNECTIONS: u32 = 16;
-/// See [`DEFAULT_POSTGRES_CONNECTIONS`].
-pub const DEFAULT_SQLITE_READ_CONNECTIONS: u32 = 8;
+/// Reading connections per core on SQLite unless configured (see
+/// [`default_sqlite_read_connections`]).
+pub const SQLITE_READ_CONNECTIONS_PER_CORE: u32 = 2;
+/// The fewest and the most reading connections that default gives.
+pub const SQLITE_READ_CONNECTIONS_DEFAULT_RANGE: (u32, u32) = (4, 16);
+
+/// The reading pool's size on SQLite unless `--database-max-connections`
+/// says otherwise: [`SQLITE_READ_CONNECTIONS_PER_CORE`] per core, within
+/// [`SQLITE_READ_CONNECTIONS_DEFAULT_RANGE`] (4 on 2 cores). Each
+/// connection is a thread of its own that runs its queries on the CPU
+/// (the database's pages are in the OS cache), so more threads than that
+/// only take turns at the cores: on 2 cores, 8 connections served the
+/// same history pages per second as 4 with a longer tail (BENCHMARKS.md,
+/// "Reading connections").
+pub fn default_sqlite_read_connections() -> u32 {
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+    let (fewest, most) = SQLITE_READ_CONNECTIONS_DEFAULT_RANGE;
+    cores
+        .saturating_mul(SQLITE_READ_CONNECTIONS_PER_CORE)
+        .clamp(fewest, most)
+}
 /// How long a request waits for a pooled connection (including opening
 /// one) before it fails with `UNAVAILABLE`, unless
 /// `--database-acquire-timeout-ms` says otherwise.
@@ -86,7 +106,7 @@ pub struct DatabaseConfig {
     /// reads ([`Store::replica`]). `None`: the primary serves them.
     pub read_url: Option<String>,
     /// Connections per pool; `None`: [`DEFAULT_POSTGRES_CONNECTIONS`] or
-    /// [`DEFAULT_SQLITE_READ_CONNECTIONS`].
+    /// [`default_sqlite_read_connections`].
     pub max_connections: Option<u32>,
     /// How long a request waits for a connection before `UNAVAILABLE`.
     pub acquire_timeout: Duration,
@@ -149,10 +169,12 @@ impl Store {
     pub async fn connect_with(config: &DatabaseConfig) -> Result<Self, DbErr> {
         let url = config.url.as_str();
         let sqlite = is_sqlite(url);
-        let connections = config.max_connections.unwrap_or(if sqlite {
-            DEFAULT_SQLITE_READ_CONNECTIONS
-        } else {
-            DEFAULT_POSTGRES_CONNECTIONS
+        let connections = config.max_connections.unwrap_or_else(|| {
+            if sqlite {
+                default_sqlite_read_connections()
+            } else {
+                DEFAULT_POSTGRES_CONNECTIONS
+            }
         });
         let background_checkpoints = sqlite && !config.sqlite_checkpoint_interval.is_zero();
         let pool = |url: &str, connections, cache_kib, writes| {
