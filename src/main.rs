@@ -164,8 +164,9 @@ struct DatabaseFlags {
     database_read_url: Option<String>,
     /// Connections per pool (default: 16 on PostgreSQL, for the primary and
     /// again for the read replica; on SQLite, which always writes through
-    /// one, two reading connections per core, at least 4 and at most 16). Each replica of the service holds this
-    /// many, plus one for readiness probes and one listening for invoices.
+    /// one, two reading connections per core, at least 4 and at most 16).
+    /// Each replica of the service holds this many, plus one for readiness
+    /// probes and one listening for invoices.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     database_max_connections: Option<u32>,
