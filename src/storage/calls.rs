@@ -5,12 +5,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use sea_orm::{
-    ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QueryResult, TryInsertResult,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QueryResult,
 };
 
-use super::entities::{call, call_segment};
+use super::entities::call_segment;
 use super::{Store, instant, lock_customers, micros, placeholders, statement, value_rows};
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
 use crate::domain::tariff::Segment;
@@ -232,17 +231,22 @@ async fn write_calls<C: ConnectionTrait>(
                     .or_default()
                     .push(stored_call(new, id));
             }
-        } else if let TryInsertResult::Inserted(models) =
-            call::Entity::insert_many(rows.iter().copied().map(active_call))
-                .on_conflict_do_nothing_on([call::Column::CallId])
-                .exec_with_returning_many(conn)
+        } else {
+            // NULL never conflicts, so every row comes back.
+            let sql = format!(
+                "INSERT INTO calls ({CALL_INSERT_COLUMNS}) VALUES {} RETURNING {CALL_COLUMNS}",
+                value_rows(rows.len(), CALL_INSERT_WIDTH)
+            );
+            let backend = conn.get_database_backend();
+            for row in conn
+                .query_all_raw(statement(backend, &sql, call_values(rows)))
                 .await?
-        {
-            for model in models {
+            {
+                let call = call_from_row(&row)?;
                 inserted_unkeyed
-                    .entry(UnkeyedCall::of_model(&model))
+                    .entry(UnkeyedCall::of_call(&call))
                     .or_default()
-                    .push(call_from(model));
+                    .push(call);
             }
         }
     }
@@ -253,13 +257,18 @@ async fn write_calls<C: ConnectionTrait>(
         .collect();
     let mut stored_by_key: HashMap<String, Call> = HashMap::new();
     if !conflicting.is_empty() {
-        let mut stored: Vec<Call> = call::Entity::find()
-            .filter(call::Column::CallId.is_in(conflicting))
-            .all(conn)
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE call_id IN ({})",
+            placeholders(conflicting.len())
+        );
+        let keys = conflicting.into_iter().map(sea_orm::Value::from).collect();
+        let backend = conn.get_database_backend();
+        let mut stored: Vec<Call> = conn
+            .query_all_raw(statement(backend, &sql, keys))
             .await?
-            .into_iter()
-            .map(call_from)
-            .collect();
+            .iter()
+            .map(call_from_row)
+            .collect::<Result<_, _>>()?;
         attach_segments(conn, &mut stored).await?;
         for call in stored {
             if let Some(key) = call.call_id.clone() {
@@ -444,27 +453,8 @@ fn balance_overflow(customer_id: i64) -> AppError {
     ))
 }
 
-fn active_call(new: &NewCall) -> call::ActiveModel {
-    call::ActiveModel {
-        id: NotSet,
-        call_id: Set(new.record.call_id.clone()),
-        customer_id: Set(new.record.customer_id),
-        started_at: Set(micros(new.started_at)),
-        duration_seconds: Set(new.record.duration_seconds),
-        billed_seconds: Set(new.rating.billed_seconds),
-        per_minute_micros: Set(new.rating.per_minute_micros),
-        billing_increment_seconds: Set(new.rating.billing_increment_seconds),
-        cost_micros: Set(new.rating.cost_micros),
-        caller_number: Set(new.record.caller_number.clone()),
-        callee_number: Set(new.record.callee_number.clone()),
-        received_at: Set(micros(new.received_at)),
-        invoice_id: Set(None),
-        connect_fee_micros: Set(new.rating.connect_fee_micros),
-    }
-}
-
 /// The call `new` became when stored under `id`: exactly what
-/// [`call_from`] reads back from its row.
+/// [`call_from_row`] reads back from its row.
 fn stored_call(new: &NewCall, id: i64) -> Call {
     Call {
         id,
@@ -494,20 +484,8 @@ const CALL_INSERT_COLUMNS: &str = "call_id, customer_id, started_at, duration_se
 /// How many columns that is.
 const CALL_INSERT_WIDTH: usize = 12;
 
-/// Inserts `rows` (at most [`CALL_ROWS_PER_INSERT`]) in one statement,
-/// skipping keys already stored; returns the id and `call_id` of each row
-/// inserted.
-///
-/// On SQLite, whose `calls` has no rowid (migration 000008), the statement
-/// numbers its rows itself: row `k` (from 1) gets the largest id stored
-/// plus `k`, that largest id being read once, before anything is inserted.
-/// SQLite runs one writing statement at a time, so ids stay unique (and
-/// `idx_calls_id` would refuse a repeat); a row skipped as a duplicate
-/// leaves its id unused. PostgreSQL takes ids from its sequence.
-async fn insert_calls<C: ConnectionTrait>(
-    conn: &C,
-    rows: &[&NewCall],
-) -> AppResult<Vec<(i64, Option<String>)>> {
+/// The values of [`CALL_INSERT_COLUMNS`] for each of `rows`, in order.
+fn call_values(rows: &[&NewCall]) -> Vec<sea_orm::Value> {
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(rows.len() * CALL_INSERT_WIDTH);
     for new in rows {
         values.extend([
@@ -525,6 +503,24 @@ async fn insert_calls<C: ConnectionTrait>(
             new.rating.connect_fee_micros.into(),
         ]);
     }
+    values
+}
+
+/// Inserts `rows` (at most [`CALL_ROWS_PER_INSERT`]) in one statement,
+/// skipping keys already stored; returns the id and `call_id` of each row
+/// inserted.
+///
+/// On SQLite, whose `calls` has no rowid (migration 000008), the statement
+/// numbers its rows itself: row `k` (from 1) gets the largest id stored
+/// plus `k`, that largest id being read once, before anything is inserted.
+/// SQLite runs one writing statement at a time, so ids stay unique (and
+/// `idx_calls_id` would refuse a repeat); a row skipped as a duplicate
+/// leaves its id unused. PostgreSQL takes ids from its sequence.
+async fn insert_calls<C: ConnectionTrait>(
+    conn: &C,
+    rows: &[&NewCall],
+) -> AppResult<Vec<(i64, Option<String>)>> {
+    let values = call_values(rows);
     let backend = conn.get_database_backend();
     let sql = if backend == DatabaseBackend::Sqlite {
         let row = placeholders(CALL_INSERT_WIDTH);
@@ -580,15 +576,15 @@ struct UnkeyedCall {
 }
 
 impl UnkeyedCall {
-    fn of_model(model: &call::Model) -> Self {
+    fn of_call(call: &Call) -> Self {
         UnkeyedCall {
-            customer_id: model.customer_id,
-            started_at: model.started_at,
-            duration_seconds: model.duration_seconds,
-            cost_micros: model.cost_micros,
-            received_at: model.received_at,
-            caller_number: model.caller_number.clone(),
-            callee_number: model.callee_number.clone(),
+            customer_id: call.customer_id,
+            started_at: micros(call.started_at),
+            duration_seconds: call.duration_seconds,
+            cost_micros: call.cost_micros,
+            received_at: micros(call.received_at),
+            caller_number: call.caller_number.clone(),
+            callee_number: call.callee_number.clone(),
         }
     }
 
@@ -610,8 +606,8 @@ const CALL_COLUMNS: &str = "id, call_id, customer_id, started_at, duration_secon
      billed_seconds, cost_micros, per_minute_micros, billing_increment_seconds, \
      caller_number, callee_number, received_at, invoice_id, connect_fee_micros";
 
-/// The call in a row of `SELECT {CALL_COLUMNS}`, read by position (what
-/// [`call_from`] makes of the same row read as a model).
+/// The call in a row of `SELECT {CALL_COLUMNS}` (or `RETURNING` them), read
+/// by position.
 fn call_from_row(row: &QueryResult) -> Result<Call, DbErr> {
     Ok(Call {
         id: row.try_get_by_index(0)?,
@@ -630,24 +626,4 @@ fn call_from_row(row: &QueryResult) -> Result<Call, DbErr> {
         connect_fee_micros: row.try_get_by_index(13)?,
         stored_segments: Vec::new(),
     })
-}
-
-fn call_from(model: call::Model) -> Call {
-    Call {
-        id: model.id,
-        call_id: model.call_id,
-        customer_id: model.customer_id,
-        started_at: instant(model.started_at),
-        duration_seconds: model.duration_seconds,
-        billed_seconds: model.billed_seconds,
-        cost_micros: model.cost_micros,
-        per_minute_micros: model.per_minute_micros,
-        billing_increment_seconds: model.billing_increment_seconds,
-        caller_number: model.caller_number,
-        callee_number: model.callee_number,
-        received_at: instant(model.received_at),
-        invoice_id: model.invoice_id,
-        connect_fee_micros: model.connect_fee_micros,
-        stored_segments: Vec::new(),
-    }
 }
