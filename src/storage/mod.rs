@@ -78,7 +78,7 @@ pub const SQLITE_READ_CONNECTIONS_DEFAULT_RANGE: (u32, u32) = (4, 16);
 /// (the database's pages are in the OS cache), so more threads than that
 /// only take turns at the cores: on 2 cores, 8 connections served the
 /// same history pages per second as 4 with a longer tail (BENCHMARKS.md,
-/// "Reading connections").
+/// "Reading connections and the plan cache").
 pub fn default_sqlite_read_connections() -> u32 {
     let cores = std::thread::available_parallelism()
         .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
@@ -87,6 +87,7 @@ pub fn default_sqlite_read_connections() -> u32 {
         .saturating_mul(SQLITE_READ_CONNECTIONS_PER_CORE)
         .clamp(fewest, most)
 }
+
 /// How long a request waits for a pooled connection (including opening
 /// one) before it fails with `UNAVAILABLE`, unless
 /// `--database-acquire-timeout-ms` says otherwise.
