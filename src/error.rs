@@ -59,6 +59,23 @@ impl AppError {
         AppError::Internal(source.into())
     }
 
+    /// A copy of this error for each of several requests that met it (the
+    /// requests of one coalesced lookup): the same kind and text, with the
+    /// source chain flattened into one message.
+    pub fn shared(&self) -> AppError {
+        match self {
+            AppError::InvalidArgument { field, reason } => AppError::invalid(field, reason),
+            AppError::NotFound(text) => AppError::NotFound(text.clone()),
+            AppError::AlreadyExists(text) => AppError::AlreadyExists(text.clone()),
+            AppError::Unauthenticated(text) => AppError::Unauthenticated(text.clone()),
+            AppError::PermissionDenied(text) => AppError::PermissionDenied(text.clone()),
+            AppError::ResourceExhausted(text) => AppError::ResourceExhausted(text.clone()),
+            AppError::FailedPrecondition(text) => AppError::FailedPrecondition(text.clone()),
+            AppError::Unavailable(source) => AppError::Unavailable(chain(source.as_ref()).into()),
+            AppError::Internal(source) => AppError::Internal(chain(source.as_ref()).into()),
+        }
+    }
+
     /// The error with its whole source chain, for logs (never for clients).
     pub fn detail(&self) -> String {
         let mut text = self.to_string();
@@ -74,3 +91,38 @@ impl AppError {
 
 /// The result type of the service's operations.
 pub type AppResult<T> = Result<T, AppError>;
+
+/// `err` and its sources, as one line.
+fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_error_keeps_its_kind_and_its_whole_text() {
+        let not_found = AppError::not_found("customer", 7).shared();
+        assert!(matches!(&not_found, AppError::NotFound(text) if text == "customer 7 not found"));
+        let invalid = AppError::invalid("page_size", "too large").shared();
+        assert_eq!(invalid.to_string(), "page_size: too large");
+        let cause = std::io::Error::other("database is locked");
+        let unavailable = AppError::Unavailable(Box::new(cause)).shared();
+        assert!(matches!(unavailable, AppError::Unavailable(_)));
+        assert_eq!(
+            unavailable.detail(),
+            "service temporarily unavailable: database is locked"
+        );
+        let internal = AppError::internal("no outcome").shared();
+        assert!(matches!(internal, AppError::Internal(_)));
+        assert_eq!(internal.detail(), "internal error: no outcome");
+    }
+}

@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
-use super::Access;
+use super::{Access, Plans};
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::model::{
@@ -25,30 +25,6 @@ use crate::storage::{CallFilter, CallWriter, GroupCommit, Store};
 /// plan and links are read once per request (a plan never changes).
 pub type CustomerCache = HashMap<i64, Option<Arc<Plan>>>;
 
-/// Customers whose plan one process remembers, at most; past it the cache
-/// starts over. About 100 bytes each, plus one copy of each plan.
-pub const PLAN_CACHE_CUSTOMERS: usize = 100_000;
-
-/// Each customer's plan, shared by every request of the process. A plan and
-/// a customer's plan never change and customers are never deleted, so an
-/// entry never goes stale, on this replica or because of another.
-#[derive(Debug, Default)]
-struct PlanCache {
-    plan_of: HashMap<i64, i64>,
-    plans: HashMap<i64, Arc<Plan>>,
-}
-
-impl PlanCache {
-    /// Records that `customer_id` is on `plan_id`; a full cache starts over
-    /// first (so the plan itself may have to be read again).
-    fn remember(&mut self, customer_id: i64, plan_id: i64) {
-        if self.plan_of.len() >= PLAN_CACHE_CUSTOMERS {
-            *self = PlanCache::default();
-        }
-        self.plan_of.insert(customer_id, plan_id);
-    }
-}
-
 /// The call use cases. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Calls {
@@ -61,7 +37,7 @@ pub struct Calls {
     tz: Tz,
     /// Unary calls are stored through it, in group commits.
     writer: CallWriter,
-    plans: Arc<Mutex<PlanCache>>,
+    plans: Plans,
 }
 
 impl Calls {
@@ -78,52 +54,17 @@ impl Calls {
         Calls {
             access: Access::new(store.clone()),
             writer: CallWriter::start(store.clone(), group_commit),
+            plans: Plans::new(store.clone()),
             store,
             clock,
             max_call_age,
             tz,
-            plans: Arc::default(),
         }
     }
 
-    /// The plan of a customer the caller may see, from the cache when this
-    /// process has read it before.
+    /// The plan of a customer the caller may see.
     async fn plan_of(&self, customer_id: i64) -> AppResult<Arc<Plan>> {
-        if let Ok(cache) = self.plans.lock()
-            && let Some(plan) = cache
-                .plan_of
-                .get(&customer_id)
-                .and_then(|plan_id| cache.plans.get(plan_id))
-        {
-            return Ok(Arc::clone(plan));
-        }
-        // A customer new to the cache is most often on a plan it holds:
-        // then one query for the plan's id is enough.
-        let plan_id = self.store.plan_id_of_customer(customer_id).await?;
-        if let Some(plan) = self.cached_plan(customer_id, plan_id) {
-            return Ok(plan);
-        }
-        let plan = self.store.plan(plan_id).await?;
-        Ok(self.remember(customer_id, plan))
-    }
-
-    /// The plan `plan_id` if the cache holds it, then also recorded as
-    /// `customer_id`'s.
-    fn cached_plan(&self, customer_id: i64, plan_id: i64) -> Option<Arc<Plan>> {
-        let mut cache = self.plans.lock().ok()?;
-        let plan = Arc::clone(cache.plans.get(&plan_id)?);
-        cache.remember(customer_id, plan_id);
-        Some(plan)
-    }
-
-    /// Caches `plan` as `customer_id`'s plan.
-    fn remember(&self, customer_id: i64, plan: Plan) -> Arc<Plan> {
-        let Ok(mut cache) = self.plans.lock() else {
-            return Arc::new(plan);
-        };
-        let plan_id = plan.id;
-        cache.remember(customer_id, plan_id);
-        Arc::clone(cache.plans.entry(plan_id).or_insert_with(|| Arc::new(plan)))
+        self.plans.of_customer(customer_id).await
     }
 
     /// Checks and rates one record for `principal`.

@@ -10,9 +10,11 @@ pub mod accounts;
 pub mod calls;
 pub mod customers;
 pub mod invoicing;
+pub mod plans;
 
 pub use access::{Access, CustomerPass};
 pub use accounts::Accounts;
 pub use calls::Calls;
 pub use customers::Customers;
 pub use invoicing::Invoicing;
+pub use plans::Plans;

@@ -180,6 +180,53 @@ async fn the_same_call_id_is_a_duplicate_and_different_content_is_already_exists
 }
 
 #[tokio::test]
+async fn concurrent_calls_of_customers_new_to_the_server_are_each_rated_on_their_own_plan() {
+    // The plan lookups of concurrent requests are answered together (one
+    // query for many customers): each call still gets its own customer's
+    // plan, and unknown customers among them are NOT_FOUND without failing
+    // the others.
+    let app = spawn_app().await;
+    let per_minute = app.plan(PlanKind::Postpaid, 60_000, 60).await;
+    let per_second = app.plan(PlanKind::Postpaid, 120_000, 1).await;
+    let mut expected = Vec::new();
+    for n in 0..10 {
+        let (plan, cost) = if n % 2 == 0 {
+            (&per_minute, 120_000)
+        } else {
+            (&per_second, 180_000)
+        };
+        let customer = app.customer(plan.id, n, vec![]).await;
+        // Two calls of each customer, so a customer is asked for twice.
+        expected.push((customer.id, Some(cost)));
+        expected.push((customer.id, Some(cost)));
+    }
+    let unknown = expected.iter().map(|(id, _)| *id).max().unwrap() + 1_000;
+    expected.push((unknown, None));
+    expected.push((unknown + 1, None));
+    let attempts = expected.iter().map(|&(customer_id, _)| {
+        let mut client = app.calls.clone();
+        tokio::spawn(async move {
+            client
+                .add_call(call(customer_id, 90))
+                .await
+                .map(|r| r.into_inner())
+        })
+    });
+    let outcomes = futures_util::future::join_all(attempts).await;
+    for ((customer_id, cost), outcome) in expected.into_iter().zip(outcomes) {
+        let outcome = outcome.unwrap();
+        match cost {
+            Some(cost) => {
+                let stored = outcome.unwrap().call.unwrap();
+                assert_eq!(stored.customer_id, customer_id);
+                assert_eq!(stored.cost_micros, cost, "customer {customer_id}");
+            }
+            None => assert_status(outcome, Code::NotFound, &format!("customer {customer_id}")),
+        }
+    }
+}
+
+#[tokio::test]
 async fn concurrent_duplicates_store_one_call_and_debit_once() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
