@@ -24,7 +24,7 @@
 //! Nothing here asserts a timing; it checks only that both sides did the
 //! same work (same rows, same invoice totals).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use billing::domain::invoice::InvoiceLineKind;
 use billing::domain::rating::cost_of;
 use billing::grpc::pb;
+use billing::grpc::pb::account_service_client::AccountServiceClient;
 use billing::grpc::pb::call_service_client::CallServiceClient;
 use billing::grpc::pb::invoice_service_client::InvoiceServiceClient;
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
@@ -42,6 +43,7 @@ use sea_orm::{
     TransactionTrait,
 };
 use tokio_stream::StreamExt;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -103,6 +105,12 @@ struct Args {
     /// later figures are written for the postpaid plan.
     #[arg(long)]
     prepaid: bool,
+    /// Run the server with authentication on, as in production: the AddCall
+    /// load presents an API key (`authorization: Bearer …`), so each call
+    /// is authenticated, while the health check needs no credentials;
+    /// implies --unary-only.
+    #[arg(long)]
+    auth: bool,
     /// Instead of the figures above: IngestCalls and RunBillingCycle
     /// throughput with 1 and then 2 replicas of the server on one database
     /// (a fresh one per run; meant for PostgreSQL).
@@ -264,9 +272,24 @@ async fn main() -> Result<(), Failure> {
         db.close().await?;
     }
 
-    let mut server = Server::start(&server_binary, &service_url, args.server_log.as_deref())?;
+    if args.auth {
+        create_admin(&server_binary, &service_url)?;
+    }
+    let mut server = Server::start(
+        &server_binary,
+        &service_url,
+        args.server_log.as_deref(),
+        args.auth,
+    )?;
     let url = format!("http://{}", server.addr);
     println!("server: pid {} at {}", server.child.id(), server.addr);
+    let credentials = if args.auth {
+        let key = api_key(&url).await?;
+        println!("authentication on: the AddCall load presents an API key");
+        Some(key)
+    } else {
+        None
+    };
     println!();
 
     // 1. Unary load.
@@ -286,6 +309,7 @@ async fn main() -> Result<(), Failure> {
             Rpc::AddCall {
                 customers: data.customers,
                 run: connections,
+                credentials: credentials.clone(),
             },
         )
         .await?;
@@ -297,7 +321,7 @@ async fn main() -> Result<(), Failure> {
     }
     server.memory("after the unary load");
     println!();
-    if args.unary_only || args.prepaid {
+    if args.unary_only || args.prepaid || args.auth {
         return Ok(());
     }
 
@@ -535,7 +559,7 @@ async fn scale_out(
         let db = connect(&url).await?;
         seed_customers(&db, data).await?;
         let servers = (0..replicas)
-            .map(|_| Server::start(binary, &url, args.server_log.as_deref()))
+            .map(|_| Server::start(binary, &url, args.server_log.as_deref(), false))
             .collect::<Result<Vec<_>, _>>()?;
         let endpoints: Vec<String> = servers
             .iter()
@@ -685,6 +709,53 @@ async fn connect(url: &str) -> Result<DatabaseConnection, Failure> {
                 .foreign_keys(true)
         });
     Ok(Database::connect(options).await?)
+}
+
+/// The admin account of a run with authentication on.
+const BENCH_ADMIN: &str = "bench";
+const BENCH_PASSWORD: &str = "bench password, not a secret";
+
+/// Creates the admin account with `billing create-admin`, as an operator
+/// would on a new installation.
+fn create_admin(binary: &PathBuf, url: &str) -> Result<(), Failure> {
+    let mut child = Command::new(binary)
+        .args(["--database-url", url, "create-admin", BENCH_ADMIN])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
+    if !child.wait()?.success() {
+        return Err(format!("`billing create-admin` failed on {url}").into());
+    }
+    Ok(())
+}
+
+/// Signs in as the admin and creates an API key for the load, as a switch
+/// is given one: the `authorization` value it presents.
+async fn api_key(url: &str) -> Result<MetadataValue<Ascii>, Failure> {
+    let mut accounts = AccountServiceClient::connect(url.to_owned()).await?;
+    let login = accounts
+        .login(pb::LoginRequest {
+            username: BENCH_ADMIN.into(),
+            password: BENCH_PASSWORD.into(),
+        })
+        .await?
+        .into_inner();
+    let mut request = tonic::Request::new(pb::CreateApiKeyRequest {
+        name: "bench switch".into(),
+        account_id: 0,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", login.access_token).parse()?,
+    );
+    let key = accounts.create_api_key(request).await?.into_inner();
+    Ok(format!("Bearer {}", key.secret).parse()?)
 }
 
 fn migrate(binary: &PathBuf, url: &str) -> Result<(), Failure> {
@@ -937,19 +1008,29 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &PathBuf, url: &str, log: Option<&str>) -> Result<Server, Failure> {
+    /// Starts `billing serve` on `url`, with authentication off unless
+    /// `auth`.
+    fn start(
+        binary: &PathBuf,
+        url: &str,
+        log: Option<&str>,
+        auth: bool,
+    ) -> Result<Server, Failure> {
+        let mut args = vec![
+            "--database-url",
+            url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-scheduler",
+            "--unary-timeout-seconds",
+            "3600",
+        ];
+        if !auth {
+            args.push("--no-auth");
+        }
         let mut child = Command::new(binary)
-            .args([
-                "--database-url",
-                url,
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-auth",
-                "--no-scheduler",
-                "--unary-timeout-seconds",
-                "3600",
-            ])
+            .args(args)
             .env("RUST_LOG", log.unwrap_or("warn,billing=info"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1013,11 +1094,18 @@ impl Drop for Server {
 }
 
 /// What a load sends.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Rpc {
     Health,
-    AddCall { customers: u64, run: usize },
-    History { data: Data },
+    AddCall {
+        customers: u64,
+        run: usize,
+        /// The `authorization` metadata, when the server checks it.
+        credentials: Option<MetadataValue<Ascii>>,
+    },
+    History {
+        data: Data,
+    },
 }
 
 /// Completed requests and their latencies.
@@ -1074,6 +1162,7 @@ async fn load(
     for (connection, channel) in channels.into_iter().enumerate() {
         for stream in 0..streams {
             let channel: Channel = channel.clone();
+            let rpc = rpc.clone();
             let seed = (connection * 1000 + stream) as u64;
             tasks.push(tokio::spawn(async move {
                 let mut latencies: Vec<u32> = Vec::new();
@@ -1091,22 +1180,28 @@ async fn load(
                                 })
                                 .await?;
                         }
-                        Rpc::AddCall { customers, run } => {
+                        Rpc::AddCall {
+                            customers,
+                            run,
+                            ref credentials,
+                        } => {
                             let started = Utc::now() - chrono::TimeDelta::seconds(1);
-                            calls
-                                .add_call(pb::AddCallRequest {
-                                    customer_id: 1 + rng.below(customers) as i64,
-                                    duration: Some(
-                                        pb::add_call_request::Duration::DurationSeconds(
-                                            1 + rng.below(900) as i64,
-                                        ),
-                                    ),
-                                    started_at: Some(timestamp(started)),
-                                    call_id: format!("load-{run}-{connection}-{stream}-{n}"),
-                                    caller_number: "+14155550100".into(),
-                                    callee_number: "+12025550123".into(),
-                                })
-                                .await?;
+                            let mut request = tonic::Request::new(pb::AddCallRequest {
+                                customer_id: 1 + rng.below(customers) as i64,
+                                duration: Some(pb::add_call_request::Duration::DurationSeconds(
+                                    1 + rng.below(900) as i64,
+                                )),
+                                started_at: Some(timestamp(started)),
+                                call_id: format!("load-{run}-{connection}-{stream}-{n}"),
+                                caller_number: "+14155550100".into(),
+                                callee_number: "+12025550123".into(),
+                            });
+                            if let Some(credentials) = credentials {
+                                request
+                                    .metadata_mut()
+                                    .insert("authorization", credentials.clone());
+                            }
+                            calls.add_call(request).await?;
                         }
                         Rpc::History { data } => {
                             let span = (data.month_end - data.month_start).num_seconds();
