@@ -56,6 +56,9 @@ pub struct Config {
     pub auth: bool,
     /// How long an access token from `Login` is accepted.
     pub token_ttl: TimeDelta,
+    /// How long a verified credential is trusted without reading it again
+    /// (zero: read on every RPC).
+    pub credential_cache: Duration,
     /// Serve gRPC over TLS with these PEM files; `None`: plaintext h2c.
     pub tls: Option<TlsFiles>,
 }
@@ -95,6 +98,11 @@ pub const DEFAULT_FEED_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// How long access tokens live unless `--token-ttl` says otherwise.
 pub const DEFAULT_TOKEN_TTL: TimeDelta = TimeDelta::hours(12);
+
+/// How long a verified credential is trusted without reading it again,
+/// unless `--credential-cache-seconds` says otherwise: also how long a key
+/// revoked through one replica may still be accepted by another.
+pub const DEFAULT_CREDENTIAL_CACHE: Duration = Duration::from_secs(5);
 
 /// Bounds on the work one request, stream or connection may cause. Each is
 /// a `serve` flag; the defaults are documented in the README.
@@ -178,6 +186,7 @@ pub struct Application {
     limits: Limits,
     auth: bool,
     token_ttl: TimeDelta,
+    credential_cache: Duration,
     tls: Option<ServerTlsConfig>,
 }
 
@@ -207,6 +216,7 @@ impl Application {
             limits: config.limits,
             auth: config.auth,
             token_ttl: config.token_ttl,
+            credential_cache: config.credential_cache,
             tls,
         })
     }
@@ -246,10 +256,12 @@ impl Application {
             limits,
             auth,
             token_ttl,
+            credential_cache,
             tls,
         } = self;
         let invoicing = Invoicing::new(store.clone(), clock.clone(), billing_tz);
-        let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl);
+        let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl)
+            .trusting_verified_credentials_for(credential_cache);
         let authentication = if auth {
             Authentication::On(Box::new(accounts.clone()))
         } else {

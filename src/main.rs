@@ -98,6 +98,14 @@ enum Command {
         /// unit `s`, `m`, `h` or `d` (e.g. `12h`, `90m`), 1 minute to 30 days.
         #[arg(long, env = "BILLING_TOKEN_TTL", default_value = "12h", value_parser = parse_ttl)]
         token_ttl: TimeDelta,
+        /// Seconds a verified access token or API key is trusted without
+        /// reading it again (0: read on every RPC). A key revoked through
+        /// another replica may be accepted here for that long; through this
+        /// one, it is refused at once.
+        #[arg(long, env = "BILLING_CREDENTIAL_CACHE_SECONDS",
+              default_value_t = billing::app::DEFAULT_CREDENTIAL_CACHE.as_secs(),
+              value_parser = clap::value_parser!(u64).range(0..=300))]
+        credential_cache_seconds: u64,
         /// Serve gRPC over TLS with this PEM certificate chain (needs
         /// --tls-key).
         #[arg(long, env = "BILLING_TLS_CERT", requires = "tls_key")]
@@ -279,6 +287,7 @@ async fn main() -> ExitCode {
             shutdown_grace_seconds,
             no_auth,
             token_ttl,
+            credential_cache_seconds,
             tls_cert,
             tls_key,
             tls_client_ca,
@@ -305,6 +314,7 @@ async fn main() -> ExitCode {
                 limits: limits.limits(),
                 auth: !no_auth,
                 token_ttl,
+                credential_cache: Duration::from_secs(credential_cache_seconds),
                 tls: tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles {
                     cert,
                     key,

@@ -61,7 +61,7 @@ pub fn valid_new_password(password: &str) -> AppResult<()> {
 }
 
 /// Which kind of credential a token is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenKind {
     /// A sign-in token from `Login`; expires.
     Access,

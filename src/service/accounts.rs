@@ -1,6 +1,10 @@
 //! The account use cases: sign-in with its throttle, accounts, API keys,
 //! and turning a presented bearer token into the caller's principal.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::Access;
@@ -20,6 +24,45 @@ pub const MAX_KEY_NAME_CHARS: usize = 100;
 /// The one message of a failed login, whichever part was wrong.
 const LOGIN_FAILED: &str = "wrong username or password";
 
+/// Credentials one process remembers as verified, at most; past it the
+/// cache starts over. A few hundred bytes each.
+pub const CREDENTIAL_CACHE_ENTRIES: usize = 10_000;
+
+/// A credential this process has verified: what the bearer token's secret
+/// must hash to, and whom it acts as.
+#[derive(Debug, Clone)]
+struct Verified {
+    secret_hash: String,
+    principal: Principal,
+    /// When an access token stops being accepted; `None` for API keys.
+    expires_at: Option<DateTime<Utc>>,
+    /// When it was read from the database.
+    read_at: Instant,
+}
+
+/// Verified credentials by kind and selector, each trusted for a while
+/// (`--credential-cache-seconds`) before it is read again: every RPC is
+/// authenticated, and without it each one costs two queries (the
+/// credential, its account). Only successes are kept, and the presented
+/// secret is still checked against the stored hash on every use, so the
+/// cache never admits a token the database would refuse, except one
+/// revoked on another replica within the last `ttl`.
+#[derive(Debug)]
+struct CredentialCache {
+    ttl: Duration,
+    verified: HashMap<(TokenKind, String), Verified>,
+    /// Counts the times the cache was emptied, so a credential read before
+    /// a revocation is not cached after it.
+    generation: u64,
+}
+
+impl CredentialCache {
+    fn clear(&mut self) {
+        self.verified.clear();
+        self.generation += 1;
+    }
+}
+
 /// A successful login.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -35,17 +78,37 @@ pub struct Accounts {
     clock: Clock,
     access: Access,
     token_ttl: TimeDelta,
+    credentials: Arc<Mutex<CredentialCache>>,
 }
 
 impl Accounts {
-    /// Accounts over `store`; access tokens live for `token_ttl`.
+    /// Accounts over `store`; access tokens live for `token_ttl`. Every
+    /// credential is read from the database on every use; see
+    /// [`Accounts::trusting_verified_credentials_for`].
     pub fn new(store: Store, clock: Clock, token_ttl: TimeDelta) -> Self {
         Accounts {
             access: Access::new(store.clone()),
             store,
             clock,
             token_ttl,
+            credentials: Arc::new(Mutex::new(CredentialCache {
+                ttl: Duration::ZERO,
+                verified: HashMap::new(),
+                generation: 0,
+            })),
         }
+    }
+
+    /// These accounts, trusting a credential verified within the last
+    /// `ttl` without reading it again (zero: never). A key revoked through
+    /// this process is refused at once; one revoked through another
+    /// replica is refused here within `ttl`.
+    pub fn trusting_verified_credentials_for(self, ttl: Duration) -> Self {
+        if let Ok(mut cache) = self.credentials.lock() {
+            cache.ttl = ttl;
+            cache.clear();
+        }
+        self
     }
 
     /// Signs in. A wrong username and a wrong password fail alike, and take
@@ -115,8 +178,28 @@ impl Accounts {
     /// a known, unexpired access token or unrevoked API key.
     pub async fn authenticate(&self, bearer: &str) -> AppResult<Principal> {
         let refused = |why: &str| AppError::Unauthenticated(format!("{why}; sign in with Login"));
+        let expired = |expires_at: Option<DateTime<Utc>>| {
+            expires_at.is_some_and(|expires_at| expires_at <= self.clock.now())
+        };
         let presented = credentials::parse_token(bearer)
             .ok_or_else(|| refused("the bearer token is not a token of this service"))?;
+        let key = (presented.kind, presented.selector.clone());
+        let mut generation = None;
+        let cached = self.credentials.lock().ok().and_then(|cache| {
+            generation = Some(cache.generation);
+            let verified = cache.verified.get(&key)?;
+            (verified.read_at.elapsed() < cache.ttl).then(|| verified.clone())
+        });
+        if let Some(verified) = cached {
+            if !presented.matches(&verified.secret_hash) {
+                return Err(refused("unknown bearer token"));
+            }
+            if expired(verified.expires_at) {
+                return Err(refused("the access token has expired"));
+            }
+            return Ok(verified.principal);
+        }
+        let read_at = Instant::now();
         let stored = match presented.kind {
             TokenKind::Access => self.store.access_token(&presented.selector).await?,
             TokenKind::ApiKey => self.store.api_key(&presented.selector).await?,
@@ -127,14 +210,29 @@ impl Accounts {
         if stored.revoked {
             return Err(refused("the API key was revoked"));
         }
-        if stored
-            .expires_at
-            .is_some_and(|expires_at| expires_at <= self.clock.now())
-        {
+        if expired(stored.expires_at) {
             return Err(refused("the access token has expired"));
         }
         let account = self.store.account(stored.account_id).await?;
-        Principal::of(&account)
+        let principal = Principal::of(&account)?;
+        if let Ok(mut cache) = self.credentials.lock()
+            && !cache.ttl.is_zero()
+            && generation == Some(cache.generation)
+        {
+            if cache.verified.len() >= CREDENTIAL_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.verified.insert(
+                key,
+                Verified {
+                    secret_hash: stored.secret_hash,
+                    principal: principal.clone(),
+                    expires_at: stored.expires_at,
+                    read_at,
+                },
+            );
+        }
+        Ok(principal)
     }
 
     /// The caller's own account.
@@ -253,6 +351,11 @@ impl Accounts {
         if !state.revoked {
             self.store.revoke_api_key(key_id, self.clock.now()).await?;
             tracing::info!(key_id, "API key revoked");
+        }
+        // Whatever this process trusted is read again, so the key is
+        // refused here from now on. Revocations are rare.
+        if let Ok(mut cache) = self.credentials.lock() {
+            cache.clear();
         }
         Ok(state.revoked)
     }

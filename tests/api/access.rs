@@ -911,3 +911,70 @@ async fn a_caller_that_may_not_call_an_rpc_is_denied_before_its_request_is_valid
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 }
+
+#[tokio::test]
+async fn a_key_revoked_through_one_replica_is_refused_by_replicas_that_read_it_again() {
+    // Three replicas on one database: A revokes; B reads credentials on
+    // every RPC (--credential-cache-seconds 0); C trusts what it verified
+    // for 300 s, the documented lag of a revocation through another replica.
+    let a = spawn_secured().await;
+    bootstrap_admin(&a).await;
+    let replica = |cache_seconds| {
+        spawn_app_with(AppOptions {
+            clock: a.clock.clone(),
+            auth: true,
+            database: Some(a.database.clone()),
+            credential_cache: std::time::Duration::from_secs(cache_seconds),
+            ..AppOptions::default()
+        })
+    };
+    let (b, c) = (replica(0).await, replica(300).await);
+    let admin = login(&a, "root").await;
+    let key = admin
+        .accounts
+        .clone()
+        .create_api_key(pb::CreateApiKeyRequest {
+            name: "switch".into(),
+            account_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let who = |app: &TestApp, secret: &str| {
+        let mut accounts = Caller::new("key", &app.channel, Bearer::new(secret)).accounts;
+        async move { accounts.who_am_i(pb::WhoAmIRequest {}).await }
+    };
+    for app in [&a, &b, &c] {
+        assert_eq!(
+            who(app, &key.secret).await.unwrap().into_inner().username,
+            "root"
+        );
+    }
+    // The same key id with another secret is refused, though C trusts the
+    // key: the secret is checked on every use.
+    let mut forged = key.secret.clone();
+    let last = if forged.ends_with('0') { "1" } else { "0" };
+    forged.replace_range(forged.len() - 1.., last);
+    for app in [&a, &b, &c] {
+        assert_eq!(
+            who(app, &forged).await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+    admin
+        .accounts
+        .clone()
+        .revoke_api_key(pb::RevokeApiKeyRequest { key_id: key.key_id })
+        .await
+        .unwrap();
+    for app in [&a, &b] {
+        let status = who(app, &key.secret).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("revoked"), "{status:?}");
+    }
+    assert_eq!(
+        who(&c, &key.secret).await.unwrap().into_inner().username,
+        "root",
+        "C has not read the key again yet"
+    );
+}

@@ -102,6 +102,8 @@ pub struct AppOptions {
     /// Whether RPCs need credentials; off unless a test is about access.
     pub auth: bool,
     pub token_ttl: chrono::TimeDelta,
+    /// `--credential-cache-seconds`.
+    pub credential_cache: Duration,
     /// Serve over TLS with these files (clients are then the test's own).
     pub tls: Option<billing::app::TlsFiles>,
     /// `--database-read-url`.
@@ -120,6 +122,7 @@ impl Default for AppOptions {
             limits: Limits::default(),
             auth: false,
             token_ttl: billing::app::DEFAULT_TOKEN_TTL,
+            credential_cache: billing::app::DEFAULT_CREDENTIAL_CACHE,
             tls: None,
             read_url: None,
             feed_catch_up: billing::app::DEFAULT_FEED_CATCH_UP,
@@ -175,6 +178,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         limits: options.limits,
         auth: options.auth,
         token_ttl: options.token_ttl,
+        credential_cache: options.credential_cache,
         tls: options.tls,
     })
     .await
