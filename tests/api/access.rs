@@ -978,3 +978,30 @@ async fn a_key_revoked_through_one_replica_is_refused_by_replicas_that_read_it_a
         "C has not read the key again yet"
     );
 }
+
+#[tokio::test]
+async fn a_switch_may_push_calls_of_a_customer_linked_after_it_was_refused() {
+    // A link once seen is remembered (links are never removed); one not
+    // found is read again, so linking a customer takes effect at once.
+    let w = world().await;
+    let mut switch = w.switch_a.calls.clone();
+    switch.add_call(call(w.customer_a_id, 5)).await.unwrap();
+    let status = switch.add_call(call(w.customer_b_id, 5)).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    w.admin
+        .customers
+        .clone()
+        .link_operator(pb::LinkOperatorRequest {
+            customer_id: w.customer_b_id,
+            operator_id: w.operator_a_id,
+        })
+        .await
+        .unwrap();
+    let stored = switch
+        .add_call(call(w.customer_b_id, 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.call.unwrap().customer_id, w.customer_b_id);
+    switch.add_call(call(w.customer_a_id, 6)).await.unwrap();
+}
