@@ -105,9 +105,11 @@ struct Args {
     /// later figures are written for the postpaid plan.
     #[arg(long)]
     prepaid: bool,
-    /// Run the server with authentication on, as in production: the AddCall
-    /// load presents an API key (`authorization: Bearer …`), so each call
-    /// is authenticated, while the health check needs no credentials;
+    /// Run the server with authentication on, as in production: every
+    /// customer is linked to one operator, and the AddCall load presents
+    /// the API key of that operator's switch (`authorization: Bearer …`),
+    /// so each call is authenticated and checked against the switch's
+    /// operator links, while the health check needs no credentials;
     /// implies --unary-only.
     #[arg(long)]
     auth: bool,
@@ -177,6 +179,9 @@ struct Data {
     month_end: DateTime<Utc>,
     /// The plan's kind: `prepaid` or `postpaid`.
     plan_kind: &'static str,
+    /// Whether every customer is linked to operator 1, whose switch pushes
+    /// the calls (with --auth).
+    operator_links: bool,
 }
 
 impl Data {
@@ -246,6 +251,7 @@ async fn main() -> Result<(), Failure> {
         month_start: this_month - Months::new(1),
         month_end: this_month,
         plan_kind: if args.prepaid { "prepaid" } else { "postpaid" },
+        operator_links: args.auth,
     };
     let scratch = Scratch::new()?;
     if args.scale_out {
@@ -285,7 +291,7 @@ async fn main() -> Result<(), Failure> {
     println!("server: pid {} at {}", server.child.id(), server.addr);
     let credentials = if args.auth {
         let key = api_key(&url).await?;
-        println!("authentication on: the AddCall load presents an API key");
+        println!("authentication on: the AddCall load presents the API key of operator 1's switch");
         Some(key)
     } else {
         None
@@ -735,8 +741,10 @@ fn create_admin(binary: &PathBuf, url: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Signs in as the admin and creates an API key for the load, as a switch
-/// is given one: the `authorization` value it presents.
+/// Signs in as the admin, creates the account of operator 1's switch and
+/// an API key for it, as a switch is given one: the `authorization` value
+/// the load presents. Each call is then checked against the switch's
+/// operator links.
 async fn api_key(url: &str) -> Result<MetadataValue<Ascii>, Failure> {
     let mut accounts = AccountServiceClient::connect(url.to_owned()).await?;
     let login = accounts
@@ -746,14 +754,23 @@ async fn api_key(url: &str) -> Result<MetadataValue<Ascii>, Failure> {
         })
         .await?
         .into_inner();
+    let admin: MetadataValue<Ascii> = format!("Bearer {}", login.access_token).parse()?;
+    let mut request = tonic::Request::new(pb::CreateAccountRequest {
+        username: "bench-switch".into(),
+        password: BENCH_PASSWORD.into(),
+        role: pb::Role::Switch.into(),
+        operator_id: 1,
+        customer_id: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", admin.clone());
+    let switch = accounts.create_account(request).await?.into_inner();
     let mut request = tonic::Request::new(pb::CreateApiKeyRequest {
         name: "bench switch".into(),
-        account_id: 0,
+        account_id: switch.id,
     });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", login.access_token).parse()?,
-    );
+    request.metadata_mut().insert("authorization", admin);
     let key = accounts.create_api_key(request).await?.into_inner();
     Ok(format!("Bearer {}", key.secret).parse()?)
 }
@@ -833,10 +850,26 @@ async fn seed_customers(db: &DatabaseConnection, data: Data) -> Result<(), Failu
         ))
         .await?;
     }
+    if data.operator_links {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            numbered(
+                backend,
+                "INSERT INTO operators (id, name, created_at) VALUES (1, 'bench operator', ?)",
+            ),
+            [created.into()],
+        ))
+        .await?;
+        txn.execute_unprepared(
+            "INSERT INTO customer_operators (customer_id, operator_id) \
+             SELECT id, 1 FROM customers",
+        )
+        .await?;
+    }
     txn.commit().await?;
     if backend == DatabaseBackend::Postgres {
         // Explicit ids leave the sequences behind.
-        for table in ["plans", "customers"] {
+        for table in ["plans", "customers", "operators"] {
             db.execute_unprepared(&format!(
                 "SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))"
             ))
