@@ -263,7 +263,7 @@ impl Application {
         let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl)
             .trusting_verified_credentials_for(credential_cache);
         let authentication = if auth {
-            Authentication::On(Box::new(accounts.clone()))
+            Authentication::On(std::sync::Arc::new(accounts.clone()))
         } else {
             tracing::warn!("authentication is OFF (--no-auth): every caller has full access");
             Authentication::Off

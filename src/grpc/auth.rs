@@ -9,6 +9,7 @@
 //! RPC log line can name it (never the token).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::{Request, Status};
@@ -54,8 +55,9 @@ pub fn caller_may<T>(request: &Request<T>, action: Action) -> Result<Principal, 
 /// How RPCs are authenticated.
 #[derive(Debug, Clone)]
 pub enum Authentication {
-    /// Bearer tokens checked against the accounts.
-    On(Box<Accounts>),
+    /// Bearer tokens checked against the accounts (shared: the layer hands
+    /// every request a reference, not a copy).
+    On(Arc<Accounts>),
     /// Every caller acts as [`NO_AUTH`].
     Off,
 }
