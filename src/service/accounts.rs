@@ -30,7 +30,7 @@ pub const CREDENTIAL_CACHE_ENTRIES: usize = 10_000;
 
 /// A credential this process has verified: what the bearer token's secret
 /// must hash to, and whom it acts as.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Verified {
     secret_hash: String,
     principal: Principal,
@@ -185,19 +185,24 @@ impl Accounts {
             .ok_or_else(|| refused("the bearer token is not a token of this service"))?;
         let key = (presented.kind, presented.selector.clone());
         let mut generation = None;
+        // A hit is checked under the lock, so nothing but the principal is
+        // copied out of the cache.
         let cached = self.credentials.lock().ok().and_then(|cache| {
             generation = Some(cache.generation);
-            let verified = cache.verified.get(&key)?;
-            (verified.read_at.elapsed() < cache.ttl).then(|| verified.clone())
+            let verified = cache
+                .verified
+                .get(&key)
+                .filter(|verified| verified.read_at.elapsed() < cache.ttl)?;
+            Some(if !presented.matches(&verified.secret_hash) {
+                Err(refused("unknown bearer token"))
+            } else if expired(verified.expires_at) {
+                Err(refused("the access token has expired"))
+            } else {
+                Ok(verified.principal.clone())
+            })
         });
-        if let Some(verified) = cached {
-            if !presented.matches(&verified.secret_hash) {
-                return Err(refused("unknown bearer token"));
-            }
-            if expired(verified.expires_at) {
-                return Err(refused("the access token has expired"));
-            }
-            return Ok(verified.principal);
+        if let Some(outcome) = cached {
+            return outcome;
         }
         let read_at = Instant::now();
         let stored = match presented.kind {
