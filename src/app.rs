@@ -42,6 +42,9 @@ pub struct Config {
     pub clock: Clock,
     /// The billing time zone: periods are calendar months there.
     pub billing_tz: Tz,
+    /// How long after its end a month closes for usage and can be
+    /// invoiced.
+    pub invoice_grace_period: TimeDelta,
     /// Whether to run the billing scheduler.
     pub scheduler: bool,
     /// How often every invoice watcher looks for invoices it was not told
@@ -180,6 +183,7 @@ pub struct Application {
     store: Store,
     clock: Clock,
     billing_tz: Tz,
+    invoice_grace_period: TimeDelta,
     scheduler: bool,
     invoice_feed_catch_up: Duration,
     shutdown_grace: Duration,
@@ -198,6 +202,10 @@ impl Application {
             .await
             .map_err(StartupError::Database)?;
         store.migrate().await.map_err(StartupError::Migration)?;
+        store
+            .place_rows_in_billing_months(config.billing_tz)
+            .await
+            .map_err(StartupError::Migration)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -210,6 +218,7 @@ impl Application {
             store,
             clock: config.clock,
             billing_tz: config.billing_tz,
+            invoice_grace_period: config.invoice_grace_period,
             scheduler: config.scheduler,
             invoice_feed_catch_up: config.invoice_feed_catch_up,
             shutdown_grace: config.shutdown_grace,
@@ -250,6 +259,7 @@ impl Application {
             store,
             clock,
             billing_tz,
+            invoice_grace_period,
             scheduler,
             invoice_feed_catch_up,
             shutdown_grace,
@@ -259,7 +269,12 @@ impl Application {
             credential_cache,
             tls,
         } = self;
-        let invoicing = Invoicing::new(store.clone(), clock.clone(), billing_tz);
+        let invoicing = Invoicing::new(
+            store.clone(),
+            clock.clone(),
+            billing_tz,
+            invoice_grace_period,
+        );
         let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl)
             .trusting_verified_credentials_for(credential_cache);
         let authentication = if auth {
@@ -348,6 +363,7 @@ impl Application {
                 CustomerServiceServer::new(CustomerApi::new(Customers::new(
                     store.clone(),
                     clock.clone(),
+                    billing_tz,
                 )))
                 .max_decoding_message_size(max_bytes),
             )

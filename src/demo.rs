@@ -3,11 +3,13 @@
 //! paths as the API.
 
 use chrono::TimeDelta;
+use chrono_tz::Tz;
 
 use crate::clock::Clock;
 use crate::domain::access::{NewAccount, Principal, Role};
 use crate::domain::credentials;
 use crate::domain::model::{CallRecord, NewCall, NewCustomer, NewPlan, PlanKind, TopUpRequest};
+use crate::domain::period::BillingPeriod;
 use crate::domain::rating;
 use crate::error::{AppError, AppResult};
 use crate::service::Accounts;
@@ -28,7 +30,10 @@ pub struct DemoSummary {
 /// five customers linked to them, monthly top-ups for the prepaid customers and a
 /// few hundred calls over the three months before now, and one account of
 /// each role with a random password.
-pub async fn fill(store: &Store, clock: Clock) -> AppResult<DemoSummary> {
+///
+/// Months are those of `tz`, the billing time zone the service will run
+/// with.
+pub async fn fill(store: &Store, clock: Clock, tz: Tz) -> AppResult<DemoSummary> {
     let now = clock.now();
     if !store.list_plans(0, 1).await?.is_empty() {
         return Err(AppError::FailedPrecondition(
@@ -111,7 +116,9 @@ pub async fn fill(store: &Store, clock: Clock) -> AppResult<DemoSummary> {
                     request_id: format!("demo-top-up-{}-{month}", customer.id),
                 };
                 let at = since + TimeDelta::hours(1) + TimeDelta::days(30 * month);
-                store.top_up(top_up, at).await?;
+                store
+                    .top_up(top_up, at, BillingPeriod::containing(at, tz))
+                    .await?;
             }
         }
         for n in 0..60 {
@@ -130,6 +137,7 @@ pub async fn fill(store: &Store, clock: Clock) -> AppResult<DemoSummary> {
                 rating: rating::rate(duration_seconds, &plan),
                 record,
                 started_at,
+                started_in: BillingPeriod::containing(started_at, tz),
                 received_at: started_at + TimeDelta::seconds(duration_seconds),
                 plan_kind: plan.kind,
             });

@@ -75,6 +75,13 @@ enum Command {
         /// daylight saving included), e.g. `Europe/Berlin`.
         #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC")]
         billing_timezone: Tz,
+        /// How long after its end (local midnight of the 1st) a month
+        /// closes: until then calls that started in it still belong to it,
+        /// and its invoice cannot be issued; the scheduler issues it at the
+        /// close. A number with a unit `s`, `m` or `h`, `0s` to `24h`.
+        #[arg(long, env = "BILLING_INVOICE_GRACE_PERIOD", default_value = "4h",
+              value_parser = parse_grace)]
+        invoice_grace_period: TimeDelta,
         /// Do not run the billing scheduler (invoices are then issued only
         /// through GenerateInvoice and RunBillingCycle).
         #[arg(long, env = "BILLING_NO_SCHEDULER")]
@@ -123,10 +130,19 @@ enum Command {
         limits: LimitFlags,
     },
     /// Apply pending database migrations and exit.
-    Migrate,
+    Migrate {
+        /// The billing time zone the service runs with: a conversion that
+        /// places existing calls in billing months needs it.
+        #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC")]
+        billing_timezone: Tz,
+    },
     /// Fill an empty database with demo plans, operators, customers, calls
     /// and one account of each role (their passwords are printed).
-    DemoData,
+    DemoData {
+        /// The billing time zone the service will run with.
+        #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC")]
+        billing_timezone: Tz,
+    },
     /// Create an admin account, or reset the password of the admin account
     /// of that name. The password is read from the first line of standard
     /// input (at least 12 characters); migrations run first.
@@ -138,6 +154,17 @@ enum Command {
 
 /// Parses a token lifetime such as `12h`, `90m`, `3600s` or `1d`.
 fn parse_ttl(text: &str) -> Result<TimeDelta, String> {
+    parse_duration(text, 60, 30 * 86_400, "1 minute and 30 days")
+}
+
+/// Parses `--invoice-grace-period`: like `--token-ttl`, `0s` to `24h`.
+fn parse_grace(text: &str) -> Result<TimeDelta, String> {
+    parse_duration(text, 0, 86_400, "0s and 24h")
+}
+
+/// A number with a unit `s`, `m`, `h` or `d` (none: seconds) between
+/// `min` and `max` seconds, which `range` states for the error.
+fn parse_duration(text: &str, min: i64, max: i64, range: &str) -> Result<TimeDelta, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -154,8 +181,8 @@ fn parse_ttl(text: &str) -> Result<TimeDelta, String> {
         _ => None,
     }
     .ok_or_else(|| format!("`{text}`: the unit must be s, m, h or d"))?;
-    if !(60..=30 * 86_400).contains(&seconds) {
-        return Err(format!("`{text}` must be between 1 minute and 30 days"));
+    if !(min..=max).contains(&seconds) {
+        return Err(format!("`{text}` must be between {range}"));
     }
     Ok(TimeDelta::seconds(seconds))
 }
@@ -282,6 +309,7 @@ async fn main() -> ExitCode {
             listen,
             clock_start,
             billing_timezone,
+            invoice_grace_period,
             no_scheduler,
             invoice_feed_catch_up_seconds,
             shutdown_grace_seconds,
@@ -308,6 +336,7 @@ async fn main() -> ExitCode {
                 },
                 clock,
                 billing_tz: billing_timezone,
+                invoice_grace_period,
                 scheduler: !no_scheduler,
                 invoice_feed_catch_up: Duration::from_secs(invoice_feed_catch_up_seconds),
                 shutdown_grace: Duration::from_secs(shutdown_grace_seconds),
@@ -323,8 +352,10 @@ async fn main() -> ExitCode {
             };
             serve(config).await
         }
-        Command::Migrate => migrate(&cli.database_url).await,
-        Command::DemoData => demo_data(&cli.database_url).await,
+        Command::Migrate { billing_timezone } => migrate(&cli.database_url, billing_timezone).await,
+        Command::DemoData { billing_timezone } => {
+            demo_data(&cli.database_url, billing_timezone).await
+        }
         Command::CreateAdmin { username } => create_admin(&cli.database_url, username).await,
     };
     match result {
@@ -345,18 +376,19 @@ async fn serve(config: Config) -> CliResult {
     Ok(())
 }
 
-async fn migrate(database_url: &str) -> CliResult {
+async fn migrate(database_url: &str, tz: Tz) -> CliResult {
     let store = Store::connect(database_url).await?;
     store.migrate().await?;
+    store.place_rows_in_billing_months(tz).await?;
     store.close().await?;
     tracing::info!("migrations applied");
     Ok(())
 }
 
-async fn demo_data(database_url: &str) -> CliResult {
+async fn demo_data(database_url: &str, tz: Tz) -> CliResult {
     let store = Store::connect(database_url).await?;
     store.migrate().await?;
-    let summary = billing::demo::fill(&store, Clock::system()).await?;
+    let summary = billing::demo::fill(&store, Clock::system(), tz).await?;
     store.close().await?;
     println!(
         "demo data: {} plans, {} operators, {} customers, {} calls",

@@ -1,7 +1,8 @@
-//! The billing scheduler: at startup it catches up every ended month that is
-//! not fully invoiced (a service that was down on the 1st still bills), then
-//! runs the cycle for the previous month at 00:00 on each 1st in the billing
-//! time zone. Every replica may run it: issuing is idempotent in the database.
+//! The billing scheduler: at startup it catches up every closed month that
+//! is not fully invoiced (a service that was down on the 1st still bills),
+//! then runs the cycle for the previous month when it closes: local
+//! midnight of each 1st in the billing time zone plus the invoice grace
+//! period. Every replica may run it: issuing is idempotent in the database.
 
 use std::time::Duration;
 
@@ -38,8 +39,16 @@ pub async fn run(invoicing: Invoicing, mut stopping: Stopping) {
             RETRY_AFTER
         } else {
             let now = invoicing.clock().now();
-            let next_start = BillingPeriod::containing(now, invoicing.tz()).end(invoicing.tz());
-            (next_start - now).to_std().unwrap_or_default().min(MAX_NAP)
+            let current = BillingPeriod::containing(now, invoicing.tz());
+            // The previous month closes on this month's 1st, after the
+            // grace; past that, this month is the next to close.
+            let previous_closes = invoicing.closes_at(current.previous());
+            let next_close = if now < previous_closes {
+                previous_closes
+            } else {
+                invoicing.closes_at(current)
+            };
+            (next_close - now).to_std().unwrap_or_default().min(MAX_NAP)
         };
         tokio::select! {
             () = tokio::time::sleep(nap) => {}

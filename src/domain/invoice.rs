@@ -69,17 +69,16 @@ pub struct UsageTotals {
 
 /// The months an issue of `requested` covers, oldest first: every month
 /// after the customer's `latest` invoiced month (or from its `first` month)
-/// up to the requested one, so months are billed in order. A month at or
-/// before the latest invoice is issued alone (it exists already, or
-/// predates the month-order rule).
+/// up to the requested one, so months are billed in order. None when the
+/// latest invoice reaches the requested month (it exists already).
 pub fn months_to_issue(
     first: BillingPeriod,
     requested: BillingPeriod,
     latest: Option<BillingPeriod>,
 ) -> Vec<BillingPeriod> {
     let from = latest.map_or(first, BillingPeriod::next);
-    if from >= requested {
-        return vec![requested];
+    if from > requested {
+        return Vec::new();
     }
     let mut months = vec![from];
     while let Some(&last) = months.last()
@@ -88,6 +87,104 @@ pub fn months_to_issue(
         months.push(last.next());
     }
     months
+}
+
+/// The month a call that started in `started` (or a top-up made then) is
+/// billed in, decided once, when it is stored: that month, unless the
+/// customer's invoices already cover it (`invoiced_through`, the last
+/// invoiced month), in which case the first month not invoiced yet: late
+/// usage.
+pub fn billing_period_of(
+    started: BillingPeriod,
+    invoiced_through: Option<BillingPeriod>,
+) -> BillingPeriod {
+    match invoiced_through {
+        Some(through) if started <= through => through.next(),
+        _ => started,
+    }
+}
+
+/// Refuses a call that started before its customer's first month (the
+/// month it was created in): no invoice will ever cover that month. A call
+/// earlier in the first month is that month's usage.
+pub fn check_call_within_customer_life(
+    customer_id: i64,
+    started: BillingPeriod,
+    first: BillingPeriod,
+) -> AppResult<()> {
+    if started < first {
+        return Err(AppError::FailedPrecondition(format!(
+            "started_at: the call started in {started}, before customer {customer_id}'s first month {first} (the month it was created in)"
+        )));
+    }
+    Ok(())
+}
+
+/// What of a month's own calls an invoice needs, by plan: their sums alone
+/// (no included minutes, no tariffs: the database sums them), or each
+/// call, with its stored segments when the plan has tariffs. Calls of
+/// earlier months billed in the month (late usage) always come one by
+/// one, as they are grouped by the month they started in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UsageDetail {
+    Summed,
+    EachCall { segments: bool },
+}
+
+impl UsageDetail {
+    /// What `plan`'s invoices need.
+    pub fn of(plan: &Plan) -> UsageDetail {
+        if plan.included_seconds() <= 0 && plan.tariffs.is_empty() {
+            UsageDetail::Summed
+        } else {
+            UsageDetail::EachCall {
+                segments: !plan.tariffs.is_empty(),
+            }
+        }
+    }
+}
+
+/// The stored rows of one customer's billing month, as storage reads them
+/// for the [`UsageDetail`] asked: every row whose billing month it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonthRows {
+    /// The sums of the calls that started in the month (`Summed` only).
+    pub own_sums: OwnCallSums,
+    /// `Summed`: the calls that started before the month; `EachCall`:
+    /// every call of the billing month, with segments when asked.
+    pub calls: Vec<ClaimedCall>,
+    /// `(id, top-up)` of every top-up of the billing month.
+    pub top_ups: Vec<(i64, TopUpEntry)>,
+}
+
+/// What the invoice of `period` bills, from the rows of its billing month
+/// read for `detail`: the one way invoices, previews and consolidated
+/// months see a month. `start` is the month's first instant; `month_of`
+/// names the month a late call started in; the plan's `allowance` of
+/// billed seconds falls on `basis`.
+pub fn month_usage(
+    period: BillingPeriod,
+    start: DateTime<Utc>,
+    month_of: impl Fn(DateTime<Utc>) -> BillingPeriod,
+    detail: UsageDetail,
+    rows: MonthRows,
+    allowance: i64,
+    basis: &IncludedBasis,
+) -> AppResult<ClaimedUsage> {
+    match detail {
+        UsageDetail::Summed => {
+            summed_claimed_usage(period, month_of, rows.own_sums, rows.calls, rows.top_ups)
+        }
+        UsageDetail::EachCall { .. } => claimed_usage(
+            period,
+            start,
+            month_of,
+            rows.calls,
+            rows.top_ups,
+            allowance,
+            basis,
+        ),
+    }
 }
 
 /// Late calls claimed by the invoice of `period`, totalled per month they
@@ -690,7 +787,7 @@ pub struct Invoice {
     pub total_micros: i64,
 }
 
-/// The current month's usage so far; stored nowhere.
+/// An open month's invoice as it would be issued now; stored nowhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsagePreview {
     pub customer_id: i64,
@@ -698,8 +795,11 @@ pub struct UsagePreview {
     pub as_of: DateTime<Utc>,
     pub usage: UsageTotals,
     pub monthly_fee_micros: i64,
+    /// Always the sum of the lines' amounts.
     pub total_micros: i64,
     pub currency_code: String,
+    /// The lines the invoice would have if issued now.
+    pub lines: Vec<InvoiceLine>,
 }
 
 /// One month of a customer's consolidated history.
@@ -1095,15 +1195,33 @@ mod tests {
             months_to_issue(first, month(2026, 4), Some(month(2026, 2))),
             vec![month(2026, 3), month(2026, 4)]
         );
-        // Already issued, or before the latest invoice: that month alone.
         assert_eq!(
-            months_to_issue(first, month(2026, 2), Some(month(2026, 2))),
-            vec![month(2026, 2)]
+            months_to_issue(first, month(2026, 3), Some(month(2026, 2))),
+            vec![month(2026, 3)]
         );
-        assert_eq!(
-            months_to_issue(first, month(2026, 1), Some(month(2026, 5))),
-            vec![month(2026, 1)]
-        );
+        // Already issued: nothing.
+        assert!(months_to_issue(first, month(2026, 2), Some(month(2026, 2))).is_empty());
+        assert!(months_to_issue(first, month(2026, 1), Some(month(2026, 5))).is_empty());
+    }
+
+    #[test]
+    fn a_call_is_billed_in_its_month_or_the_first_month_not_invoiced() {
+        let (oct, nov, dec) = (month(2026, 10), month(2026, 11), month(2026, 12));
+        assert_eq!(billing_period_of(nov, None), nov);
+        assert_eq!(billing_period_of(nov, Some(oct)), nov);
+        assert_eq!(billing_period_of(dec, Some(oct)), dec);
+        // Late: its month is invoiced.
+        assert_eq!(billing_period_of(nov, Some(nov)), dec);
+        assert_eq!(billing_period_of(oct, Some(nov)), dec);
+    }
+
+    #[test]
+    fn a_call_before_the_customers_first_month_is_refused_naming_started_at() {
+        let (oct, nov) = (month(2026, 10), month(2026, 11));
+        assert!(check_call_within_customer_life(7, nov, nov).is_ok());
+        let err = check_call_within_customer_life(7, oct, nov).unwrap_err();
+        assert!(matches!(err, AppError::FailedPrecondition(_)), "{err:?}");
+        assert!(err.to_string().contains("started_at"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The billing domain's types: plans, operators, customers and calls.
 
+use super::period::BillingPeriod;
 use super::tariff::{BASE_TARIFF, Segment, Tariff};
 use crate::error::{AppError, AppResult};
 use chrono::{DateTime, Utc};
@@ -186,6 +187,10 @@ pub struct Rating {
 pub struct NewCall {
     pub record: CallRecord,
     pub started_at: DateTime<Utc>,
+    /// The month the call started in (billing time zone); its billing
+    /// month is decided from it when it is stored
+    /// (`invoice::billing_period_of`).
+    pub started_in: BillingPeriod,
     pub rating: Rating,
     pub received_at: DateTime<Utc>,
     /// The customer's plan kind: prepaid calls debit the balance.
@@ -229,6 +234,9 @@ pub struct Call {
     pub caller_number: String,
     pub callee_number: String,
     pub received_at: DateTime<Utc>,
+    /// The month whose invoice bills the call, fixed when it was stored.
+    pub billing_period: BillingPeriod,
+    /// That invoice, once issued.
     pub invoice_id: Option<i64>,
     pub connect_fee_micros: i64,
     /// Stored segments; empty for a call of a plan without tariffs.

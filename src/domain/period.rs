@@ -121,6 +121,28 @@ impl BillingPeriod {
     }
 }
 
+impl BillingPeriod {
+    /// The month as one sortable number, `year * 100 + month` (e.g.
+    /// `202611`): how storage keeps a call's billing month and a customer's
+    /// last invoiced month.
+    pub fn key(self) -> i32 {
+        self.year * 100 + self.month.cast_signed()
+    }
+
+    /// The month of a stored [`BillingPeriod::key`].
+    pub fn from_key(key: i32) -> AppResult<Self> {
+        BillingPeriod::new("period", key / 100, key % 100)
+            .map_err(|_| AppError::internal(format!("stored billing month {key} is not a month")))
+    }
+
+    /// The instant the month closes for usage: the end of the month plus
+    /// `grace`. Until then calls that started in it belong to it, and its
+    /// invoice cannot be issued.
+    pub fn closes_at(self, tz: Tz, grace: TimeDelta) -> DateTime<Utc> {
+        self.end(tz) + grace
+    }
+}
+
 impl fmt::Display for BillingPeriod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:04}-{:02}", self.year, self.month)
@@ -211,6 +233,27 @@ mod tests {
             BillingPeriod::latest_started("period", 12, now, Tz::UTC).unwrap(),
             period(2025, 12)
         );
+    }
+
+    #[test]
+    fn keys_sort_as_months_and_read_back() {
+        let months = [period(2025, 12), period(2026, 1), period(2026, 11)];
+        let keys: Vec<i32> = months.iter().map(|m| m.key()).collect();
+        assert_eq!(keys, [202512, 202601, 202611]);
+        for month in months {
+            assert_eq!(BillingPeriod::from_key(month.key()).unwrap(), month);
+        }
+        assert!(BillingPeriod::from_key(202613).is_err());
+    }
+
+    #[test]
+    fn a_month_closes_its_grace_after_its_end() {
+        let nov = period(2026, 11);
+        assert_eq!(
+            nov.closes_at(Tz::UTC, TimeDelta::hours(4)),
+            at("2026-12-01T04:00:00Z")
+        );
+        assert_eq!(nov.closes_at(Tz::UTC, TimeDelta::zero()), nov.end(Tz::UTC));
     }
 
     #[test]

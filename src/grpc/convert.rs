@@ -453,6 +453,7 @@ impl From<Call> for pb::Call {
             callee_number: call.callee_number,
             received_at: Some(timestamp(call.received_at)),
             invoice_id: call.invoice_id.unwrap_or(0),
+            billing_period: Some(billing_period(call.billing_period)),
             per_minute_micros: call.per_minute_micros,
             billing_increment_seconds: call.billing_increment_seconds,
         }
@@ -523,6 +524,11 @@ impl From<UsagePreview> for pb::UsagePreview {
             monthly_fee_micros: preview.monthly_fee_micros,
             total_micros: preview.total_micros,
             currency_code: preview.currency_code,
+            lines: preview
+                .lines
+                .into_iter()
+                .map(pb::InvoiceLine::from)
+                .collect(),
         }
     }
 }

@@ -16,14 +16,16 @@ use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::model::{
     Authorization, Call, CallRecord, NewCall, Plan, PlanKind, StoredCall, TimeRange,
 };
-use crate::domain::{rating, validation as valid};
+use crate::domain::period::BillingPeriod;
+use crate::domain::{invoice, rating, validation as valid};
 use crate::error::{AppError, AppResult};
 use crate::storage::{CallFilter, CallWriter, GroupCommit, Store};
 
 /// What one request has learnt of each customer it pushed calls for: its
-/// plan, or `None` when the caller may not push calls for it. A customer's
-/// plan and links are read once per request (a plan never changes).
-pub type CustomerCache = HashMap<i64, Option<Arc<Plan>>>;
+/// plan and first month, or `None` when the caller may not push calls for
+/// it. A customer's plan and links are read once per request (a plan never
+/// changes).
+pub type CustomerCache = HashMap<i64, Option<(Arc<Plan>, BillingPeriod)>>;
 
 /// The call use cases. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -83,18 +85,24 @@ impl Calls {
                     .customer(principal, Action::AddCalls, customer_id)
                     .await
                 {
-                    Ok(pass) => Some(self.plan_of(pass.customer_id()).await?),
+                    Ok(pass) => {
+                        let (plan, created_at) =
+                            self.plans.of_customer_since(pass.customer_id()).await?;
+                        Some((plan, BillingPeriod::containing(created_at, self.tz)))
+                    }
                     Err(AppError::NotFound(_)) => None,
                     Err(err) => return Err(err),
                 };
                 slot.insert(plan)
             }
         };
-        let plan = plan
+        let (plan, first_month) = plan
             .as_ref()
             .ok_or_else(|| AppError::not_found("customer", customer_id))?;
         let now = self.clock.now();
         let started_at = valid::call_start(&record, now, self.max_call_age)?;
+        let started_in = BillingPeriod::containing(started_at, self.tz);
+        invoice::check_call_within_customer_life(customer_id, started_in, *first_month)?;
         let rating = rating::rate_call(
             plan,
             &record.callee_number,
@@ -105,6 +113,7 @@ impl Calls {
         Ok(NewCall {
             record,
             started_at,
+            started_in,
             rating,
             received_at: now,
             plan_kind: plan.kind,

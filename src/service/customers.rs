@@ -1,12 +1,15 @@
 //! The customer use cases: plans, operators, customers, operator links and
 //! prepaid top-ups, each checked against the caller's principal.
 
+use chrono_tz::Tz;
+
 use super::Access;
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::model::{
     Customer, NewCustomer, NewPlan, Operator, Plan, TopUpOutcome, TopUpRequest,
 };
+use crate::domain::period::BillingPeriod;
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
 use crate::storage::Store;
@@ -17,14 +20,17 @@ pub struct Customers {
     store: Store,
     clock: Clock,
     access: Access,
+    /// The billing time zone: a top-up belongs to the month it is made in.
+    tz: Tz,
 }
 
 impl Customers {
-    pub fn new(store: Store, clock: Clock) -> Self {
+    pub fn new(store: Store, clock: Clock, tz: Tz) -> Self {
         Customers {
             access: Access::new(store.clone()),
             store,
             clock,
+            tz,
         }
     }
 
@@ -142,6 +148,9 @@ impl Customers {
             .await?;
         let plan = self.store.plan_of_customer(pass.customer_id()).await?;
         plan.check_top_up(pass.customer_id())?;
-        self.store.top_up(top_up, self.clock.now()).await
+        let now = self.clock.now();
+        self.store
+            .top_up(top_up, now, BillingPeriod::containing(now, self.tz))
+            .await
     }
 }

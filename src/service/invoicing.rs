@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use chrono_tz::Tz;
 use tokio::sync::watch;
 
@@ -19,13 +19,14 @@ use super::Access;
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::invoice::{
-    self, ClaimedUsage, ConsolidatedMonth, IncludedBasis, Invoice, UsageBreakdown, UsagePreview,
+    self, ConsolidatedMonth, IncludedBasis, Invoice, InvoiceDraft, MonthRows, UsageDetail,
+    UsagePreview,
 };
 use crate::domain::model::{Customer, Plan};
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
 use crate::shutdown::{Stopping, until_stopping};
-use crate::storage::{FeedEvent, InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport, Store};
+use crate::storage::{FeedEvent, InvoiceFilter, MonthQuery, NewInvoice, Store};
 
 /// Customers fetched per page while running a billing cycle.
 const CYCLE_PAGE: u64 = 2000;
@@ -33,6 +34,32 @@ const CYCLE_PAGE: u64 = 2000;
 /// fixed number of set-based statements for many. It bounds the memory of
 /// a chunk (its claimed calls) and how long a transaction holds its rows.
 const CYCLE_TRANSACTION: usize = 1000;
+
+/// What issuing did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueOutcome {
+    /// Newly issued by this call.
+    Issued(Invoice),
+    /// The period's invoice existed already; it is returned unchanged.
+    AlreadyIssued(Invoice),
+}
+
+/// What issuing one customer's month did: its outcome, and the invoices of
+/// the customer's earlier months that were missing and were issued first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueReport {
+    pub outcome: IssueOutcome,
+    /// Oldest first.
+    pub earlier: Vec<Invoice>,
+}
+
+/// A customer to issue a month for, with what issuing needs of it.
+#[derive(Debug, Clone, Copy)]
+struct Billed<'a> {
+    customer_id: i64,
+    created_at: DateTime<Utc>,
+    plan: &'a Plan,
+}
 
 /// What GenerateInvoice produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +106,9 @@ pub struct Invoicing {
     access: Access,
     clock: Clock,
     tz: Tz,
+    /// How long after its end a month closes: until then its calls are
+    /// still its own, and it cannot be invoiced.
+    grace: TimeDelta,
     /// The highest invoice id known to be issued, by this process or (heard
     /// through [`Invoicing::relay_invoices`]) another replica; watchers wait
     /// on it, and a catch-up wakes them with the value unchanged.
@@ -86,13 +116,15 @@ pub struct Invoicing {
 }
 
 impl Invoicing {
-    /// Invoicing over `store`, with periods in `tz`.
-    pub fn new(store: Store, clock: Clock, tz: Tz) -> Self {
+    /// Invoicing over `store`, with periods in `tz`, each closing `grace`
+    /// after its end.
+    pub fn new(store: Store, clock: Clock, tz: Tz, grace: TimeDelta) -> Self {
         Invoicing {
             access: Access::new(store.clone()),
             store,
             clock,
             tz,
+            grace,
             issued: Arc::new(watch::Sender::new(0)),
         }
     }
@@ -105,6 +137,24 @@ impl Invoicing {
     /// The service clock.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// When `period` closes: its end plus the grace period.
+    pub fn closes_at(&self, period: BillingPeriod) -> DateTime<Utc> {
+        period.closes_at(self.tz, self.grace)
+    }
+
+    /// `FAILED_PRECONDITION` unless `period` has closed by `now`.
+    fn check_closed(&self, period: BillingPeriod, now: DateTime<Utc>) -> AppResult<()> {
+        let closes = self.closes_at(period);
+        if closes > now {
+            return Err(AppError::FailedPrecondition(format!(
+                "period {period} has not closed yet: it closes at {} (its end plus the invoice grace period of {} s), until then its calls may still arrive",
+                closes.to_rfc3339(),
+                self.grace.num_seconds()
+            )));
+        }
+        Ok(())
     }
 
     /// A receiver that changes whenever an invoice is issued, here or by
@@ -170,9 +220,9 @@ impl Invoicing {
         self.issued.send_modify(|_| {});
     }
 
-    /// GenerateInvoice: with a period, issue (or return) that ended period's
-    /// invoice; without, issue last month's on the 1st, else preview this
-    /// month.
+    /// GenerateInvoice: with a period, issue (or return) that closed
+    /// period's invoice; without, on the 1st issue last month's once it has
+    /// closed (before, preview it), on other days preview this month.
     pub async fn generate(
         &self,
         principal: &Principal,
@@ -187,10 +237,17 @@ impl Invoicing {
         let current = BillingPeriod::containing(now, self.tz);
         let period = match period {
             Some(period) => period,
-            None if today.day() == 1 => current.previous(),
+            None if today.day() == 1 && self.closes_at(current.previous()) <= now => {
+                current.previous()
+            }
             None => {
+                let open = if today.day() == 1 {
+                    current.previous()
+                } else {
+                    current
+                };
                 return Ok(Generated::Preview(
-                    self.preview(&customer, &plan, current, now).await?,
+                    self.preview(&customer, &plan, open, now).await?,
                 ));
             }
         };
@@ -200,9 +257,9 @@ impl Invoicing {
         Ok(Generated::Invoice(invoice))
     }
 
-    /// Issues (or returns) one customer's invoice for an ended period, after
-    /// issuing every earlier month of the customer still missing (months are
-    /// billed in order).
+    /// Issues (or returns) one customer's invoice for a closed period,
+    /// after issuing every earlier month of the customer still missing
+    /// (months are billed in order).
     pub async fn issue(
         &self,
         customer: &Customer,
@@ -210,53 +267,149 @@ impl Invoicing {
         period: BillingPeriod,
     ) -> AppResult<IssueReport> {
         let now = self.clock.now();
-        let end = period.end(self.tz);
-        if end > now {
-            return Err(AppError::FailedPrecondition(format!(
-                "period {period} has not ended yet (it ends at {})",
-                end.to_rfc3339()
-            )));
-        }
-        if end <= customer.created_at {
+        self.check_closed(period, now)?;
+        if period.end(self.tz) <= customer.created_at {
             return Err(AppError::FailedPrecondition(format!(
                 "customer {} did not exist yet in {period} (created {})",
                 customer.id,
                 customer.created_at.to_rfc3339()
             )));
         }
-        let request = self.request(customer.id, customer.created_at, plan, period, now);
-        let report = self
-            .store
-            .issue_invoice(request, |month, usage| invoice::compose(plan, month, usage))
-            .await?;
-        for invoice in &report.earlier {
-            self.announce(invoice.id);
-        }
-        if let IssueOutcome::Issued(invoice) = &report.outcome {
-            self.announce(invoice.id);
-        }
-        Ok(report)
+        let billed = Billed {
+            customer_id: customer.id,
+            created_at: customer.created_at,
+            plan,
+        };
+        self.issue_together(&[billed], period, now)
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::internal("issuing returned no outcome"))
     }
 
-    /// What to ask storage to issue for one customer and month.
-    fn request(
+    /// Issues `period` for every customer of `billed` in one transaction,
+    /// each after its missing earlier months, and returns each one's report
+    /// in order. Round *k* issues the *k*-th month due of every customer,
+    /// so each customer's months stay in order, and every round is a fixed
+    /// number of set-based statements: the months' rows are read, composed
+    /// by `domain::invoice` (the one place the rules live, as for previews
+    /// and consolidated months), and the invoices inserted; then each
+    /// customer's last invoiced month advances. No call or top-up is
+    /// written. Any error rolls the whole batch back.
+    async fn issue_together(
         &self,
-        customer_id: i64,
-        created_at: DateTime<Utc>,
-        plan: &Plan,
+        billed: &[Billed<'_>],
         period: BillingPeriod,
         now: DateTime<Utc>,
-    ) -> InvoiceRequest {
-        InvoiceRequest {
+    ) -> AppResult<Vec<IssueReport>> {
+        let ids: Vec<i64> = billed.iter().map(|b| b.customer_id).collect();
+        let (txn, invoiced_through) = self.store.begin_issue(&ids).await?;
+        let months: Vec<Vec<BillingPeriod>> = billed
+            .iter()
+            .map(|b| {
+                invoice::months_to_issue(
+                    BillingPeriod::containing(b.created_at, self.tz),
+                    period,
+                    invoiced_through.get(&b.customer_id).copied().flatten(),
+                )
+            })
+            .collect();
+        let rounds = months.iter().map(Vec::len).max().unwrap_or(0);
+        let mut issued: Vec<Vec<Invoice>> = vec![Vec::new(); billed.len()];
+        for round in 0..rounds {
+            let due: Vec<(usize, BillingPeriod)> = months
+                .iter()
+                .enumerate()
+                .filter_map(|(index, months)| months.get(round).map(|month| (index, *month)))
+                .collect();
+            let queries: Vec<MonthQuery> = due
+                .iter()
+                .map(|&(index, month)| {
+                    self.month_query(billed[index].customer_id, billed[index].plan, month)
+                })
+                .collect();
+            let rows = txn.month_rows(&queries).await?;
+            let mut invoices = Vec::with_capacity(due.len());
+            for ((&(index, month), query), rows) in due.iter().zip(&queries).zip(rows) {
+                let plan = billed[index].plan;
+                invoices.push(NewInvoice {
+                    customer_id: billed[index].customer_id,
+                    period: month,
+                    period_start: month.start(self.tz),
+                    period_end: month.end(self.tz),
+                    issued_at: now,
+                    currency_code: plan.currency_code.clone(),
+                    draft: self.compose(plan, month, query.detail, rows)?,
+                });
+            }
+            for (invoice, (index, _)) in txn.insert_invoices(invoices).await?.into_iter().zip(due) {
+                issued[index].push(invoice);
+            }
+        }
+        let through: Vec<(i64, BillingPeriod)> = billed
+            .iter()
+            .zip(&issued)
+            .filter_map(|(b, invoices)| invoices.last().map(|last| (b.customer_id, last.period)))
+            .collect();
+        txn.advance_invoiced_through(&through).await?;
+        let newest = issued.iter().flatten().map(|invoice| invoice.id).max();
+        txn.commit(newest).await?;
+        let mut reports = Vec::with_capacity(billed.len());
+        for (b, mut invoices) in billed.iter().zip(issued) {
+            for invoice in &invoices {
+                self.announce(invoice.id);
+            }
+            let outcome = match invoices.pop_if(|last| last.period == period) {
+                Some(invoice) => IssueOutcome::Issued(invoice),
+                None => IssueOutcome::AlreadyIssued(
+                    self.store
+                        .invoice_for(b.customer_id, period)
+                        .await?
+                        .ok_or_else(|| {
+                            AppError::FailedPrecondition(format!(
+                                "customer {} has invoices after {period} but none for it",
+                                b.customer_id
+                            ))
+                        })?,
+                ),
+            };
+            reports.push(IssueReport {
+                outcome,
+                earlier: invoices,
+            });
+        }
+        Ok(reports)
+    }
+
+    /// What to read of one customer's billing month.
+    fn month_query(&self, customer_id: i64, plan: &Plan, period: BillingPeriod) -> MonthQuery {
+        MonthQuery {
             customer_id,
             period,
-            first_period: BillingPeriod::containing(created_at, self.tz),
-            tz: self.tz,
-            issued_at: now,
-            currency_code: plan.currency_code.clone(),
-            included_seconds: plan.included_seconds(),
-            included_basis: IncludedBasis::of(plan),
+            start: period.start(self.tz),
+            detail: UsageDetail::of(plan),
         }
+    }
+
+    /// The invoice of `period` under `plan` from its billing month's rows:
+    /// the one way invoices, previews and consolidated months are made.
+    fn compose(
+        &self,
+        plan: &Plan,
+        period: BillingPeriod,
+        detail: UsageDetail,
+        rows: MonthRows,
+    ) -> AppResult<InvoiceDraft> {
+        let tz = self.tz;
+        let usage = invoice::month_usage(
+            period,
+            period.start(tz),
+            |at| BillingPeriod::containing(at, tz),
+            detail,
+            rows,
+            plan.included_seconds(),
+            &IncludedBasis::of(plan),
+        )?;
+        invoice::compose(plan, period, &usage)
     }
 
     /// Wakes the invoice watchers.
@@ -293,12 +446,12 @@ impl Invoicing {
             })
     }
 
-    /// Issues every missing invoice of an ended period (default: the previous
-    /// month), each after the customer's missing earlier months. Safe to run
-    /// again and concurrently: the database keeps one invoice per customer
-    /// and period. A customer whose invoice cannot be issued is logged,
-    /// counted and skipped (the next cycle retries it); only an unavailable
-    /// database ends the cycle early, keeping what it committed.
+    /// Issues every missing invoice of a closed period (default: the
+    /// previous month), each after the customer's missing earlier months.
+    /// Safe to run again and concurrently: the database keeps one invoice
+    /// per customer and period. A customer whose invoice cannot be issued
+    /// is logged, counted and skipped (the next cycle retries it); only an
+    /// unavailable database ends the cycle early, keeping what it committed.
     pub async fn run_cycle(
         &self,
         principal: &Principal,
@@ -307,13 +460,8 @@ impl Invoicing {
         access::permits(principal, Action::RunBillingCycle)?;
         let now = self.clock.now();
         let period = period.unwrap_or_else(|| BillingPeriod::containing(now, self.tz).previous());
+        self.check_closed(period, now)?;
         let end = period.end(self.tz);
-        if end > now {
-            return Err(AppError::FailedPrecondition(format!(
-                "period {period} has not ended yet (it ends at {})",
-                end.to_rfc3339()
-            )));
-        }
         // Plans are immutable: each is read once per cycle.
         let mut plans: HashMap<i64, Plan> = HashMap::new();
         let mut summary = CycleSummary {
@@ -328,40 +476,27 @@ impl Invoicing {
                 .await?;
             let Some(last) = page.last() else { break };
             after_id = last.customer_id;
-            for chunk in page.chunks(CYCLE_TRANSACTION) {
-                for pending in chunk {
-                    if let Entry::Vacant(slot) = plans.entry(pending.plan_id) {
-                        slot.insert(self.store.plan(pending.plan_id).await?);
-                    }
+            for pending in &page {
+                if let Entry::Vacant(slot) = plans.entry(pending.plan_id) {
+                    slot.insert(self.store.plan(pending.plan_id).await?);
                 }
-                let requests: Vec<InvoiceRequest> = chunk
+            }
+            for chunk in page.chunks(CYCLE_TRANSACTION) {
+                let billed: Vec<Billed<'_>> = chunk
                     .iter()
-                    .map(|pending| {
-                        let plan = &plans[&pending.plan_id];
-                        self.request(pending.customer_id, pending.created_at, plan, period, now)
+                    .map(|pending| Billed {
+                        customer_id: pending.customer_id,
+                        created_at: pending.created_at,
+                        plan: &plans[&pending.plan_id],
                     })
                     .collect();
-                let plan_of: HashMap<i64, &Plan> = chunk
-                    .iter()
-                    .map(|pending| (pending.customer_id, &plans[&pending.plan_id]))
-                    .collect();
-                let compose = |request: &InvoiceRequest, month, usage: &ClaimedUsage| {
-                    let plan = plan_of.get(&request.customer_id).ok_or_else(|| {
-                        AppError::internal(format!("no plan for customer {}", request.customer_id))
-                    })?;
-                    invoice::compose(plan, month, usage)
-                };
-                for (customer_id, result) in self.issue_chunk(requests, &compose).await? {
+                for (customer_id, result) in self.issue_chunk(&billed, period, now).await? {
                     match result {
                         Ok(report) => {
                             summary.earlier_issued +=
                                 i64::try_from(report.earlier.len()).unwrap_or(i64::MAX);
-                            for invoice in &report.earlier {
-                                self.announce(invoice.id);
-                            }
-                            if let IssueOutcome::Issued(invoice) = report.outcome {
+                            if let IssueOutcome::Issued(_) = report.outcome {
                                 summary.issued += 1;
-                                self.announce(invoice.id);
                             }
                         }
                         Err(err) => summary.fail(customer_id, &err),
@@ -374,49 +509,48 @@ impl Invoicing {
         Ok(summary)
     }
 
-    /// Issues a chunk of requests in one transaction; if that fails for
-    /// anything but an unavailable database, issues them one by one, so one
+    /// Issues a chunk in one transaction; if that fails for anything but an
+    /// unavailable database, issues its customers one by one, so one
     /// customer's failure costs only that customer its invoice.
     async fn issue_chunk(
         &self,
-        requests: Vec<InvoiceRequest>,
-        compose: &impl Fn(
-            &InvoiceRequest,
-            BillingPeriod,
-            &ClaimedUsage,
-        ) -> AppResult<invoice::InvoiceDraft>,
+        billed: &[Billed<'_>],
+        period: BillingPeriod,
+        now: DateTime<Utc>,
     ) -> AppResult<Vec<(i64, AppResult<IssueReport>)>> {
-        let ids: Vec<i64> = requests.iter().map(|r| r.customer_id).collect();
-        match self.store.issue_invoices(requests.clone(), compose).await {
-            Ok(reports) => return Ok(ids.into_iter().zip(reports.into_iter().map(Ok)).collect()),
+        let ids = billed.iter().map(|b| b.customer_id);
+        match self.issue_together(billed, period, now).await {
+            Ok(reports) => return Ok(ids.zip(reports.into_iter().map(Ok)).collect()),
             Err(err @ AppError::Unavailable(_)) => return Err(err),
             Err(_) => {}
         }
-        let mut results = Vec::with_capacity(requests.len());
-        for request in requests {
-            let customer_id = request.customer_id;
-            let result = match self.store.issue_invoices(vec![request], compose).await {
+        let mut results = Vec::with_capacity(billed.len());
+        for one in billed {
+            let result = match self
+                .issue_together(std::slice::from_ref(one), period, now)
+                .await
+            {
                 Ok(mut reports) => reports
                     .pop()
-                    .ok_or_else(|| AppError::internal("issue_invoices returned no outcome")),
+                    .ok_or_else(|| AppError::internal("issuing returned no outcome")),
                 Err(err @ AppError::Unavailable(_)) => return Err(err),
                 Err(err) => Err(err),
             };
-            results.push((customer_id, result));
+            results.push((one.customer_id, result));
         }
         Ok(results)
     }
 
-    /// Every ended month since the first customer that is not fully
+    /// Every closed month since the first customer that is not fully
     /// invoiced yet, oldest first.
     pub async fn months_to_catch_up(&self) -> AppResult<Vec<BillingPeriod>> {
         let Some(first) = self.store.first_customer_created_at().await? else {
             return Ok(Vec::new());
         };
-        let current = BillingPeriod::containing(self.clock.now(), self.tz);
+        let now = self.clock.now();
         let mut months = Vec::new();
         let mut period = BillingPeriod::containing(first, self.tz);
-        while period < current {
+        while self.closes_at(period) <= now {
             let missing = self
                 .store
                 .customers_to_invoice(period, period.end(self.tz), 0, 1)
@@ -429,7 +563,8 @@ impl Invoicing {
         Ok(months)
     }
 
-    /// The current month's usage so far, as an invoice would state it.
+    /// An open month's invoice as it would be issued now, stored nowhere:
+    /// the same rows and the same composition as the invoice.
     async fn preview(
         &self,
         customer: &Customer,
@@ -437,7 +572,14 @@ impl Invoicing {
         period: BillingPeriod,
         now: DateTime<Utc>,
     ) -> AppResult<UsagePreview> {
-        let draft = self.open_month(customer, plan, period).await?.0;
+        let query = self.month_query(customer.id, plan, period);
+        let rows = self
+            .store
+            .month_rows(&[query])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let draft = self.compose(plan, period, query.detail, rows)?;
         Ok(UsagePreview {
             customer_id: customer.id,
             period,
@@ -446,6 +588,7 @@ impl Invoicing {
             monthly_fee_micros: draft.monthly_fee_micros,
             total_micros: draft.total_micros,
             currency_code: plan.currency_code.clone(),
+            lines: draft.lines,
         })
     }
 
@@ -476,9 +619,9 @@ impl Invoicing {
 
     /// The consolidated months `from..=to` of a customer with any activity,
     /// oldest first: each issued month as its invoice states it, each other
-    /// month with its figures so far. Three queries whatever the number of
-    /// months: the invoices, the uninvoiced calls grouped by month, and the
-    /// uninvoiced top-ups.
+    /// month as its invoice would be issued now (the same rows and
+    /// composition). A fixed number of queries whatever the number of
+    /// months.
     pub async fn consolidated_page(
         &self,
         customer: &Customer,
@@ -486,8 +629,8 @@ impl Invoicing {
         from: BillingPeriod,
         to: BillingPeriod,
     ) -> AppResult<Vec<ConsolidatedMonth>> {
-        // Consolidated months may lag the primary: all three reads go to the
-        // read replica.
+        // Consolidated months may lag the primary: the reads go to the read
+        // replica.
         let store = self.store.replica();
         let mut issued: BTreeMap<BillingPeriod, ConsolidatedMonth> = store
             .invoiced_months(customer.id, from, to)
@@ -506,48 +649,24 @@ impl Invoicing {
             }
             month = month.next();
         }
-        let bounds: Vec<_> = open
+        let queries: Vec<MonthQuery> = open
             .iter()
-            .map(|month| (month.start(self.tz), month.end(self.tz)))
+            .map(|&month| self.month_query(customer.id, plan, month))
             .collect();
-        let usage = store
-            .uninvoiced_usage_by_month(
-                customer.id,
-                &bounds,
-                plan.included_seconds(),
-                &IncludedBasis::of(plan),
-            )
-            .await?;
-        let mut top_ups: BTreeMap<BillingPeriod, Vec<invoice::TopUpEntry>> = BTreeMap::new();
-        if let (Some(first), Some(last)) = (bounds.first(), bounds.last()) {
-            for top_up in store
-                .uninvoiced_top_ups(customer.id, first.0, last.1)
-                .await?
-            {
-                top_ups
-                    .entry(BillingPeriod::containing(top_up.created_at, self.tz))
-                    .or_default()
-                    .push(top_up);
-            }
-        }
+        let mut open_rows = queries
+            .iter()
+            .zip(store.month_rows(&queries).await?)
+            .peekable();
         let mut months = Vec::new();
-        let mut open_usage = open.into_iter().zip(usage).peekable();
         let mut month = from;
         loop {
             if let Some(invoiced) = issued.remove(&month) {
                 months.push(invoiced);
-            } else if let Some((_, (current, included))) = open_usage.next_if(|(m, _)| *m == month)
-            {
-                let claimed = ClaimedUsage {
-                    breakdown: UsageBreakdown::default(),
-                    current,
-                    included,
-                    late: Vec::new(),
-                    top_ups: top_ups.remove(&month).unwrap_or_default(),
-                };
-                let draft = invoice::compose(plan, month, &claimed)?;
+            } else if let Some((query, rows)) = open_rows.next_if(|(q, _)| q.period == month) {
+                let top_ups = rows.top_ups.len();
+                let draft = self.compose(plan, month, query.detail, rows)?;
                 let consolidated = ConsolidatedMonth::open(month, &draft, &plan.currency_code);
-                if consolidated.has_activity(claimed.top_ups.len()) {
+                if consolidated.has_activity(top_ups) {
                     months.push(consolidated);
                 }
             }
@@ -557,40 +676,6 @@ impl Invoicing {
             month = month.next();
         }
         Ok(months)
-    }
-
-    /// The draft invoice of a month not invoiced yet, from its uninvoiced
-    /// calls and top-ups, and the number of those top-ups.
-    async fn open_month(
-        &self,
-        customer: &Customer,
-        plan: &Plan,
-        period: BillingPeriod,
-    ) -> AppResult<(invoice::InvoiceDraft, usize)> {
-        let (start, end) = (period.start(self.tz), period.end(self.tz));
-        let current = self.store.uninvoiced_usage(customer.id, start, end).await?;
-        let included = self
-            .store
-            .uninvoiced_included(
-                customer.id,
-                (start, end),
-                current,
-                plan.included_seconds(),
-                &IncludedBasis::of(plan),
-            )
-            .await?;
-        let usage = ClaimedUsage {
-            breakdown: UsageBreakdown::default(),
-            current,
-            included,
-            late: Vec::new(),
-            top_ups: self
-                .store
-                .uninvoiced_top_ups(customer.id, start, end)
-                .await?,
-        };
-        let top_ups = usage.top_ups.len();
-        Ok((invoice::compose(plan, period, &usage)?, top_ups))
     }
 
     /// Up to `limit` invoices after `after_id`, of one customer or of every

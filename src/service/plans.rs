@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::model::Plan;
@@ -31,26 +32,30 @@ const PLAN_LOOKUP_QUEUE: usize = 4096;
 /// another.
 #[derive(Debug, Default)]
 struct PlanCache {
-    plan_of: HashMap<i64, i64>,
+    /// A customer's plan id and when the customer was created.
+    plan_of: HashMap<i64, CustomerTerms>,
     plans: HashMap<i64, Arc<Plan>>,
 }
 
 impl PlanCache {
     /// Records that `customer_id` is on `plan_id`; a full cache starts over
     /// first (so the plan itself may have to be read again).
-    fn remember(&mut self, customer_id: i64, plan_id: i64) {
+    fn remember(&mut self, customer_id: i64, terms: CustomerTerms) {
         if self.plan_of.len() >= PLAN_CACHE_CUSTOMERS {
             *self = PlanCache::default();
         }
-        self.plan_of.insert(customer_id, plan_id);
+        self.plan_of.insert(customer_id, terms);
     }
 }
+
+/// What never changes of a customer: its plan's id and when it was created.
+type CustomerTerms = (i64, DateTime<Utc>);
 
 /// One customer's plan id wanted, and where the answer goes.
 #[derive(Debug)]
 struct Lookup {
     customer_id: i64,
-    reply: oneshot::Sender<AppResult<i64>>,
+    reply: oneshot::Sender<AppResult<CustomerTerms>>,
 }
 
 /// The plans of customers. Cheap to clone; the lookup task ends when the
@@ -78,27 +83,34 @@ impl Plans {
     /// from the cache when this process has read it before. Checks no
     /// access: the caller's use case has.
     pub async fn of_customer(&self, customer_id: i64) -> AppResult<Arc<Plan>> {
+        Ok(self.of_customer_since(customer_id).await?.0)
+    }
+
+    /// The plan of `customer_id` and when the customer was created, like
+    /// [`Plans::of_customer`].
+    pub async fn of_customer_since(
+        &self,
+        customer_id: i64,
+    ) -> AppResult<(Arc<Plan>, DateTime<Utc>)> {
         if let Ok(cache) = self.cache.lock()
-            && let Some(plan) = cache
-                .plan_of
-                .get(&customer_id)
-                .and_then(|plan_id| cache.plans.get(plan_id))
+            && let Some(&(plan_id, created_at)) = cache.plan_of.get(&customer_id)
+            && let Some(plan) = cache.plans.get(&plan_id)
         {
-            return Ok(Arc::clone(plan));
+            return Ok((Arc::clone(plan), created_at));
         }
         // A customer new to the cache is most often on a plan it holds:
         // then its plan's id is all there is to read.
-        let plan_id = self.plan_id_of(customer_id).await?;
-        if let Some(plan) = self.cached_plan(customer_id, plan_id) {
-            return Ok(plan);
+        let terms = self.plan_id_of(customer_id).await?;
+        if let Some(plan) = self.cached_plan(customer_id, terms) {
+            return Ok((plan, terms.1));
         }
-        let plan = self.store.plan(plan_id).await?;
-        Ok(self.remember(customer_id, plan))
+        let plan = self.store.plan(terms.0).await?;
+        Ok((self.remember(customer_id, plan, terms.1), terms.1))
     }
 
     /// The id of `customer_id`'s plan, read with the lookups of other
     /// requests waiting at the same time.
-    async fn plan_id_of(&self, customer_id: i64) -> AppResult<i64> {
+    async fn plan_id_of(&self, customer_id: i64) -> AppResult<CustomerTerms> {
         let (reply, answer) = oneshot::channel();
         self.lookups
             .send(Lookup { customer_id, reply })
@@ -109,20 +121,20 @@ impl Plans {
 
     /// The plan `plan_id` if the cache holds it, then also recorded as
     /// `customer_id`'s.
-    fn cached_plan(&self, customer_id: i64, plan_id: i64) -> Option<Arc<Plan>> {
+    fn cached_plan(&self, customer_id: i64, terms: CustomerTerms) -> Option<Arc<Plan>> {
         let mut cache = self.cache.lock().ok()?;
-        let plan = Arc::clone(cache.plans.get(&plan_id)?);
-        cache.remember(customer_id, plan_id);
+        let plan = Arc::clone(cache.plans.get(&terms.0)?);
+        cache.remember(customer_id, terms);
         Some(plan)
     }
 
     /// Caches `plan` as `customer_id`'s plan.
-    fn remember(&self, customer_id: i64, plan: Plan) -> Arc<Plan> {
+    fn remember(&self, customer_id: i64, plan: Plan, created_at: DateTime<Utc>) -> Arc<Plan> {
         let Ok(mut cache) = self.cache.lock() else {
             return Arc::new(plan);
         };
         let plan_id = plan.id;
-        cache.remember(customer_id, plan_id);
+        cache.remember(customer_id, (plan_id, created_at));
         Arc::clone(cache.plans.entry(plan_id).or_insert_with(|| Arc::new(plan)))
     }
 }

@@ -10,8 +10,13 @@ use sea_orm::{
 };
 
 use super::entities::call_segment;
-use super::{Store, instant, lock_customers, micros, placeholders, statement, value_rows};
+use super::{
+    Store, instant, lock_customers, lock_invoiced_through, micros, placeholders, statement,
+    value_rows,
+};
+use crate::domain::invoice::billing_period_of;
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
+use crate::domain::period::BillingPeriod;
 use crate::domain::tariff::Segment;
 use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
@@ -31,6 +36,11 @@ impl Store {
     /// Stores a batch of rated calls in one transaction and debits prepaid
     /// balances in that same transaction.
     ///
+    /// Each call is billed in the month it started in, or, when its
+    /// customer's invoices already cover that month, in the customer's first
+    /// month not invoiced yet (`invoice::billing_period_of`), decided in this
+    /// transaction under a lock of the customer's row that issuing waits for.
+    ///
     /// Each call's outcome is reported in order: newly inserted, a duplicate
     /// of the call stored under its `call_id` (earlier, or earlier in this
     /// batch), or `ALREADY_EXISTS` when that `call_id` holds a different
@@ -40,16 +50,13 @@ impl Store {
     /// call_id` (calls without `call_id` are inserted by another; see
     /// `insert_calls` for the ids on SQLite) plus one lookup of the
     /// conflicting keys. Rows
-    /// are inserted in `call_id` order and balances debited in customer
-    /// order, so batches that overlap (on two replicas, or two writers)
+    /// are inserted in `call_id` order and customers locked and debited in
+    /// id order, so batches that overlap (on two replicas, or two writers)
     /// take their locks in one order and cannot deadlock.
     ///
     /// A prepaid debit that would take a balance below the smallest 64-bit
     /// amount fails the batch with `FAILED_PRECONDITION`. An `Err` means
-    /// nothing of the batch was stored, with one exception: a batch that
-    /// only inserts is committed by its one statement, so if the lookup of
-    /// its conflicting keys then fails (the database went away), the calls
-    /// it inserted stay stored and a retry reports them as duplicates.
+    /// nothing of the batch was stored.
     pub async fn store_calls(&self, batch: &[NewCall]) -> AppResult<Vec<AppResult<StoredCall>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -69,20 +76,10 @@ impl Store {
         }
         // Unkeyed calls (None) sort first; keyed ones in call_id order.
         candidates.sort_by(|a, b| a.record.call_id.cmp(&b.record.call_id));
-        // A batch that only inserts calls is one statement, atomic by
-        // itself: it runs without BEGIN and COMMIT, each a round trip to the
-        // database (on SQLite, to its connection's thread) that every batch
-        // behind it waits for. Keyed and unkeyed calls are inserted by
-        // separate statements, so a batch of both is a transaction.
-        let unkeyed = candidates.partition_point(|new| new.record.call_id.is_none());
-        let one_statement = candidates.len() <= CALL_ROWS_PER_INSERT
-            && (unkeyed == 0 || unkeyed == candidates.len())
-            && batch
-                .iter()
-                .all(|new| new.balance_debit_micros() == 0 && new.rating.segments.is_empty());
-        if one_statement {
-            return write_calls(&self.writer, batch, &first_of_key, &candidates).await;
-        }
+        // Always a transaction: each call's billing month is decided from
+        // its customer's last invoiced month, read (and on PostgreSQL
+        // locked) before the insert, and an issuer must not advance it in
+        // between.
         let txn = self.begin_write().await?;
         let outcomes = write_calls(&txn, batch, &first_of_key, &candidates).await?;
         txn.commit().await?;
@@ -136,38 +133,38 @@ impl Store {
         // every history request's path, and decoding each of its values by
         // column name was a measured share of the server's time
         // (BENCHMARKS.md, "History rows read by position").
-        let mut sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE true");
+        let mut sql = format!("SELECT {CALL_COLUMNS} FROM {CALLS_WITH_INVOICES} WHERE true");
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(6);
         match filter {
             CallFilter::All => {}
             CallFilter::Customer(customer_id) => {
-                sql.push_str(" AND customer_id = ?");
+                sql.push_str(" AND c.customer_id = ?");
                 values.push(customer_id.into());
             }
             CallFilter::Operator(operator_id) => {
                 sql.push_str(
-                    " AND customer_id IN \
+                    " AND c.customer_id IN \
                      (SELECT customer_id FROM customer_operators WHERE operator_id = ?)",
                 );
                 values.push(operator_id.into());
             }
         }
         if let Some(start) = range.start {
-            sql.push_str(" AND started_at >= ?");
+            sql.push_str(" AND c.started_at >= ?");
             values.push(micros(start).into());
         }
         if let Some(end) = range.end {
-            sql.push_str(" AND started_at < ?");
+            sql.push_str(" AND c.started_at < ?");
             values.push(micros(end).into());
         }
         if let Some((started_at, id)) = after {
             // The plain lower bound lets the index range start at the
             // position (PostgreSQL's planner does not derive it from the
             // OR, and would scan the customer's calls from the first).
-            sql.push_str(" AND started_at >= ? AND (started_at > ? OR id > ?)");
+            sql.push_str(" AND c.started_at >= ? AND (c.started_at > ? OR c.id > ?)");
             values.extend([started_at.into(), started_at.into(), id.into()]);
         }
-        sql.push_str(" ORDER BY started_at, id LIMIT ?");
+        sql.push_str(" ORDER BY c.started_at, c.id LIMIT ?");
         values.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
         let backend = self.db.get_database_backend();
         let mut calls: Vec<Call> = self
@@ -193,13 +190,27 @@ async fn write_calls<C: ConnectionTrait>(
     first_of_key: &HashMap<String, usize>,
     candidates: &[&NewCall],
 ) -> AppResult<Vec<AppResult<StoredCall>>> {
+    let mut customer_ids: Vec<i64> = candidates
+        .iter()
+        .map(|new| new.record.customer_id)
+        .collect();
+    customer_ids.sort_unstable();
+    customer_ids.dedup();
+    let invoiced_through = lock_invoiced_through(conn, &customer_ids).await?;
+    let billing_period = |new: &NewCall| {
+        let through = invoiced_through
+            .get(&new.record.customer_id)
+            .copied()
+            .flatten();
+        billing_period_of(new.started_in, through)
+    };
     // Unkeyed calls sort first. Keyed rows return only their id and key:
     // the stored call is the record as rated, so nothing else is read back.
     let split = candidates.partition_point(|new| new.record.call_id.is_none());
     let (unkeyed_rows, keyed_rows) = candidates.split_at(split);
     let mut inserted_by_key: HashMap<String, i64> = HashMap::with_capacity(keyed_rows.len());
     for rows in keyed_rows.chunks(CALL_ROWS_PER_INSERT) {
-        for (id, key) in insert_calls(conn, rows).await? {
+        for (id, key) in insert_calls(conn, rows, &billing_period).await? {
             if let Some(key) = key {
                 inserted_by_key.insert(key, id);
             }
@@ -212,7 +223,7 @@ async fn write_calls<C: ConnectionTrait>(
     let mut inserted_unkeyed: HashMap<UnkeyedCall, Vec<Call>> = HashMap::new();
     for rows in unkeyed_rows.chunks(CALL_ROWS_PER_INSERT) {
         if conn.get_database_backend() == DatabaseBackend::Sqlite {
-            let mut ids: Vec<i64> = insert_calls(conn, rows)
+            let mut ids: Vec<i64> = insert_calls(conn, rows, &billing_period)
                 .await?
                 .into_iter()
                 .map(|(id, _)| id)
@@ -229,17 +240,18 @@ async fn write_calls<C: ConnectionTrait>(
                 inserted_unkeyed
                     .entry(UnkeyedCall::of_new(new))
                     .or_default()
-                    .push(stored_call(new, id));
+                    .push(stored_call(new, id, billing_period(new)));
             }
         } else {
             // NULL never conflicts, so every row comes back.
             let sql = format!(
-                "INSERT INTO calls ({CALL_INSERT_COLUMNS}) VALUES {} RETURNING {CALL_COLUMNS}",
+                "INSERT INTO calls ({CALL_INSERT_COLUMNS}) VALUES {} \
+                 RETURNING {STORED_CALL_COLUMNS}, NULL",
                 value_rows(rows.len(), CALL_INSERT_WIDTH)
             );
             let backend = conn.get_database_backend();
             for row in conn
-                .query_all_raw(statement(backend, &sql, call_values(rows)))
+                .query_all_raw(statement(backend, &sql, call_values(rows, &billing_period)))
                 .await?
             {
                 let call = call_from_row(&row)?;
@@ -258,7 +270,7 @@ async fn write_calls<C: ConnectionTrait>(
     let mut stored_by_key: HashMap<String, Call> = HashMap::new();
     if !conflicting.is_empty() {
         let sql = format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE call_id IN ({})",
+            "SELECT {CALL_COLUMNS} FROM {CALLS_WITH_INVOICES} WHERE c.call_id IN ({})",
             placeholders(conflicting.len())
         );
         let keys = conflicting.into_iter().map(sea_orm::Value::from).collect();
@@ -283,9 +295,9 @@ async fn write_calls<C: ConnectionTrait>(
     let mut outcomes = Vec::with_capacity(batch.len());
     for (index, new) in batch.iter().enumerate() {
         let newly_stored = match new.record.call_id.as_deref() {
-            Some(key) if first_of_key.get(key) == Some(&index) => {
-                inserted_by_key.remove(key).map(|id| stored_call(new, id))
-            }
+            Some(key) if first_of_key.get(key) == Some(&index) => inserted_by_key
+                .remove(key)
+                .map(|id| stored_call(new, id, billing_period(new))),
             Some(_) => None,
             None => inserted_unkeyed
                 .get_mut(&UnkeyedCall::of_new(new))
@@ -455,7 +467,7 @@ fn balance_overflow(customer_id: i64) -> AppError {
 
 /// The call `new` became when stored under `id`: exactly what
 /// [`call_from_row`] reads back from its row.
-fn stored_call(new: &NewCall, id: i64) -> Call {
+fn stored_call(new: &NewCall, id: i64, billing_period: BillingPeriod) -> Call {
     Call {
         id,
         call_id: new.record.call_id.clone(),
@@ -469,6 +481,8 @@ fn stored_call(new: &NewCall, id: i64) -> Call {
         caller_number: new.record.caller_number.clone(),
         callee_number: new.record.callee_number.clone(),
         received_at: instant(micros(new.received_at)),
+        billing_period,
+        // A call is never stored into a month already invoiced.
         invoice_id: None,
         connect_fee_micros: new.rating.connect_fee_micros,
         stored_segments: Vec::new(),
@@ -476,16 +490,20 @@ fn stored_call(new: &NewCall, id: i64) -> Call {
 }
 
 /// The columns a call insert binds, in the order [`insert_calls`] binds
-/// them (`invoice_id` starts NULL; the id is the database's).
+/// them (the id is the database's).
 const CALL_INSERT_COLUMNS: &str = "call_id, customer_id, started_at, duration_seconds, \
      billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
-     caller_number, callee_number, received_at, connect_fee_micros";
+     caller_number, callee_number, received_at, connect_fee_micros, billing_period";
 
 /// How many columns that is.
-const CALL_INSERT_WIDTH: usize = 12;
+const CALL_INSERT_WIDTH: usize = 13;
 
-/// The values of [`CALL_INSERT_COLUMNS`] for each of `rows`, in order.
-fn call_values(rows: &[&NewCall]) -> Vec<sea_orm::Value> {
+/// The values of [`CALL_INSERT_COLUMNS`] for each of `rows`, in order;
+/// `billing_period` is each call's billing month.
+fn call_values(
+    rows: &[&NewCall],
+    billing_period: &impl Fn(&NewCall) -> BillingPeriod,
+) -> Vec<sea_orm::Value> {
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(rows.len() * CALL_INSERT_WIDTH);
     for new in rows {
         values.extend([
@@ -501,6 +519,7 @@ fn call_values(rows: &[&NewCall]) -> Vec<sea_orm::Value> {
             new.record.callee_number.clone().into(),
             micros(new.received_at).into(),
             new.rating.connect_fee_micros.into(),
+            billing_period(new).key().into(),
         ]);
     }
     values
@@ -519,8 +538,9 @@ fn call_values(rows: &[&NewCall]) -> Vec<sea_orm::Value> {
 async fn insert_calls<C: ConnectionTrait>(
     conn: &C,
     rows: &[&NewCall],
+    billing_period: &impl Fn(&NewCall) -> BillingPeriod,
 ) -> AppResult<Vec<(i64, Option<String>)>> {
-    let values = call_values(rows);
+    let values = call_values(rows, billing_period);
     let backend = conn.get_database_backend();
     let sql = if backend == DatabaseBackend::Sqlite {
         let row = placeholders(CALL_INSERT_WIDTH);
@@ -601,14 +621,29 @@ impl UnkeyedCall {
     }
 }
 
-/// Every column of `calls`, in the order [`call_from_row`] reads them.
-const CALL_COLUMNS: &str = "id, call_id, customer_id, started_at, duration_seconds, \
+/// Every column of `calls`, in the order [`call_from_row`] reads them
+/// (before the invoice's id).
+const STORED_CALL_COLUMNS: &str = "id, call_id, customer_id, started_at, duration_seconds, \
      billed_seconds, cost_micros, per_minute_micros, billing_increment_seconds, \
-     caller_number, callee_number, received_at, invoice_id, connect_fee_micros";
+     caller_number, callee_number, received_at, billing_period, connect_fee_micros";
 
-/// The call in a row of `SELECT {CALL_COLUMNS}` (or `RETURNING` them), read
-/// by position.
+/// [`STORED_CALL_COLUMNS`] of `c` and the id of the invoice of its billing
+/// month (NULL until issued), read from [`CALLS_WITH_INVOICES`].
+const CALL_COLUMNS: &str = "c.id, c.call_id, c.customer_id, c.started_at, c.duration_seconds, \
+     c.billed_seconds, c.cost_micros, c.per_minute_micros, c.billing_increment_seconds, \
+     c.caller_number, c.callee_number, c.received_at, c.billing_period, c.connect_fee_micros, \
+     i.id";
+
+/// Calls `c`, each with the invoice `i` of its customer and billing month
+/// when issued: a call's invoice is never written on the call.
+const CALLS_WITH_INVOICES: &str = "calls c LEFT JOIN invoices i \
+     ON i.customer_id = c.customer_id AND i.period_year = c.billing_period / 100 \
+     AND i.period_month = c.billing_period % 100";
+
+/// The call in a row of `SELECT {CALL_COLUMNS}` (or `RETURNING` the stored
+/// columns and NULL), read by position.
 fn call_from_row(row: &QueryResult) -> Result<Call, DbErr> {
+    let billing_period: i32 = row.try_get_by_index(12)?;
     Ok(Call {
         id: row.try_get_by_index(0)?,
         call_id: row.try_get_by_index(1)?,
@@ -622,8 +657,10 @@ fn call_from_row(row: &QueryResult) -> Result<Call, DbErr> {
         caller_number: row.try_get_by_index(9)?,
         callee_number: row.try_get_by_index(10)?,
         received_at: instant(row.try_get_by_index(11)?),
-        invoice_id: row.try_get_by_index(12)?,
+        billing_period: BillingPeriod::from_key(billing_period)
+            .map_err(|err| DbErr::Type(err.to_string()))?,
         connect_fee_micros: row.try_get_by_index(13)?,
+        invoice_id: row.try_get_by_index(14)?,
         stored_segments: Vec::new(),
     })
 }

@@ -12,10 +12,12 @@ use sea_orm::{
 use super::entities::{
     customer, customer_operator, operator, plan, plan_included_tariff, plan_tariff, top_up,
 };
-use super::{Store, instant, is_unique_violation, micros};
+use super::{Store, instant, is_unique_violation, lock_invoiced_through, micros};
+use crate::domain::invoice::billing_period_of;
 use crate::domain::model::{
     Customer, NewCustomer, NewPlan, Operator, Plan, PlanKind, TopUpOutcome, TopUpRequest,
 };
+use crate::domain::period::BillingPeriod;
 use crate::domain::tariff::{DaySet, Tariff, Window};
 use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
@@ -134,7 +136,8 @@ impl Store {
             .plan_ids_of_customers(&[customer_id])
             .await?
             .remove(&customer_id)
-            .ok_or(AppError::not_found("customer", customer_id))?;
+            .ok_or(AppError::not_found("customer", customer_id))?
+            .0;
         self.plan(plan_id).await
     }
 
@@ -146,16 +149,18 @@ impl Store {
     pub async fn plan_ids_of_customers(
         &self,
         customer_ids: &[i64],
-    ) -> AppResult<HashMap<i64, i64>> {
+    ) -> AppResult<HashMap<i64, (i64, DateTime<Utc>)>> {
         Ok(customer::Entity::find()
             .select_only()
             .column(customer::Column::Id)
             .column(customer::Column::PlanId)
+            .column(customer::Column::CreatedAt)
             .filter(customer::Column::Id.is_in(customer_ids.iter().copied()))
-            .into_tuple::<(i64, i64)>()
+            .into_tuple::<(i64, i64, i64)>()
             .all(&self.db)
             .await?
             .into_iter()
+            .map(|(id, plan_id, created_at)| (id, (plan_id, instant(created_at))))
             .collect())
     }
 
@@ -227,6 +232,7 @@ impl Store {
             plan_id: Set(new.plan_id),
             balance_micros: Set(0),
             created_at: Set(micros(now)),
+            invoiced_through: Set(None),
         };
         let model = match customer::Entity::insert(row)
             .exec_with_returning(&txn)
@@ -350,19 +356,28 @@ impl Store {
     /// Credits a balance once per `request_id` (whether the customer may be
     /// topped up is the caller's rule). The top-up row and the balance change
     /// commit together, so a retry never credits twice.
+    ///
+    /// The top-up is billed in the month it is made in (`made_in`), or in
+    /// the customer's first month not invoiced yet, decided under a lock of
+    /// the customer's row that issuing waits for.
     pub async fn top_up(
         &self,
         request: TopUpRequest,
         now: DateTime<Utc>,
+        made_in: BillingPeriod,
     ) -> AppResult<TopUpOutcome> {
         let txn = self.begin_write().await?;
+        let invoiced_through = lock_invoiced_through(&txn, &[request.customer_id])
+            .await?
+            .remove(&request.customer_id)
+            .ok_or(AppError::not_found("customer", request.customer_id))?;
         let row = top_up::ActiveModel {
             id: NotSet,
             request_id: Set(request.request_id.clone()),
             customer_id: Set(request.customer_id),
             amount_micros: Set(request.amount_micros),
             created_at: Set(micros(now)),
-            invoice_id: Set(None),
+            billing_period: Set(billing_period_of(made_in, invoiced_through).key()),
         };
         let inserted = top_up::Entity::insert(row)
             .on_conflict_do_nothing_on([top_up::Column::RequestId])

@@ -1,25 +1,25 @@
-//! Invoices: issuing (claiming calls and top-ups in one transaction),
-//! reading, and the usage figures of months not invoiced yet.
+//! Invoices: the rows of a customer's billing month (read the same way
+//! for invoices, previews and consolidated months), issuing (one function
+//! per write, each on the transaction [`Store::begin_issue`] hands out),
+//! and invoice reads. No billing rule lives here: `domain::invoice`
+//! composes invoices from what these functions return.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use futures_util::StreamExt;
-use sea_orm::sea_query::{Alias, Expr, Func, Query};
+use sea_orm::sea_query::{Expr, Func, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait, ExprTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, EntityTrait,
+    ExprTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 
-use super::entities::{call, customer, customer_operator, invoice, invoice_line, top_up};
-use super::{
-    Store, id_values, instant, lock_customers, micros, placeholders, statement, value_rows,
-};
+use super::entities::{customer, customer_operator, invoice, invoice_line};
+use super::{Store, id_values, instant, micros, placeholders, statement, value_rows};
 use crate::domain::invoice::{
-    ClaimedCall, ClaimedSegment, ClaimedUsage, ConsolidatedMonth, IncludedBasis, IncludedUsage,
-    Invoice, InvoiceDraft, InvoiceLine, InvoiceLineKind, OwnCallSums, StraddlingCall, TopUpEntry,
-    UsageTotals, claimed_usage, invoice_number, summed_claimed_usage,
+    ClaimedCall, ClaimedSegment, ConsolidatedMonth, Invoice, InvoiceDraft, InvoiceLine,
+    InvoiceLineKind, MonthRows, OwnCallSums, TopUpEntry, UsageDetail, UsageTotals,
+    billing_period_of, invoice_number,
 };
 use crate::domain::period::BillingPeriod;
 use crate::error::{AppError, AppResult};
@@ -31,47 +31,12 @@ use crate::error::{AppError, AppResult};
 /// writer does the same there.
 const ISSUE_LOCK_KEY: i64 = 0x0062_696c_6c69_6e67;
 
-/// What to issue: one customer's invoice for one month.
-#[derive(Debug, Clone)]
-pub struct InvoiceRequest {
-    pub customer_id: i64,
-    pub period: BillingPeriod,
-    /// The customer's first month: no earlier month is ever invoiced.
-    pub first_period: BillingPeriod,
-    pub tz: Tz,
-    pub issued_at: DateTime<Utc>,
-    pub currency_code: String,
-    /// Billed seconds of each month's own calls that the plan includes
-    /// (0: none).
-    pub included_seconds: i64,
-    /// What the included minutes count.
-    pub included_basis: IncludedBasis,
-}
-
 /// A customer a billing cycle has yet to invoice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CustomerToInvoice {
     pub customer_id: i64,
     pub plan_id: i64,
     pub created_at: DateTime<Utc>,
-}
-
-/// What issuing did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IssueOutcome {
-    /// Newly issued by this call.
-    Issued(Invoice),
-    /// The period's invoice existed already; it is returned unchanged.
-    AlreadyIssued(Invoice),
-}
-
-/// What issuing one request did: its month's outcome, and the invoices of
-/// the customer's earlier months that were missing and were issued first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssueReport {
-    pub outcome: IssueOutcome,
-    /// Oldest first.
-    pub earlier: Vec<Invoice>,
 }
 
 /// Whose invoices a listing returns.
@@ -85,49 +50,55 @@ pub enum InvoiceFilter {
     Operator(i64),
 }
 
-impl Store {
-    /// Issues the invoice of `request.period`, or returns the one issued
-    /// before; see [`Store::issue_invoices`].
-    pub async fn issue_invoice(
-        &self,
-        request: InvoiceRequest,
-        compose: impl Fn(BillingPeriod, &ClaimedUsage) -> AppResult<InvoiceDraft>,
-    ) -> AppResult<IssueReport> {
-        self.issue_invoices(vec![request], |_, period, usage| compose(period, usage))
-            .await?
-            .pop()
-            .ok_or_else(|| AppError::internal("issue_invoices returned no outcome"))
-    }
+/// One customer's billing month to read, and what of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonthQuery {
+    pub customer_id: i64,
+    pub period: BillingPeriod,
+    /// The month's first instant: calls that started before it are late
+    /// usage.
+    pub start: DateTime<Utc>,
+    pub detail: UsageDetail,
+}
 
-    /// Issues a batch of invoices in one transaction (one commit for many
-    /// invoices), returning each request's report in order.
-    ///
-    /// Months are billed in order: a request first issues every month of
-    /// its customer after the latest invoiced one (or from the customer's
-    /// first month) that precedes the requested month, oldest first. Per
-    /// month: the invoice row is inserted (the unique `(customer, period)`
-    /// key makes concurrent issuers agree on one; a conflict means it exists
-    /// and is returned unchanged), every not-yet-invoiced call of the
-    /// customer that started before the month's end and every such top-up is
-    /// claimed for it, `compose` turns what was claimed into lines, and the
-    /// invoice is completed. So a call of an earlier month is claimed as
-    /// late usage only when it arrived after that month's invoice.
-    ///
-    /// Any error rolls the whole batch back.
-    pub async fn issue_invoices(
+/// An invoice composed and ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInvoice {
+    pub customer_id: i64,
+    pub period: BillingPeriod,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub issued_at: DateTime<Utc>,
+    pub currency_code: String,
+    pub draft: InvoiceDraft,
+}
+
+/// An issuing transaction: its customers' rows are locked, so no call or
+/// top-up of theirs is stored (and no other issuer of theirs runs) until
+/// it ends. Dropped without [`IssueTransaction::commit`], it rolls back.
+#[derive(Debug)]
+pub struct IssueTransaction {
+    txn: DatabaseTransaction,
+}
+
+impl Store {
+    /// Begins issuing for `customer_ids` (distinct): locks their rows (on
+    /// PostgreSQL `FOR UPDATE`, in id order, which waits for transactions
+    /// storing their calls and makes those wait; SQLite's one writer runs
+    /// write transactions in turn) and returns each one's last invoiced
+    /// month, current while the transaction lasts.
+    pub async fn begin_issue(
         &self,
-        requests: Vec<InvoiceRequest>,
-        compose: impl Fn(&InvoiceRequest, BillingPeriod, &ClaimedUsage) -> AppResult<InvoiceDraft>,
-    ) -> AppResult<Vec<IssueReport>> {
-        let mut customers: Vec<i64> = requests.iter().map(|r| r.customer_id).collect();
-        customers.sort_unstable();
-        if customers.windows(2).any(|pair| pair[0] == pair[1]) {
-            return Err(AppError::internal(
-                "a batch of invoice requests names one customer twice",
-            ));
+        customer_ids: &[i64],
+    ) -> AppResult<(IssueTransaction, HashMap<i64, Option<BillingPeriod>>)> {
+        let mut ids = customer_ids.to_vec();
+        ids.sort_unstable();
+        if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(AppError::internal("an issue names one customer twice"));
         }
         let txn = self.begin_write().await?;
-        if txn.get_database_backend() == DatabaseBackend::Postgres {
+        let backend = txn.get_database_backend();
+        if backend == DatabaseBackend::Postgres {
             // Shared: issuers never wait for each other, only for a feed
             // read in progress (see `feed_page`).
             txn.execute_raw(Statement::from_sql_and_values(
@@ -136,69 +107,53 @@ impl Store {
                 [ISSUE_LOCK_KEY.into()],
             ))
             .await?;
-            // Issuers of one customer take turns, so the latest invoiced
-            // month read next is current (no lock on SQLite's single
-            // writer).
-            lock_customers(&txn, &customers).await?;
         }
-        let latest = latest_invoiced_months(&txn, &requests).await?;
-        let months: Vec<Vec<BillingPeriod>> = requests
-            .iter()
-            .map(|request| {
-                crate::domain::invoice::months_to_issue(
-                    request.first_period,
-                    request.period,
-                    latest.get(&request.customer_id).copied(),
-                )
-            })
-            .collect();
-        // Round k issues the k-th month due of every request, all in a few
-        // set-based statements; one customer's months stay in order.
-        let rounds = months.iter().map(Vec::len).max().unwrap_or(0);
-        let mut issued: Vec<(Option<Invoice>, Vec<Invoice>)> =
-            requests.iter().map(|_| (None, Vec::new())).collect();
-        for round in 0..rounds {
-            let due: Vec<(usize, BillingPeriod)> = months
-                .iter()
-                .enumerate()
-                .filter_map(|(index, months)| months.get(round).map(|month| (index, *month)))
-                .collect();
-            let items: Vec<(&InvoiceRequest, BillingPeriod)> = due
-                .iter()
-                .map(|&(index, month)| (&requests[index], month))
-                .collect();
-            let invoices = issue_months(&txn, &items, &compose).await?;
-            for ((index, month), invoice) in due.into_iter().zip(invoices) {
-                let Some(invoice) = invoice else { continue };
-                if month == requests[index].period {
-                    issued[index].0 = Some(invoice);
-                } else {
-                    issued[index].1.push(invoice);
-                }
+        let lock = if backend == DatabaseBackend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let mut through = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT id, invoiced_through FROM customers WHERE id IN ({}) ORDER BY id{lock}",
+                placeholders(chunk.len())
+            );
+            for row in txn
+                .query_all_raw(statement(backend, &sql, id_values(chunk)))
+                .await?
+            {
+                let month: Option<i32> = row.try_get_by_index(1)?;
+                through.insert(
+                    row.try_get_by_index::<i64>(0)?,
+                    month.map(BillingPeriod::from_key).transpose()?,
+                );
             }
         }
-        let newest = issued
-            .iter()
-            .flat_map(|(target, earlier)| target.iter().chain(earlier))
-            .map(|invoice| invoice.id)
-            .max();
-        if let Some(newest) = newest {
-            super::feed::announce(&txn, newest).await?;
+        Ok((IssueTransaction { txn }, through))
+    }
+
+    /// The rows of each of `months`, in order; see [`month_rows`].
+    pub async fn month_rows(&self, months: &[MonthQuery]) -> AppResult<Vec<MonthRows>> {
+        month_rows(&self.db, months).await
+    }
+
+    /// Places every call and top-up that has no billing month yet (0: rows
+    /// from before migration 000009 that no invoice billed) in the month it
+    /// is due, as if it were stored now: its own month (billing time zone
+    /// `tz`) when that month is neither invoiced nor before the customer's
+    /// first month, else the customer's first month not invoiced yet
+    /// (`invoice::billing_period_of`). Run at startup after the migrations;
+    /// does nothing once every row has its month. One transaction.
+    pub async fn place_rows_in_billing_months(&self, tz: Tz) -> Result<(), DbErr> {
+        let txn = self
+            .begin_write()
+            .await
+            .map_err(|err| DbErr::Custom(err.to_string()))?;
+        for (table, instant_column) in [("calls", "started_at"), ("top_ups", "created_at")] {
+            place_rows(&txn, tz, table, instant_column).await?;
         }
-        txn.commit().await?;
-        let mut reports = Vec::with_capacity(requests.len());
-        for (request, (target, earlier)) in requests.into_iter().zip(issued) {
-            let outcome = match target {
-                Some(invoice) => IssueOutcome::Issued(invoice),
-                None => IssueOutcome::AlreadyIssued(
-                    self.invoice_for(request.customer_id, request.period)
-                        .await?
-                        .ok_or_else(|| AppError::internal("conflicting invoice vanished"))?,
-                ),
-            };
-            reports.push(IssueReport { outcome, earlier });
-        }
-        Ok(reports)
+        txn.commit().await
     }
 
     /// The feed's next page: like [`Store::list_invoices`], but on
@@ -255,49 +210,6 @@ impl Store {
         let models = invoice_page(filter, after_id, limit).all(&self.db).await?;
         self.with_lines(models).await
     }
-
-    /// Calls of a customer that started in `[start, end)` and are not
-    /// invoiced yet, summed up.
-    pub async fn uninvoiced_usage(
-        &self,
-        customer_id: i64,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    ) -> AppResult<UsageTotals> {
-        usage_totals(
-            &self.db,
-            call::Column::CustomerId
-                .eq(customer_id)
-                .and(call::Column::InvoiceId.is_null()),
-            call::Column::StartedAt
-                .gte(micros(start))
-                .and(call::Column::StartedAt.lt(micros(end))),
-        )
-        .await
-    }
-
-    /// How a customer's not-yet-invoiced calls that started in `[start,
-    /// end)` (totals `current`) fall against an allowance of `allowance`
-    /// billed seconds; see [`IncludedUsage`].
-    pub async fn uninvoiced_included(
-        &self,
-        customer_id: i64,
-        (start, end): (DateTime<Utc>, DateTime<Utc>),
-        current: UsageTotals,
-        allowance: i64,
-        basis: &IncludedBasis,
-    ) -> AppResult<IncludedUsage> {
-        included_usage(
-            &self.db,
-            current,
-            allowance,
-            "c.customer_id = ? AND c.invoice_id IS NULL AND c.started_at >= ? AND c.started_at < ?",
-            vec![customer_id.into(), micros(start).into(), micros(end).into()],
-            basis,
-        )
-        .await
-    }
-
     /// The issued invoices of a customer for the months `from..=to`, as
     /// consolidated months (figures only, no lines), oldest first.
     pub async fn invoiced_months(
@@ -330,155 +242,9 @@ impl Store {
             })
             .collect()
     }
-
-    /// A customer's not-yet-invoiced calls in each of `months` (`[start,
-    /// end)` instants), summed, and how each month's calls fall against an
-    /// allowance of `allowance` billed seconds; in the order of `months`.
-    /// One grouped query for all the months.
-    pub async fn uninvoiced_usage_by_month(
-        &self,
-        customer_id: i64,
-        months: &[(DateTime<Utc>, DateTime<Utc>)],
-        allowance: i64,
-        basis: &IncludedBasis,
-    ) -> AppResult<Vec<(UsageTotals, IncludedUsage)>> {
-        let mut figures = vec![(UsageTotals::default(), IncludedUsage::default()); months.len()];
-        if months.is_empty() {
-            return Ok(figures);
-        }
-        let allowance = Ord::max(allowance, 0);
-        // On segments, the totals come from the calls and the included
-        // usage from a second query over their segments.
-        let (calls_allowance, segments) = match basis {
-            IncludedBasis::Calls => (allowance, None),
-            IncludedBasis::Segments { rates, only } => (0, Some((rates, only))),
-        };
-        let (rows, mut values) = months_table(months);
-        values.push(customer_id.into());
-        let sql = format!(
-            "WITH months(idx, lo, hi) AS (VALUES {rows}), \
-             ordered AS ( \
-               SELECT m.idx AS idx, c.billed_seconds AS billed_seconds, \
-                      c.cost_micros AS cost_micros, c.per_minute_micros AS per_minute_micros, \
-                      SUM(c.billed_seconds) OVER (PARTITION BY m.idx ORDER BY c.started_at, c.id \
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
-               FROM months m JOIN calls c ON c.started_at >= m.lo AND c.started_at < m.hi \
-               WHERE c.customer_id = ? AND c.invoice_id IS NULL) \
-             SELECT idx, COUNT(*), \
-                    CAST(SUM(billed_seconds) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), {} \
-             FROM ordered GROUP BY idx",
-            included_split_columns(calls_allowance)
-        );
-        let backend = self.db.get_database_backend();
-        for row in self
-            .db
-            .query_all_raw(statement(backend, &sql, values))
-            .await?
-        {
-            let index: i32 = row.try_get_by_index(0)?;
-            let current = totals_at(&row, 1)?;
-            let whole = totals_at(&row, 4)?;
-            let included = if calls_allowance == 0 {
-                IncludedUsage::default()
-            } else {
-                IncludedUsage {
-                    whole,
-                    straddling: straddling_call(&row, 7)?,
-                }
-            };
-            if let Some(slot) = usize::try_from(index).ok().and_then(|i| figures.get_mut(i)) {
-                *slot = (current, included);
-            }
-        }
-        if let (Some((rates, only)), true) = (segments, allowance > 0) {
-            for (index, included) in self
-                .included_segments_by_month(customer_id, months, allowance, rates, only)
-                .await?
-            {
-                if let Some(slot) = figures.get_mut(index) {
-                    slot.1 = included;
-                }
-            }
-        }
-        Ok(figures)
-    }
-
-    /// For each month of `months` (by index) with uninvoiced calls, how
-    /// their segments (of the tariffs in `only`; none: all) fall against
-    /// `allowance`, in one query.
-    async fn included_segments_by_month(
-        &self,
-        customer_id: i64,
-        months: &[(DateTime<Utc>, DateTime<Utc>)],
-        allowance: i64,
-        rates: &[(String, i64)],
-        only: &[String],
-    ) -> AppResult<Vec<(usize, IncludedUsage)>> {
-        let (rows, mut values) = months_table(months);
-        let (rate, rate_values) = segment_rate_case(rates);
-        values.extend(rate_values);
-        values.push(customer_id.into());
-        let (only_sql, only_values) = only_tariffs(only);
-        values.extend(only_values);
-        let sql = format!(
-            "WITH months(idx, lo, hi) AS (VALUES {rows}), \
-             ordered AS ( \
-               SELECT m.idx AS idx, s.billed_seconds AS billed_seconds, \
-                      s.cost_micros AS cost_micros, {rate} AS per_minute_micros, \
-                      SUM(s.billed_seconds) OVER (PARTITION BY m.idx \
-                        ORDER BY c.started_at, c.id, s.position \
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
-               FROM months m JOIN calls c ON c.started_at >= m.lo AND c.started_at < m.hi \
-               JOIN call_segments s ON s.call_id = c.id \
-               WHERE c.customer_id = ? AND c.invoice_id IS NULL{only_sql}) \
-             SELECT idx, {} FROM ordered GROUP BY idx",
-            included_split_columns(allowance)
-        );
-        let backend = self.db.get_database_backend();
-        let mut included = Vec::new();
-        for row in self
-            .db
-            .query_all_raw(statement(backend, &sql, values))
-            .await?
-        {
-            let index: i32 = row.try_get_by_index(0)?;
-            let whole = totals_at(&row, 1)?;
-            if let Ok(index) = usize::try_from(index) {
-                included.push((
-                    index,
-                    IncludedUsage {
-                        whole,
-                        straddling: straddling_call(&row, 4)?,
-                    },
-                ));
-            }
-        }
-        Ok(included)
-    }
-
-    /// Top-ups of a customer made in `[start, end)` and not invoiced yet.
-    pub async fn uninvoiced_top_ups(
-        &self,
-        customer_id: i64,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    ) -> AppResult<Vec<TopUpEntry>> {
-        Ok(top_up::Entity::find()
-            .filter(top_up::Column::CustomerId.eq(customer_id))
-            .filter(top_up::Column::InvoiceId.is_null())
-            .filter(top_up::Column::CreatedAt.gte(micros(start)))
-            .filter(top_up::Column::CreatedAt.lt(micros(end)))
-            .order_by_asc(top_up::Column::CreatedAt)
-            .order_by_asc(top_up::Column::Id)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(top_up_entry)
-            .collect())
-    }
-
     /// Up to `limit` customers with an id above `after_id` that existed
-    /// before `end` and have no invoice for `period`, in id order.
+    /// before `end` and whose invoices do not reach `period` yet, in id
+    /// order.
     pub async fn customers_to_invoice(
         &self,
         period: BillingPeriod,
@@ -486,12 +252,6 @@ impl Store {
         after_id: i64,
         limit: u64,
     ) -> AppResult<Vec<CustomerToInvoice>> {
-        let invoiced = Query::select()
-            .column(invoice::Column::CustomerId)
-            .from(invoice::Entity)
-            .and_where(invoice::Column::PeriodYear.eq(period.year()))
-            .and_where(invoice::Column::PeriodMonth.eq(period.month()))
-            .to_owned();
         let rows: Vec<(i64, i64, i64)> = customer::Entity::find()
             .select_only()
             .column(customer::Column::Id)
@@ -499,7 +259,11 @@ impl Store {
             .column(customer::Column::CreatedAt)
             .filter(customer::Column::Id.gt(after_id))
             .filter(customer::Column::CreatedAt.lt(micros(end)))
-            .filter(customer::Column::Id.not_in_subquery(invoiced))
+            .filter(
+                customer::Column::InvoicedThrough
+                    .is_null()
+                    .or(customer::Column::InvoicedThrough.lt(period.key())),
+            )
             .order_by_asc(customer::Column::Id)
             .limit(limit)
             .into_tuple()
@@ -591,6 +355,409 @@ impl Store {
     }
 }
 
+impl IssueTransaction {
+    /// The rows of each of `months`, in order, as this transaction sees
+    /// them; see [`month_rows`].
+    pub async fn month_rows(&self, months: &[MonthQuery]) -> AppResult<Vec<MonthRows>> {
+        month_rows(&self.txn, months).await
+    }
+
+    /// Stores `invoices` with their lines and returns them as issued, in
+    /// order: one multi-row insert of the invoices (the unique `(customer,
+    /// period)` key refuses a second invoice of a month), one update giving
+    /// each its number (which names its id), one multi-row insert of the
+    /// lines.
+    pub async fn insert_invoices(&self, invoices: Vec<NewInvoice>) -> AppResult<Vec<Invoice>> {
+        let backend = self.txn.get_database_backend();
+        let mut ids: HashMap<(i64, BillingPeriod), i64> = HashMap::with_capacity(invoices.len());
+        for chunk in invoices.chunks(INVOICES_PER_STATEMENT) {
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 13);
+            for new in chunk {
+                values.extend([
+                    format!("pending-{}-{}", new.customer_id, new.period).into(),
+                    new.customer_id.into(),
+                    new.period.year().into(),
+                    new.period.month().cast_signed().into(),
+                    micros(new.period_start).into(),
+                    micros(new.period_end).into(),
+                    micros(new.issued_at).into(),
+                    new.currency_code.clone().into(),
+                    new.draft.usage.call_count.into(),
+                    new.draft.usage.billed_seconds.into(),
+                    new.draft.usage.usage_micros.into(),
+                    new.draft.monthly_fee_micros.into(),
+                    new.draft.total_micros.into(),
+                ]);
+            }
+            let sql = format!(
+                "INSERT INTO invoices (number, customer_id, period_year, period_month, \
+                   period_start, period_end, issued_at, currency_code, call_count, \
+                   billed_seconds, usage_micros, monthly_fee_micros, total_micros) \
+                 VALUES {} RETURNING id, customer_id, period_year, period_month",
+                value_rows(chunk.len(), 13)
+            );
+            for row in self
+                .txn
+                .query_all_raw(statement(backend, &sql, values))
+                .await?
+            {
+                let period = BillingPeriod::new(
+                    "period",
+                    row.try_get_by_index(2)?,
+                    row.try_get_by_index(3)?,
+                )?;
+                ids.insert((row.try_get_by_index(1)?, period), row.try_get_by_index(0)?);
+            }
+        }
+        let mut issued = Vec::with_capacity(invoices.len());
+        for new in invoices {
+            let id = ids
+                .get(&(new.customer_id, new.period))
+                .copied()
+                .ok_or_else(|| AppError::internal("an inserted invoice returned no id"))?;
+            issued.push(Invoice {
+                id,
+                number: invoice_number(new.period, id),
+                customer_id: new.customer_id,
+                period: new.period,
+                period_start: new.period_start,
+                period_end: new.period_end,
+                issued_at: new.issued_at,
+                currency_code: new.currency_code,
+                lines: new.draft.lines,
+                usage: new.draft.usage,
+                monthly_fee_micros: new.draft.monthly_fee_micros,
+                total_micros: new.draft.total_micros,
+            });
+        }
+        for chunk in issued.chunks(INVOICES_PER_STATEMENT) {
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 2);
+            for invoice in chunk {
+                values.extend([invoice.id.into(), invoice.number.clone().into()]);
+            }
+            let sql = format!(
+                "WITH v(id, number) AS (VALUES {}) \
+                 UPDATE invoices SET number = v.number FROM v WHERE invoices.id = v.id",
+                value_rows(chunk.len(), 2)
+            );
+            self.txn
+                .execute_raw(statement(backend, &sql, values))
+                .await?;
+        }
+        let lines: Vec<(i64, usize, &InvoiceLine)> = issued
+            .iter()
+            .flat_map(|invoice| {
+                invoice
+                    .lines
+                    .iter()
+                    .enumerate()
+                    .map(|(position, line)| (invoice.id, position, line))
+            })
+            .collect();
+        for chunk in lines.chunks(LINES_PER_INSERT) {
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
+            for (invoice_id, position, line) in chunk {
+                values.extend([
+                    (*invoice_id).into(),
+                    i32::try_from(*position).unwrap_or(i32::MAX).into(),
+                    line.kind.as_str().into(),
+                    line.description.clone().into(),
+                    line.quantity.into(),
+                    line.amount_micros.into(),
+                ]);
+            }
+            let sql = format!(
+                "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, \
+                   amount_micros) VALUES {}",
+                value_rows(chunk.len(), 6)
+            );
+            self.txn
+                .execute_raw(statement(backend, &sql, values))
+                .await?;
+        }
+        Ok(issued)
+    }
+
+    /// Records each customer's last invoiced month: from now on its calls
+    /// of that month or earlier are billed in the month after.
+    pub async fn advance_invoiced_through(
+        &self,
+        through: &[(i64, BillingPeriod)],
+    ) -> AppResult<()> {
+        let backend = self.txn.get_database_backend();
+        for chunk in through.chunks(INVOICES_PER_STATEMENT) {
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 2);
+            for (customer_id, month) in chunk {
+                values.extend([(*customer_id).into(), month.key().into()]);
+            }
+            let sql = format!(
+                "WITH v(id, month) AS (VALUES {}) \
+                 UPDATE customers SET invoiced_through = v.month FROM v \
+                 WHERE customers.id = v.id",
+                value_rows(chunk.len(), 2)
+            );
+            self.txn
+                .execute_raw(statement(backend, &sql, values))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Commits, first telling invoice watchers on other replicas (on
+    /// commit) that invoices up to `newest` exist.
+    pub async fn commit(self, newest: Option<i64>) -> AppResult<()> {
+        if let Some(newest) = newest {
+            super::feed::announce(&self.txn, newest).await?;
+        }
+        self.txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// Places the rows of `table` (one of the two this module names) without a
+/// billing month; see [`Store::place_rows_in_billing_months`].
+async fn place_rows(
+    txn: &DatabaseTransaction,
+    tz: Tz,
+    table: &str,
+    instant_column: &str,
+) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    let bad_month = |key: i32| DbErr::Custom(format!("stored billing month {key} is not a month"));
+    let sql = format!(
+        "SELECT MIN({instant_column}), MAX({instant_column}) FROM {table} WHERE billing_period = 0"
+    );
+    let Some(row) = txn
+        .query_one_raw(statement(backend, &sql, Vec::new()))
+        .await?
+    else {
+        return Ok(());
+    };
+    let (Some(first), Some(last)) = (
+        row.try_get_by_index::<Option<i64>>(0)?,
+        row.try_get_by_index::<Option<i64>>(1)?,
+    ) else {
+        return Ok(());
+    };
+    // Month by month, the rows whose own month the customer has neither
+    // invoiced nor begun after.
+    let last = BillingPeriod::containing(instant(last), tz);
+    let mut month = BillingPeriod::containing(instant(first), tz);
+    loop {
+        let sql = format!(
+            "UPDATE {table} SET billing_period = ? WHERE billing_period = 0 \
+               AND {instant_column} >= ? AND {instant_column} < ? \
+               AND customer_id IN (SELECT id FROM customers \
+                 WHERE (invoiced_through IS NULL OR invoiced_through < ?) AND created_at < ?)"
+        );
+        let end = micros(month.end(tz));
+        let values = vec![
+            month.key().into(),
+            micros(month.start(tz)).into(),
+            end.into(),
+            month.key().into(),
+            end.into(),
+        ];
+        txn.execute_raw(statement(backend, &sql, values)).await?;
+        if month >= last {
+            break;
+        }
+        month = month.next();
+    }
+    // The rest are late, or from before the customer's first month: due in
+    // its first month not invoiced yet.
+    let sql = format!(
+        "SELECT id, created_at, invoiced_through FROM customers \
+         WHERE id IN (SELECT customer_id FROM {table} WHERE billing_period = 0)"
+    );
+    for row in txn
+        .query_all_raw(statement(backend, &sql, Vec::new()))
+        .await?
+    {
+        let customer_id: i64 = row.try_get_by_index(0)?;
+        let first_month = BillingPeriod::containing(instant(row.try_get_by_index(1)?), tz);
+        let through = match row.try_get_by_index::<Option<i32>>(2)? {
+            Some(key) => Some(BillingPeriod::from_key(key).map_err(|_| bad_month(key))?),
+            None => None,
+        };
+        let due = billing_period_of(first_month, through);
+        let sql = format!(
+            "UPDATE {table} SET billing_period = ? WHERE customer_id = ? AND billing_period = 0"
+        );
+        txn.execute_raw(statement(
+            backend,
+            &sql,
+            vec![due.key().into(), customer_id.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Months read per statement (4 bound values each).
+const MONTHS_PER_STATEMENT: usize = 1000;
+/// Invoice rows inserted per statement (13 bound values each).
+const INVOICES_PER_STATEMENT: usize = 1000;
+/// Ids bound per `IN (…)` list.
+const IDS_PER_STATEMENT: usize = 5000;
+/// Invoice lines inserted per statement (6 bound values each).
+const LINES_PER_INSERT: usize = 2000;
+
+/// The rows of each of `months` on `conn`, in order: every call and top-up
+/// of the customer whose billing month it is, as its `detail` asks (see
+/// [`UsageDetail`]). A fixed number of set-based statements per
+/// [`MONTHS_PER_STATEMENT`] months, each joining a `VALUES` table of the
+/// months to the `(customer_id, billing_period, …)` indexes: for summed
+/// months the sums of the calls started within the month and the calls
+/// started before it one by one; for the others every call, and their
+/// segments when asked; top-ups for all.
+async fn month_rows(
+    conn: &impl ConnectionTrait,
+    months: &[MonthQuery],
+) -> AppResult<Vec<MonthRows>> {
+    let backend = conn.get_database_backend();
+    let mut rows: Vec<MonthRows> = vec![MonthRows::default(); months.len()];
+    let indexed: Vec<(usize, &MonthQuery)> = months.iter().enumerate().collect();
+    for chunk in indexed.chunks(MONTHS_PER_STATEMENT) {
+        let table = |which: &dyn Fn(&MonthQuery) -> bool| {
+            let selected: Vec<&(usize, &MonthQuery)> =
+                chunk.iter().filter(|(_, month)| which(month)).collect();
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(selected.len() * 4);
+            for (index, month) in &selected {
+                values.extend([
+                    i64::try_from(*index).unwrap_or(i64::MAX).into(),
+                    month.customer_id.into(),
+                    month.period.key().into(),
+                    micros(month.start).into(),
+                ]);
+            }
+            let cte = format!(
+                "WITH m(idx, customer_id, period, start) AS (VALUES {})",
+                value_rows(selected.len(), 4)
+            );
+            (!selected.is_empty()).then_some((cte, values))
+        };
+        let month_calls = "m JOIN calls c ON c.customer_id = m.customer_id \
+             AND c.billing_period = m.period";
+        let call_columns = "m.idx, c.id, c.started_at, c.billed_seconds, c.cost_micros, \
+             c.per_minute_micros, c.connect_fee_micros";
+        let summed = |month: &MonthQuery| month.detail == UsageDetail::Summed;
+        if let Some((cte, values)) = table(&summed) {
+            // Sums cast to BIGINT: PostgreSQL sums BIGINT as NUMERIC. An
+            // overflowing sum is an error of the database, which maps to
+            // FAILED_PRECONDITION.
+            let sql = format!(
+                "{cte} SELECT m.idx, COUNT(*), CAST(SUM(c.billed_seconds) AS BIGINT), \
+                   CAST(SUM(c.cost_micros) AS BIGINT), \
+                   CAST(SUM(CASE WHEN c.connect_fee_micros > 0 THEN 1 ELSE 0 END) AS BIGINT), \
+                   CAST(SUM(c.connect_fee_micros) AS BIGINT) \
+                 FROM {month_calls} AND c.started_at >= m.start GROUP BY m.idx"
+            );
+            for row in conn
+                .query_all_raw(statement(backend, &sql, values.clone()))
+                .await?
+            {
+                let slot = slot(&mut rows, &row)?;
+                slot.own_sums = OwnCallSums {
+                    totals: UsageTotals {
+                        call_count: row.try_get_by_index(1)?,
+                        billed_seconds: row.try_get_by_index(2)?,
+                        usage_micros: row.try_get_by_index(3)?,
+                    },
+                    connect_fee_calls: row.try_get_by_index(4)?,
+                    connect_fees_micros: row.try_get_by_index(5)?,
+                };
+            }
+            let sql = format!(
+                "{cte} SELECT {call_columns} FROM {month_calls} AND c.started_at < m.start"
+            );
+            read_calls(conn, &sql, values, &mut rows).await?;
+        }
+        let each = |month: &MonthQuery| month.detail != UsageDetail::Summed;
+        if let Some((cte, values)) = table(&each) {
+            let sql = format!("{cte} SELECT {call_columns} FROM {month_calls}");
+            read_calls(conn, &sql, values, &mut rows).await?;
+        }
+        let with_segments =
+            |month: &MonthQuery| month.detail == UsageDetail::EachCall { segments: true };
+        if let Some((cte, values)) = table(&with_segments) {
+            let sql = format!(
+                "{cte} SELECT m.idx, s.call_id, s.tariff_name, s.billed_seconds, s.cost_micros \
+                 FROM {month_calls} JOIN call_segments s ON s.call_id = c.id \
+                 ORDER BY s.call_id, s.position"
+            );
+            let mut segments: HashMap<i64, Vec<ClaimedSegment>> = HashMap::new();
+            for row in conn.query_all_raw(statement(backend, &sql, values)).await? {
+                segments
+                    .entry(row.try_get_by_index(1)?)
+                    .or_default()
+                    .push(ClaimedSegment {
+                        tariff_name: row.try_get_by_index(2)?,
+                        billed_seconds: row.try_get_by_index(3)?,
+                        cost_micros: row.try_get_by_index(4)?,
+                    });
+            }
+            for (index, _) in chunk.iter().filter(|(_, month)| with_segments(month)) {
+                for call in &mut rows[*index].calls {
+                    call.segments = segments.remove(&call.id).unwrap_or_default();
+                }
+            }
+        }
+        if let Some((cte, values)) = table(&|_| true) {
+            let sql = format!(
+                "{cte} SELECT m.idx, t.id, t.created_at, t.amount_micros \
+                 FROM m JOIN top_ups t ON t.customer_id = m.customer_id \
+                   AND t.billing_period = m.period"
+            );
+            for row in conn.query_all_raw(statement(backend, &sql, values)).await? {
+                let entry = (
+                    row.try_get_by_index(1)?,
+                    TopUpEntry {
+                        created_at: instant(row.try_get_by_index(2)?),
+                        amount_micros: row.try_get_by_index(3)?,
+                    },
+                );
+                slot(&mut rows, &row)?.top_ups.push(entry);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The month a row of [`month_rows`]'s statements belongs to, by the index
+/// in its first column.
+fn slot<'a>(rows: &'a mut [MonthRows], row: &sea_orm::QueryResult) -> AppResult<&'a mut MonthRows> {
+    let index: i64 = row.try_get_by_index(0)?;
+    usize::try_from(index)
+        .ok()
+        .and_then(|index| rows.get_mut(index))
+        .ok_or_else(|| AppError::internal(format!("a month's rows came back for month {index}")))
+}
+
+/// Reads the calls `sql` selects (the month's index, then the figures of a
+/// [`ClaimedCall`]) into their months' rows.
+async fn read_calls(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+    rows: &mut [MonthRows],
+) -> AppResult<()> {
+    let backend = conn.get_database_backend();
+    for row in conn.query_all_raw(statement(backend, sql, values)).await? {
+        let call = ClaimedCall {
+            id: row.try_get_by_index(1)?,
+            started_at: instant(row.try_get_by_index(2)?),
+            billed_seconds: row.try_get_by_index(3)?,
+            cost_micros: row.try_get_by_index(4)?,
+            per_minute_micros: row.try_get_by_index(5)?,
+            connect_fee_micros: row.try_get_by_index(6)?,
+            segments: Vec::new(),
+        };
+        slot(rows, &row)?.calls.push(call);
+    }
+    Ok(())
+}
+
 /// The query for up to `limit` invoices with an id above `after_id`, in
 /// id order, that `filter` selects.
 fn invoice_page(
@@ -620,186 +787,12 @@ fn invoice_page(
     query
 }
 
-/// Count, billed seconds and cost of the calls matching both conditions, in
-/// one aggregate query (sums cast to BIGINT: PostgreSQL sums BIGINT as
-/// NUMERIC).
-async fn usage_totals(
-    db: &impl ConnectionTrait,
-    which: sea_orm::sea_query::SimpleExpr,
-    when: sea_orm::sea_query::SimpleExpr,
-) -> AppResult<UsageTotals> {
-    let sum = |column: call::Column| {
-        Func::cast_as(
-            Func::coalesce([Expr::from(Func::sum(Expr::col(column))), Expr::val(0)]),
-            Alias::new("BIGINT"),
-        )
-    };
-    let totals: Option<(i64, i64, i64)> = call::Entity::find()
-        .select_only()
-        .expr(Func::count(Expr::col(call::Column::Id)))
-        .expr(sum(call::Column::BilledSeconds))
-        .expr(sum(call::Column::CostMicros))
-        .filter(which)
-        .filter(when)
-        .into_tuple()
-        .one(db)
-        .await?;
-    let (call_count, billed_seconds, usage_micros) = totals.unwrap_or_default();
-    Ok(UsageTotals {
-        call_count,
-        billed_seconds,
-        usage_micros,
-    })
-}
-
-/// How the calls matching `filter` (one month's own calls, `?` for each
-/// of `values`), taken in start order, fall against an allowance of
-/// `allowance` billed seconds: the calls wholly inside it, summed, and the
-/// one call crossing its end. One window query; none when the allowance is
-/// 0 or every call fits (`current` is the filter's totals).
-async fn included_usage(
-    db: &impl ConnectionTrait,
-    current: UsageTotals,
-    allowance: i64,
-    filter: &str,
-    values: Vec<sea_orm::Value>,
-    basis: &IncludedBasis,
-) -> AppResult<IncludedUsage> {
-    if allowance <= 0 {
-        return Ok(IncludedUsage::default());
-    }
-    let (ordered, values) = match basis {
-        IncludedBasis::Calls => {
-            if current.billed_seconds <= allowance {
-                return Ok(IncludedUsage::all(current));
-            }
-            (
-                format!(
-                    "SELECT c.billed_seconds, c.cost_micros, c.per_minute_micros, \
-                            SUM(c.billed_seconds) OVER (ORDER BY c.started_at, c.id \
-                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
-                     FROM calls c WHERE {filter}"
-                ),
-                values,
-            )
-        }
-        IncludedBasis::Segments { rates, only } => {
-            let (rate, mut all_values) = segment_rate_case(rates);
-            let (only_sql, only_values) = only_tariffs(only);
-            all_values.extend(values);
-            all_values.extend(only_values);
-            (
-                format!(
-                    "SELECT s.billed_seconds AS billed_seconds, s.cost_micros AS cost_micros, \
-                            {rate} AS per_minute_micros, \
-                            SUM(s.billed_seconds) OVER (ORDER BY c.started_at, c.id, s.position \
-                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running \
-                     FROM call_segments s JOIN calls c ON c.id = s.call_id \
-                     WHERE {filter}{only_sql}"
-                ),
-                all_values,
-            )
-        }
-    };
-    let sql = format!(
-        "WITH ordered AS ({ordered}) SELECT {} FROM ordered",
-        included_split_columns(allowance)
-    );
-    let backend = db.get_database_backend();
-    let row = db
-        .query_one_raw(statement(backend, &sql, values))
-        .await?
-        .ok_or_else(|| AppError::internal("an aggregate returned no row"))?;
-    let whole = totals_at(&row, 0)?;
-    let straddling = straddling_call(&row, 3)?;
-    Ok(IncludedUsage { whole, straddling })
-}
-
-/// A SQL expression for the per-minute rate of segment `s` by its tariff
-/// name, and the names to bind (rates are the plan's own integers, inlined).
-fn segment_rate_case(rates: &[(String, i64)]) -> (String, Vec<sea_orm::Value>) {
-    let mut sql = String::from("CAST(CASE s.tariff_name");
-    let mut values = Vec::with_capacity(rates.len());
-    for (name, rate) in rates {
-        sql.push_str(&format!(" WHEN ? THEN {rate}"));
-        values.push(name.clone().into());
-    }
-    sql.push_str(" ELSE 0 END AS BIGINT)");
-    (sql, values)
-}
-
-/// A filter keeping segments of the tariffs in `only` (none: all), and the
-/// names to bind.
-fn only_tariffs(only: &[String]) -> (String, Vec<sea_orm::Value>) {
-    if only.is_empty() {
-        return (String::new(), Vec::new());
-    }
-    let marks = placeholders(only.len());
-    (
-        format!(" AND s.tariff_name IN ({marks})"),
-        only.iter().map(|name| name.clone().into()).collect(),
-    )
-}
-
-/// The crossing call's billed seconds, cost and rate, read from three
-/// columns of `row` starting at `first` (all NULL when there is none).
-fn straddling_call(row: &sea_orm::QueryResult, first: usize) -> AppResult<Option<StraddlingCall>> {
-    Ok(
-        match (
-            row.try_get_by_index::<Option<i64>>(first)?,
-            row.try_get_by_index::<Option<i64>>(first + 1)?,
-            row.try_get_by_index::<Option<i64>>(first + 2)?,
-        ) {
-            (Some(billed_seconds), Some(cost_micros), Some(per_minute_micros)) => {
-                Some(StraddlingCall {
-                    billed_seconds,
-                    cost_micros,
-                    per_minute_micros,
-                })
-            }
-            _ => None,
-        },
-    )
-}
-
-/// The six aggregate columns of an [`IncludedUsage`] over `ordered` rows
-/// carrying a `running` sum of billed seconds: count, seconds and cost of the
-/// calls wholly inside `allowance`, then the crossing call's billed seconds,
-/// cost and rate (NULL when none crosses).
-fn included_split_columns(allowance: i64) -> String {
-    let within = format!("running <= {allowance}");
-    let crossing = format!("running > {allowance} AND running - billed_seconds < {allowance}");
-    format!(
-        "COUNT(CASE WHEN {within} THEN 1 END), \
-         CAST(COALESCE(SUM(CASE WHEN {within} THEN billed_seconds END), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(CASE WHEN {within} THEN cost_micros END), 0) AS BIGINT), \
-         MAX(CASE WHEN {crossing} THEN billed_seconds END), \
-         MAX(CASE WHEN {crossing} THEN cost_micros END), \
-         MAX(CASE WHEN {crossing} THEN per_minute_micros END)"
-    )
-}
-
-/// `months` as the rows of a `months(idx, lo, hi)` VALUES table, and the
-/// instants to bind: `(0, ?, ?), (1, ?, ?), …`.
-fn months_table(months: &[(DateTime<Utc>, DateTime<Utc>)]) -> (String, Vec<sea_orm::Value>) {
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(2 * months.len() + 1);
-    let mut rows = Vec::with_capacity(months.len());
-    for (index, (start, end)) in months.iter().enumerate() {
-        rows.push(format!("({index}, ?, ?)"));
-        values.push(micros(*start).into());
-        values.push(micros(*end).into());
-    }
-    (rows.join(", "), values)
-}
-
-/// Count, billed seconds and cost read from three columns of `row`
-/// starting at `first`.
-fn totals_at(row: &sea_orm::QueryResult, first: usize) -> AppResult<UsageTotals> {
-    Ok(UsageTotals {
-        call_count: row.try_get_by_index(first)?,
-        billed_seconds: row.try_get_by_index(first + 1)?,
-        usage_micros: row.try_get_by_index(first + 2)?,
-    })
+/// An invoice's month as one sortable number, `year * 100 + month` (see
+/// `BillingPeriod::key`).
+fn period_key() -> sea_orm::sea_query::SimpleExpr {
+    Expr::col(invoice::Column::PeriodYear)
+        .mul(100)
+        .add(Expr::col(invoice::Column::PeriodMonth))
 }
 
 /// The call figures stored on an invoice row.
@@ -809,355 +802,4 @@ fn usage_of(model: &invoice::Model) -> UsageTotals {
         billed_seconds: model.billed_seconds,
         usage_micros: model.usage_micros,
     }
-}
-
-fn top_up_entry(model: top_up::Model) -> TopUpEntry {
-    TopUpEntry {
-        created_at: instant(model.created_at),
-        amount_micros: model.amount_micros,
-    }
-}
-
-/// The latest invoiced month of each requested customer that has one: one
-/// grouped query for the whole batch, read inside its transaction.
-async fn latest_invoiced_months(
-    txn: &DatabaseTransaction,
-    requests: &[InvoiceRequest],
-) -> AppResult<HashMap<i64, BillingPeriod>> {
-    let customer_ids: Vec<i64> = requests.iter().map(|r| r.customer_id).collect();
-    let rows: Vec<(i64, i32)> = invoice::Entity::find()
-        .select_only()
-        .column(invoice::Column::CustomerId)
-        .expr(Func::max(period_key()))
-        .filter(invoice::Column::CustomerId.is_in(customer_ids))
-        .group_by(invoice::Column::CustomerId)
-        .into_tuple()
-        .all(txn)
-        .await?;
-    rows.into_iter()
-        .map(|(customer_id, key)| {
-            Ok((
-                customer_id,
-                BillingPeriod::new("period", key / 100, key % 100)?,
-            ))
-        })
-        .collect()
-}
-
-/// An invoice's month as one sortable number, `year * 100 + month`.
-fn period_key() -> sea_orm::sea_query::SimpleExpr {
-    Expr::col(invoice::Column::PeriodYear)
-        .mul(100)
-        .add(Expr::col(invoice::Column::PeriodMonth))
-}
-
-/// Invoice rows inserted or updated per statement (at most 8 bound values
-/// each).
-const INVOICES_PER_STATEMENT: usize = 1000;
-/// Ids bound per `IN (…)` list.
-const IDS_PER_STATEMENT: usize = 5000;
-/// Invoice lines inserted per statement (6 bound values each).
-const LINES_PER_INSERT: usize = 2000;
-
-/// The update that claims, for each of `count` invoices (`i`, bound to
-/// `?`s), its customer's uninvoiced calls that meet `when` (a condition on
-/// `calls` and `i`), followed by `returning`.
-fn claim_calls_sql(count: usize, when: &str, returning: &str) -> String {
-    format!(
-        "UPDATE calls SET invoice_id = i.id FROM invoices i \
-         WHERE i.id IN ({}) AND calls.customer_id = i.customer_id \
-           AND calls.invoice_id IS NULL AND {when}{returning}",
-        placeholders(count)
-    )
-}
-
-/// Claims, for each invoice of `invoice_ids`, its customer's uninvoiced
-/// calls that meet `when` (see [`claim_calls_sql`]), and adds each claimed
-/// call to its invoice's list in `claimed`.
-async fn claim_calls_returning(
-    txn: &DatabaseTransaction,
-    invoice_ids: &[i64],
-    when: &str,
-    claimed: &mut HashMap<i64, Vec<ClaimedCall>>,
-) -> AppResult<()> {
-    let sql = claim_calls_sql(
-        invoice_ids.len(),
-        when,
-        " RETURNING calls.invoice_id, calls.id, calls.started_at, calls.billed_seconds, \
-           calls.cost_micros, calls.per_minute_micros, calls.connect_fee_micros",
-    );
-    let statement = statement(txn.get_database_backend(), &sql, id_values(invoice_ids));
-    // Streamed: a chunk may claim many calls, and only their figures are
-    // kept.
-    let mut rows = sea_orm::StreamTrait::stream_raw(txn, statement).await?;
-    while let Some(row) = rows.next().await {
-        let row = row?;
-        claimed
-            .entry(row.try_get_by_index(0)?)
-            .or_default()
-            .push(ClaimedCall {
-                id: row.try_get_by_index(1)?,
-                started_at: instant(row.try_get_by_index(2)?),
-                billed_seconds: row.try_get_by_index(3)?,
-                cost_micros: row.try_get_by_index(4)?,
-                per_minute_micros: row.try_get_by_index(5)?,
-                connect_fee_micros: row.try_get_by_index(6)?,
-                segments: Vec::new(),
-            });
-    }
-    Ok(())
-}
-
-/// Issues the month of each item inside `txn` (one item per customer), in
-/// a fixed number of set-based statements whatever the number of items:
-/// the invoice rows are inserted (an existing one conflicts and its item
-/// yields `None`), the calls and top-ups due are claimed by updates that
-/// return what they claimed (for a plan with neither included minutes nor
-/// tariffs, the month's own calls are claimed without returning them and
-/// summed by one query), the claimed calls' segments are read (tariffed
-/// plans only), every invoice is composed in memory, and the totals and
-/// lines are written back.
-async fn issue_months(
-    txn: &DatabaseTransaction,
-    items: &[(&InvoiceRequest, BillingPeriod)],
-    compose: &impl Fn(&InvoiceRequest, BillingPeriod, &ClaimedUsage) -> AppResult<InvoiceDraft>,
-) -> AppResult<Vec<Option<Invoice>>> {
-    let backend = txn.get_database_backend();
-    let run = |sql: String, values: Vec<sea_orm::Value>| statement(backend, &sql, values);
-
-    // Customer → its new invoice's id.
-    let mut invoice_of: HashMap<i64, i64> = HashMap::with_capacity(items.len());
-    for chunk in items.chunks(INVOICES_PER_STATEMENT) {
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 8);
-        for (request, period) in chunk {
-            values.push(format!("pending-{}-{period}", request.customer_id).into());
-            values.push(request.customer_id.into());
-            values.push(period.year().into());
-            values.push(i32::try_from(period.month()).unwrap_or(1).into());
-            values.push(micros(period.start(request.tz)).into());
-            values.push(micros(period.end(request.tz)).into());
-            values.push(micros(request.issued_at).into());
-            values.push(request.currency_code.clone().into());
-        }
-        let sql = format!(
-            "INSERT INTO invoices (number, customer_id, period_year, period_month, \
-               period_start, period_end, issued_at, currency_code, call_count, \
-               billed_seconds, usage_micros, monthly_fee_micros, total_micros) \
-             VALUES {} \
-             ON CONFLICT (customer_id, period_year, period_month) DO NOTHING \
-             RETURNING id, customer_id",
-            vec!["(?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0)"; chunk.len()].join(", ")
-        );
-        for row in txn.query_all_raw(run(sql, values)).await? {
-            invoice_of.insert(row.try_get_by_index(1)?, row.try_get_by_index(0)?);
-        }
-    }
-    if invoice_of.is_empty() {
-        return Ok(vec![None; items.len()]);
-    }
-    let mut ids: Vec<i64> = invoice_of.values().copied().collect();
-    ids.sort_unstable();
-
-    // Every uninvoiced call of the customer that started before the
-    // month's end, and every such top-up, is claimed. A plan with neither
-    // included minutes nor tariffs needs only the sums of the month's own
-    // calls: the database claims and sums those without returning them, and
-    // returns only the earlier months' calls. Every other invoice gets each
-    // claimed call back.
-    let summed: HashSet<i64> = items
-        .iter()
-        .filter(|(request, _)| {
-            request.included_seconds <= 0 && matches!(request.included_basis, IncludedBasis::Calls)
-        })
-        .filter_map(|(request, _)| invoice_of.get(&request.customer_id).copied())
-        .collect();
-    let (summed_ids, each_ids): (Vec<i64>, Vec<i64>) =
-        ids.iter().partition(|id| summed.contains(id));
-    let mut calls: HashMap<i64, Vec<ClaimedCall>> = HashMap::with_capacity(ids.len());
-    let mut own_sums: HashMap<i64, OwnCallSums> = HashMap::with_capacity(summed_ids.len());
-    for chunk in each_ids.chunks(IDS_PER_STATEMENT) {
-        claim_calls_returning(txn, chunk, "calls.started_at < i.period_end", &mut calls).await?;
-    }
-    for chunk in summed_ids.chunks(IDS_PER_STATEMENT) {
-        claim_calls_returning(txn, chunk, "calls.started_at < i.period_start", &mut calls).await?;
-        let sql = claim_calls_sql(
-            chunk.len(),
-            "calls.started_at >= i.period_start AND calls.started_at < i.period_end",
-            "",
-        );
-        txn.execute_raw(run(sql, id_values(chunk))).await?;
-        // Sums cast to BIGINT: PostgreSQL sums BIGINT as NUMERIC. An
-        // overflowing sum is an error of the database, which maps to
-        // FAILED_PRECONDITION.
-        let sql = format!(
-            "SELECT i.id, COUNT(*), CAST(SUM(c.billed_seconds) AS BIGINT), \
-               CAST(SUM(c.cost_micros) AS BIGINT), \
-               CAST(SUM(CASE WHEN c.connect_fee_micros > 0 THEN 1 ELSE 0 END) AS BIGINT), \
-               CAST(SUM(c.connect_fee_micros) AS BIGINT) \
-             FROM invoices i JOIN calls c ON c.customer_id = i.customer_id \
-               AND c.started_at >= i.period_start AND c.started_at < i.period_end \
-               AND c.invoice_id = i.id \
-             WHERE i.id IN ({}) GROUP BY i.id",
-            placeholders(chunk.len())
-        );
-        for row in txn.query_all_raw(run(sql, id_values(chunk))).await? {
-            own_sums.insert(
-                row.try_get_by_index(0)?,
-                OwnCallSums {
-                    totals: totals_at(&row, 1)?,
-                    connect_fee_calls: row.try_get_by_index(4)?,
-                    connect_fees_micros: row.try_get_by_index(5)?,
-                },
-            );
-        }
-    }
-    let mut top_ups: HashMap<i64, Vec<(i64, TopUpEntry)>> = HashMap::new();
-    for chunk in ids.chunks(IDS_PER_STATEMENT) {
-        let sql = format!(
-            "UPDATE top_ups SET invoice_id = i.id FROM invoices i \
-             WHERE i.id IN ({}) AND top_ups.customer_id = i.customer_id \
-               AND top_ups.invoice_id IS NULL AND top_ups.created_at < i.period_end \
-             RETURNING top_ups.invoice_id, top_ups.id, top_ups.created_at, top_ups.amount_micros",
-            placeholders(chunk.len())
-        );
-        for row in txn.query_all_raw(run(sql, id_values(chunk))).await? {
-            top_ups.entry(row.try_get_by_index(0)?).or_default().push((
-                row.try_get_by_index(1)?,
-                TopUpEntry {
-                    created_at: instant(row.try_get_by_index(2)?),
-                    amount_micros: row.try_get_by_index(3)?,
-                },
-            ));
-        }
-    }
-
-    // Segments exist only for calls rated against tariffs, and a
-    // customer's plan never changes: only tariffed plans' calls are read.
-    let tariffed: Vec<i64> = items
-        .iter()
-        .filter(|(request, _)| matches!(request.included_basis, IncludedBasis::Segments { .. }))
-        .filter_map(|(request, _)| invoice_of.get(&request.customer_id))
-        .flat_map(|invoice_id| calls.get(invoice_id).into_iter().flatten())
-        .map(|call| call.id)
-        .collect();
-    let mut segments: HashMap<i64, Vec<ClaimedSegment>> = HashMap::new();
-    for chunk in tariffed.chunks(IDS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT call_id, tariff_name, billed_seconds, cost_micros FROM call_segments \
-             WHERE call_id IN ({}) ORDER BY call_id, position",
-            placeholders(chunk.len())
-        );
-        for row in txn.query_all_raw(run(sql, id_values(chunk))).await? {
-            segments
-                .entry(row.try_get_by_index(0)?)
-                .or_default()
-                .push(ClaimedSegment {
-                    tariff_name: row.try_get_by_index(1)?,
-                    billed_seconds: row.try_get_by_index(2)?,
-                    cost_micros: row.try_get_by_index(3)?,
-                });
-        }
-    }
-
-    let mut issued = Vec::with_capacity(items.len());
-    for (request, period) in items {
-        let Some(&invoice_id) = invoice_of.get(&request.customer_id) else {
-            issued.push(None);
-            continue;
-        };
-        let tz = request.tz;
-        let (start, end) = (period.start(tz), period.end(tz));
-        let mut claimed = calls.remove(&invoice_id).unwrap_or_default();
-        let claimed_top_ups = top_ups.remove(&invoice_id).unwrap_or_default();
-        let month_of = |at| BillingPeriod::containing(at, tz);
-        let usage = if summed.contains(&invoice_id) {
-            summed_claimed_usage(
-                *period,
-                month_of,
-                own_sums.remove(&invoice_id).unwrap_or_default(),
-                claimed,
-                claimed_top_ups,
-            )?
-        } else {
-            for call in &mut claimed {
-                call.segments = segments.remove(&call.id).unwrap_or_default();
-            }
-            claimed_usage(
-                *period,
-                start,
-                month_of,
-                claimed,
-                claimed_top_ups,
-                request.included_seconds,
-                &request.included_basis,
-            )?
-        };
-        let draft = compose(request, *period, &usage)?;
-        issued.push(Some(Invoice {
-            id: invoice_id,
-            number: invoice_number(*period, invoice_id),
-            customer_id: request.customer_id,
-            period: *period,
-            period_start: start,
-            period_end: end,
-            issued_at: request.issued_at,
-            currency_code: request.currency_code.clone(),
-            lines: draft.lines,
-            usage: draft.usage,
-            monthly_fee_micros: draft.monthly_fee_micros,
-            total_micros: draft.total_micros,
-        }));
-    }
-
-    let composed: Vec<&Invoice> = issued.iter().flatten().collect();
-    for chunk in composed.chunks(INVOICES_PER_STATEMENT) {
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 7);
-        for invoice in chunk {
-            values.push(invoice.id.into());
-            values.push(invoice.number.clone().into());
-            values.push(invoice.usage.call_count.into());
-            values.push(invoice.usage.billed_seconds.into());
-            values.push(invoice.usage.usage_micros.into());
-            values.push(invoice.monthly_fee_micros.into());
-            values.push(invoice.total_micros.into());
-        }
-        let sql = format!(
-            "WITH v(id, number, call_count, billed_seconds, usage_micros, \
-               monthly_fee_micros, total_micros) AS (VALUES {}) \
-             UPDATE invoices SET number = v.number, call_count = v.call_count, \
-               billed_seconds = v.billed_seconds, usage_micros = v.usage_micros, \
-               monthly_fee_micros = v.monthly_fee_micros, total_micros = v.total_micros \
-             FROM v WHERE invoices.id = v.id",
-            value_rows(chunk.len(), 7)
-        );
-        txn.execute_raw(run(sql, values)).await?;
-    }
-    let lines: Vec<(i64, usize, &InvoiceLine)> = composed
-        .iter()
-        .flat_map(|invoice| {
-            invoice
-                .lines
-                .iter()
-                .enumerate()
-                .map(|(position, line)| (invoice.id, position, line))
-        })
-        .collect();
-    for chunk in lines.chunks(LINES_PER_INSERT) {
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
-        for (invoice_id, position, line) in chunk {
-            values.push((*invoice_id).into());
-            values.push(i32::try_from(*position).unwrap_or(i32::MAX).into());
-            values.push(line.kind.as_str().into());
-            values.push(line.description.clone().into());
-            values.push(line.quantity.into());
-            values.push(line.amount_micros.into());
-        }
-        let sql = format!(
-            "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, \
-               amount_micros) VALUES {}",
-            value_rows(chunk.len(), 6)
-        );
-        txn.execute_raw(run(sql, values)).await?;
-    }
-    Ok(issued)
 }

@@ -23,13 +23,14 @@ use sea_orm::{
     TransactionTrait,
 };
 
+use crate::domain::period::BillingPeriod;
 use crate::error::AppError;
 
 pub use accounts::{AccountRow, ApiKeyState, StoredCredential};
 pub use calls::CallFilter;
 pub use feed::{FeedEvent, InvoiceListener};
 pub use group_commit::{CallWriter, GroupCommit};
-pub use invoices::{CustomerToInvoice, InvoiceFilter, InvoiceRequest, IssueOutcome, IssueReport};
+pub use invoices::{CustomerToInvoice, InvoiceFilter, IssueTransaction, MonthQuery, NewInvoice};
 
 /// How long a writer waits for SQLite's write lock before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -546,6 +547,44 @@ async fn lock_customers(conn: &impl ConnectionTrait, customer_ids: &[i64]) -> Re
         .await?;
     Ok(())
 }
+
+/// The last invoiced month of each of `customer_ids` that exists, read so
+/// that issuing cannot change it before this transaction ends: on
+/// PostgreSQL the rows are locked `FOR KEY SHARE` in id order (storers
+/// never wait for each other; an issuer's `FOR UPDATE` waits for them, and
+/// they for it); SQLite's one writer runs write transactions in turn.
+async fn lock_invoiced_through(
+    conn: &impl ConnectionTrait,
+    customer_ids: &[i64],
+) -> Result<std::collections::HashMap<i64, Option<BillingPeriod>>, AppError> {
+    let backend = conn.get_database_backend();
+    let mut through = std::collections::HashMap::with_capacity(customer_ids.len());
+    for chunk in customer_ids.chunks(IDS_PER_STATEMENT) {
+        let lock = if backend == DatabaseBackend::Postgres {
+            " FOR KEY SHARE"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT id, invoiced_through FROM customers WHERE id IN ({}) ORDER BY id{lock}",
+            placeholders(chunk.len())
+        );
+        for row in conn
+            .query_all_raw(statement(backend, &sql, id_values(chunk)))
+            .await?
+        {
+            let month: Option<i32> = row.try_get_by_index(1)?;
+            through.insert(
+                row.try_get_by_index(0)?,
+                month.map(BillingPeriod::from_key).transpose()?,
+            );
+        }
+    }
+    Ok(through)
+}
+
+/// Ids bound per `IN (…)` list.
+const IDS_PER_STATEMENT: usize = 5000;
 
 /// A statement of `sql` (with `?` placeholders) and its `values`.
 fn statement(backend: DatabaseBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {

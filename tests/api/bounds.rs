@@ -40,7 +40,7 @@ async fn money_fields_above_their_bounds_are_rejected_naming_the_field() {
         "monthly_fee_micros",
     );
     let prepaid = app.plan(PlanKind::Prepaid, 60_000, 1).await;
-    let customer = app.customer(prepaid.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(prepaid.id, 1, vec![]).await;
     assert_status(
         client
             .top_up(pb::TopUpRequest {
@@ -80,7 +80,7 @@ async fn the_dearest_call_at_the_highest_rate_is_rated_exactly() {
         .await
         .unwrap()
         .into_inner();
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let stored = app
         .calls
         .clone()
@@ -100,7 +100,7 @@ async fn a_call_older_than_the_maximum_age_is_rejected_naming_started_at() {
     // 2025-07-01T00:00:00Z.
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let at_start = |start: &str| {
         let mut request = call(customer.id, 60);
         request.started_at = Some(ts(start));
@@ -146,7 +146,7 @@ async fn the_call_age_bound_is_a_setting() {
     })
     .await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let mut request = call(customer.id, 60);
     request.started_at = Some(ts("2026-05-31T00:00:00Z"));
     assert_status(
@@ -183,7 +183,7 @@ async fn error_messages_echo_at_most_64_characters_of_a_value_escaped() {
 async fn a_flood_of_huge_bad_records_gets_a_report_under_one_mebibyte() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     // 1,500 records with a 20,000-digit number made a 30 MB report before;
     // half of them also carry a 2,000-character call_id.
     let records: Vec<_> = (0..1500)
@@ -222,7 +222,7 @@ async fn a_flood_of_huge_bad_records_gets_a_report_under_one_mebibyte() {
 async fn the_error_report_is_bounded_by_bytes_as_well_as_by_count() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     // 8,000 bad records with valid 128-character keys: fewer than 10,000, but
     // more than 900 KiB to describe.
     let records: Vec<_> = (0..8000)
@@ -251,7 +251,7 @@ async fn the_error_report_is_bounded_by_bytes_as_well_as_by_count() {
 async fn an_oversized_request_is_resource_exhausted_and_writes_nothing() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let mut huge = call(customer.id, 60);
     huge.callee_number = "1".repeat(2 * 1024 * 1024);
     let status = app.calls.clone().add_call(huge.clone()).await.unwrap_err();
@@ -357,7 +357,9 @@ async fn link_operator_keeps_the_cap_of_operators_per_customer_under_concurrency
     for n in 0..105 {
         operators.push(app.operator(&format!("Operator {n}")).await.id);
     }
-    let customer = app.customer(plan.id, 1, operators[..98].to_vec()).await;
+    let customer = app
+        .long_standing_customer(plan.id, 1, operators[..98].to_vec())
+        .await;
     let mut links = Vec::new();
     for &operator_id in &operators[98..105] {
         let mut client = app.customers.clone();
@@ -452,7 +454,7 @@ async fn a_unary_rpc_that_outlasts_the_timeout_is_deadline_exceeded_and_writes_n
     })
     .await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let lock = app.hold_lock(customer.id).await;
     let status = app
         .calls
@@ -474,7 +476,7 @@ async fn a_connection_opens_no_more_streams_than_the_limit() {
     })
     .await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     // Two open streams fill the connection (one client channel is one
     // HTTP/2 connection); a third RPC on it waits for a free stream.
     let first = watch_all(&app).await.unwrap();
@@ -512,7 +514,7 @@ async fn a_connection_has_no_more_requests_served_at_once_than_the_limit() {
     })
     .await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     // The first request is served and waits on a lock the test holds; the
     // second, a read that needs no lock, waits for the first's place.
     let lock = app.hold_lock(customer.id).await;

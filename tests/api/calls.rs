@@ -20,7 +20,7 @@ async fn calls_are_rated_in_increments_of_1_6_and_60_seconds() {
     for (n, (increment, duration, billed, cost)) in cases.into_iter().enumerate() {
         let plan = app.plan(PlanKind::Postpaid, 100_000, increment).await;
         let customer = app
-            .customer(plan.id, u32::try_from(n).unwrap(), vec![])
+            .long_standing_customer(plan.id, u32::try_from(n).unwrap(), vec![])
             .await;
         let stored = app
             .calls
@@ -46,7 +46,7 @@ async fn calls_are_rated_in_increments_of_1_6_and_60_seconds() {
 async fn minutes_are_accepted_as_the_original_api_did() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 120_000, 60).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let request = pb::AddCallRequest {
         customer_id: customer.id,
         duration: Some(Duration::Minutes(3)),
@@ -74,7 +74,7 @@ async fn a_call_without_start_started_its_duration_before_it_was_received() {
     )
     .await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let c = app
         .calls
         .clone()
@@ -96,7 +96,7 @@ async fn a_call_without_start_started_its_duration_before_it_was_received() {
 async fn fixed_plan_calls_cost_nothing() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Fixed, 0, 60).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let c = app
         .calls
         .clone()
@@ -114,7 +114,7 @@ async fn fixed_plan_calls_cost_nothing() {
 async fn prepaid_calls_debit_the_balance_which_may_go_negative() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Prepaid, 600_000, 60).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     app.customers
         .clone()
         .top_up(pb::TopUpRequest {
@@ -150,7 +150,7 @@ async fn prepaid_calls_debit_the_balance_which_may_go_negative() {
 async fn the_same_call_id_is_a_duplicate_and_different_content_is_already_exists() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let mut request = call(customer.id, 30);
     request.call_id = "switch-7/123".into();
     request.started_at = Some(ts("2026-01-05T10:00:00.123456Z"));
@@ -195,7 +195,7 @@ async fn concurrent_calls_of_customers_new_to_the_server_are_each_rated_on_their
         } else {
             (&per_second, 180_000)
         };
-        let customer = app.customer(plan.id, n, vec![]).await;
+        let customer = app.long_standing_customer(plan.id, n, vec![]).await;
         // Two calls of each customer, so a customer is asked for twice.
         expected.push((customer.id, Some(cost)));
         expected.push((customer.id, Some(cost)));
@@ -230,7 +230,7 @@ async fn concurrent_calls_of_customers_new_to_the_server_are_each_rated_on_their
 async fn concurrent_duplicates_store_one_call_and_debit_once() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let mut request = call(customer.id, 100);
     request.call_id = "race".into();
     request.started_at = Some(ts("2026-01-05T10:00:00Z"));
@@ -264,7 +264,7 @@ async fn bad_call_records_are_rejected_naming_the_field() {
     )
     .await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let mut client = app.calls.clone();
     let with = |change: &dyn Fn(&mut pb::AddCallRequest)| {
         let mut request = call(customer.id, 60);
@@ -347,8 +347,8 @@ async fn bad_call_records_are_rejected_naming_the_field() {
 async fn call_history_returns_one_customers_calls_within_the_range_in_start_order() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let ada = app.customer(plan.id, 1, vec![]).await;
-    let bob = app.customer(plan.id, 2, vec![]).await;
+    let ada = app.long_standing_customer(plan.id, 1, vec![]).await;
+    let bob = app.long_standing_customer(plan.id, 2, vec![]).await;
     let mut client = app.calls.clone();
     for (customer, start) in [
         (ada.id, "2026-02-01T00:00:00Z"),
@@ -416,9 +416,11 @@ async fn list_calls_returns_all_calls_or_one_operators_customers() {
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
     let north = app.operator("North").await;
     let south = app.operator("South").await;
-    let both = app.customer(plan.id, 1, vec![north.id, south.id]).await;
-    let only_south = app.customer(plan.id, 2, vec![south.id]).await;
-    let nobody = app.customer(plan.id, 3, vec![]).await;
+    let both = app
+        .long_standing_customer(plan.id, 1, vec![north.id, south.id])
+        .await;
+    let only_south = app.long_standing_customer(plan.id, 2, vec![south.id]).await;
+    let nobody = app.long_standing_customer(plan.id, 3, vec![]).await;
     let mut client = app.calls.clone();
     for customer in [both.id, only_south.id, nobody.id, both.id] {
         client.add_call(call(customer, 10)).await.unwrap();
@@ -458,13 +460,13 @@ async fn list_calls_returns_all_calls_or_one_operators_customers() {
 async fn a_call_that_cannot_be_stored_never_fails_the_calls_committed_with_it() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
-    let blocker = app.customer(plan.id, 1, vec![]).await.id;
-    let poor = app.customer(plan.id, 2, vec![]).await.id;
+    let blocker = app.long_standing_customer(plan.id, 1, vec![]).await.id;
+    let poor = app.long_standing_customer(plan.id, 2, vec![]).await.id;
     // A balance that cannot take any debit: its call is refused.
     app.set_balance(poor, i64::MIN + 1).await;
     let mut others = Vec::new();
     for n in 3..13 {
-        others.push(app.customer(plan.id, n, vec![]).await.id);
+        others.push(app.long_standing_customer(plan.id, n, vec![]).await.id);
     }
     // While the test holds the lock, concurrent calls queue up for the
     // writer and are committed together once it is released.
@@ -511,7 +513,7 @@ async fn with_a_linger_and_small_batches_concurrent_calls_and_duplicates_are_sto
     })
     .await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await.id;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await.id;
     // Ten distinct calls, each sent twice at once: more than a batch and
     // more than the queue holds.
     let sends: Vec<_> = (0..20)

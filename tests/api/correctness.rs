@@ -384,7 +384,7 @@ async fn one_customer_that_cannot_be_invoiced_never_stops_the_cycle() {
 async fn a_debit_or_credit_that_would_overflow_a_balance_is_refused_and_writes_nothing() {
     let app = spawn_app_at(at("2026-03-01T00:00:00Z")).await;
     let plan = plan_with(&app, PlanKind::Prepaid, 0, 60_000, 1, 0).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     app.set_balance(customer.id, i64::MIN + 5).await;
     assert_status(
         app.calls.clone().add_call(call(customer.id, 60)).await,

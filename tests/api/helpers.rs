@@ -110,6 +110,9 @@ pub struct AppOptions {
     pub read_url: Option<String>,
     /// `--invoice-feed-catch-up-seconds`.
     pub feed_catch_up: Duration,
+    /// `--invoice-grace-period`: none unless a test is about it, so a month
+    /// closes at its end.
+    pub invoice_grace_period: chrono::TimeDelta,
 }
 
 impl Default for AppOptions {
@@ -126,6 +129,7 @@ impl Default for AppOptions {
             tls: None,
             read_url: None,
             feed_catch_up: billing::app::DEFAULT_FEED_CATCH_UP,
+            invoice_grace_period: chrono::TimeDelta::zero(),
         }
     }
 }
@@ -172,6 +176,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         },
         clock: clock.clone(),
         billing_tz: options.tz,
+        invoice_grace_period: options.invoice_grace_period,
         scheduler: options.scheduler,
         invoice_feed_catch_up: options.feed_catch_up,
         shutdown_grace: Duration::from_secs(2),
@@ -310,6 +315,22 @@ impl TestApp {
             .await
             .expect("customer created")
             .into_inner()
+    }
+
+    /// A customer like [`TestApp::customer`], created on 2025-01-01 (the
+    /// clock is set back for the creation, then forward again), so that
+    /// calls dated in 2025 and 2026 fall within its life.
+    pub async fn long_standing_customer(
+        &self,
+        plan_id: i64,
+        n: u32,
+        operator_ids: Vec<i64>,
+    ) -> pb::Customer {
+        let now = self.clock.now();
+        self.clock.set(at("2025-01-01T00:00:00Z"));
+        let customer = self.customer(plan_id, n, operator_ids).await;
+        self.clock.set(now);
+        customer
     }
 
     /// An operator named `name`.

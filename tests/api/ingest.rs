@@ -9,7 +9,7 @@ use crate::helpers::{call, spawn_app, ts};
 async fn a_mixed_stream_stores_every_good_record_and_reports_each_bad_one() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let keyed = |key: &str, seconds: i64| {
         let mut request = call(customer.id, seconds);
         request.call_id = key.into();
@@ -67,7 +67,7 @@ async fn a_mixed_stream_stores_every_good_record_and_reports_each_bad_one() {
 async fn keyed_and_unkeyed_records_in_one_batch_are_each_stored_once_as_sent() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let record = |seconds: i64, key: &str| {
         let mut request = call(customer.id, seconds);
         request.call_id = key.into();
@@ -119,7 +119,7 @@ async fn keyed_and_unkeyed_records_in_one_batch_are_each_stored_once_as_sent() {
 async fn replaying_a_stream_stores_and_debits_nothing_twice() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     // More records than one write batch, so the replay crosses batches.
     let records: Vec<_> = (0..1200)
         .map(|n| {
@@ -154,7 +154,7 @@ async fn replaying_a_stream_stores_and_debits_nothing_twice() {
 async fn a_key_repeated_within_one_stream_is_stored_once() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 60).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let mut request = call(customer.id, 42);
     request.call_id = "twice".into();
     request.started_at = Some(ts("2026-01-01T00:00:00Z"));
@@ -182,7 +182,7 @@ async fn an_empty_stream_is_an_empty_report() {
 async fn a_flood_of_bad_records_is_counted_whole_and_described_up_to_ten_thousand() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let mut records: Vec<_> = (0..25_000).map(|_| call(customer.id, 0)).collect();
     records.push(call(customer.id, 5));
     let response = app.ingest(records).await;
@@ -197,8 +197,8 @@ async fn a_flood_of_bad_records_is_counted_whole_and_described_up_to_ten_thousan
 async fn a_batch_refused_for_one_customer_is_stored_record_by_record() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Prepaid, 60_000, 1).await;
-    let full = app.customer(plan.id, 1, vec![]).await;
-    let fine = app.customer(plan.id, 2, vec![]).await;
+    let full = app.long_standing_customer(plan.id, 1, vec![]).await;
+    let fine = app.long_standing_customer(plan.id, 2, vec![]).await;
     // One customer's balance cannot take another debit.
     app.set_balance(full.id, i64::MIN + 100).await;
     let records: Vec<_> = (0..10)
@@ -248,7 +248,7 @@ async fn a_database_that_stays_locked_ends_a_stream_unavailable_keeping_what_was
         return;
     }
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let record = |n: usize| {
         let mut request = call(customer.id, 60);
         request.call_id = format!("held-{n}");

@@ -455,7 +455,7 @@ async fn bad_invoice_requests_get_clear_statuses() {
     assert_status(
         generate(&app, customer.id, period(2026, 6)).await,
         Code::FailedPrecondition,
-        "not ended",
+        "closes at 2026-07-01T00:00:00",
     );
     let mut client = app.invoices.clone();
     assert_status(
@@ -485,7 +485,7 @@ async fn bad_invoice_requests_get_clear_statuses() {
             })
             .await,
         Code::FailedPrecondition,
-        "not ended",
+        "closes at 2026-08-01T00:00:00",
     );
     assert_status(
         client

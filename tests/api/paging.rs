@@ -20,7 +20,7 @@ fn call_at(customer_id: i64, seconds_after_2026: i64) -> pb::AddCallRequest {
 async fn page_size_above_1000_is_coerced_to_1000() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let records: Vec<_> = (0..1005).map(|n| call_at(customer.id, n)).collect();
     let ingested = app.ingest(records).await;
     assert_eq!(ingested.accepted, 1005);
@@ -63,8 +63,8 @@ async fn page_size_above_1000_is_coerced_to_1000() {
 async fn tokens_are_bound_to_their_query_and_negative_sizes_rejected() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let ada = app.customer(plan.id, 1, vec![]).await;
-    let bob = app.customer(plan.id, 2, vec![]).await;
+    let ada = app.long_standing_customer(plan.id, 1, vec![]).await;
+    let bob = app.long_standing_customer(plan.id, 2, vec![]).await;
     let mut client = app.calls.clone();
     for n in 0..3 {
         client.add_call(call_at(ada.id, n)).await.unwrap();
@@ -119,7 +119,7 @@ async fn tokens_are_bound_to_their_query_and_negative_sizes_rejected() {
 async fn paging_returns_every_older_call_exactly_once_under_concurrent_inserts() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     // 300 calls, several sharing a start instant so the id tie-break matters.
     let existing: Vec<_> = (0..300)
         .map(|n| call_at(customer.id, (n / 3) * 60))

@@ -61,7 +61,7 @@ where
     retry_also(op, |_| false).await
 }
 
-/// Issues June, retrying also while June has not ended on the replica's
+/// Issues June, retrying also while June has not closed on the replica's
 /// clock.
 async fn issue_june<T, F, Fut>(op: F) -> T
 where
@@ -69,7 +69,7 @@ where
     Fut: Future<Output = Result<T, Status>>,
 {
     retry_also(op, |status| {
-        status.code() == Code::FailedPrecondition && status.message().contains("not ended")
+        status.code() == Code::FailedPrecondition && status.message().contains("has not closed")
     })
     .await
     .0
@@ -137,6 +137,8 @@ fn start_replica(url: &str, port: u16, clock: &str) -> Process {
             "8",
             "--shutdown-grace-seconds",
             "1",
+            "--invoice-grace-period",
+            "0s",
         ],
         url,
     )

@@ -285,7 +285,9 @@ async fn seed(app: &TestApp) {
     let prepaid = app.plan(pb::PlanKind::Prepaid, 90_000, 60).await;
     let operator = app.operator("Fuzz Telecom").await;
     for (n, plan) in [(1, &postpaid), (2, &prepaid), (3, &postpaid)] {
-        let customer = app.customer(plan.id, n, vec![operator.id]).await;
+        let customer = app
+            .long_standing_customer(plan.id, n, vec![operator.id])
+            .await;
         app.calls
             .clone()
             .add_call(call(customer.id, 95))

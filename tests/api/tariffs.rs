@@ -70,7 +70,11 @@ fn tariffed_plan() -> pb::CreatePlanRequest {
     }
 }
 
+/// A customer on [`tariffed_plan`], created on 2025-01-01 so that calls
+/// dated in 2026 fall within its life.
 async fn customer_on_tariffs(app: &TestApp) -> (pb::Plan, i64) {
+    let now = app.clock.now();
+    app.clock.set(at("2025-01-01T00:00:00Z"));
     let plan = app
         .customers
         .clone()
@@ -90,6 +94,7 @@ async fn customer_on_tariffs(app: &TestApp) -> (pb::Plan, i64) {
         .await
         .unwrap()
         .into_inner();
+    app.clock.set(now);
     (plan, customer.id)
 }
 
@@ -187,7 +192,7 @@ async fn calls_are_rated_by_destination_and_time_and_split_where_the_tariff_chan
 async fn a_plan_without_tariffs_reports_one_segment_at_its_own_rate() {
     let app = spawn_app().await;
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
-    let customer = app.customer(plan.id, 1, vec![]).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
     let stored = rated(&app, customer.id, "+4930123", "2026-06-02T10:00:00Z", 61).await;
     assert_eq!(pieces(&stored), vec![("base", 61, 61_000)]);
     assert_eq!(stored.connect_fee_micros, 0);
@@ -563,7 +568,9 @@ async fn calls_and_their_segments_survive_the_rebuild_of_the_calls_table() {
     before.stop().await;
 
     let db = sea_orm::Database::connect(&database.url).await.unwrap();
-    <migration::Migrator as migration::MigratorTrait>::down(&db, Some(1))
+    // Back past migration 000008, which rebuilt `calls` (and 000009 after
+    // it), then up again.
+    <migration::Migrator as migration::MigratorTrait>::down(&db, Some(2))
         .await
         .unwrap();
     db.close().await.unwrap();

@@ -19,7 +19,8 @@ pub struct Model {
     pub caller_number: String,
     pub callee_number: String,
     pub received_at: i64,
-    pub invoice_id: Option<i64>,
+    /// The month whose invoice bills the call, `year * 100 + month`.
+    pub billing_period: i32,
     pub connect_fee_micros: i64,
 }
 

@@ -13,6 +13,9 @@ pub struct Model {
     pub plan_id: i64,
     pub balance_micros: i64,
     pub created_at: i64,
+    /// The last month invoiced, `year * 100 + month`; `None` before the
+    /// first invoice.
+    pub invoiced_through: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,7 +12,8 @@ pub struct Model {
     pub customer_id: i64,
     pub amount_micros: i64,
     pub created_at: i64,
-    pub invoice_id: Option<i64>,
+    /// The month whose invoice states the top-up, `year * 100 + month`.
+    pub billing_period: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
