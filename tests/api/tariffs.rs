@@ -38,7 +38,7 @@ fn weekdays() -> Vec<i32> {
     .to_vec()
 }
 
-fn tariffed_plan() -> pb::CreatePlanRequest {
+pub(crate) fn tariffed_plan() -> pb::CreatePlanRequest {
     pb::CreatePlanRequest {
         name: "Peak and off-peak".into(),
         kind: PlanKind::Postpaid.into(),
