@@ -6,6 +6,7 @@ mod bounds;
 mod calls;
 mod correctness;
 mod customers;
+mod engine;
 mod helpers;
 mod ingest;
 mod invoices;
