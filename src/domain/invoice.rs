@@ -1,5 +1,7 @@
-//! Invoice composition: from a period's claimed usage and top-ups to invoice
-//! lines and totals. Pure; every total is the sum of its parts.
+//! Every invoice rule, pure: the month a call or top-up is billed in, and
+//! the composition of a month's invoice from the rows of that billing month
+//! (lines and totals; every total is the sum of its parts). Invoices,
+//! previews and consolidated months are all made here, the same way.
 
 use std::collections::BTreeMap;
 
@@ -152,7 +154,7 @@ pub struct MonthRows {
     pub own_sums: OwnCallSums,
     /// `Summed`: the calls that started before the month; `EachCall`:
     /// every call of the billing month, with segments when asked.
-    pub calls: Vec<ClaimedCall>,
+    pub calls: Vec<BilledCall>,
     /// `(id, top-up)` of every top-up of the billing month.
     pub top_ups: Vec<(i64, TopUpEntry)>,
 }
@@ -170,12 +172,12 @@ pub fn month_usage(
     rows: MonthRows,
     allowance: i64,
     basis: &IncludedBasis,
-) -> AppResult<ClaimedUsage> {
+) -> AppResult<MonthUsage> {
     match detail {
         UsageDetail::Summed => {
-            summed_claimed_usage(period, month_of, rows.own_sums, rows.calls, rows.top_ups)
+            usage_from_sums(period, month_of, rows.own_sums, rows.calls, rows.top_ups)
         }
-        UsageDetail::EachCall { .. } => claimed_usage(
+        UsageDetail::EachCall { .. } => usage_from_calls(
             period,
             start,
             month_of,
@@ -187,7 +189,7 @@ pub fn month_usage(
     }
 }
 
-/// Late calls claimed by the invoice of `period`, totalled per month they
+/// Late calls billed by the invoice of `period`, totalled per month they
 /// started in, oldest first. Each call is `(month, billed_seconds,
 /// cost_micros)`. A total that overflows is `FAILED_PRECONDITION`.
 pub fn late_usage_by_month(
@@ -318,7 +320,7 @@ pub fn included_credit(allowance_seconds: i64, included: &IncludedUsage) -> (i64
 /// against the included minutes), calls of earlier months that were not
 /// invoiced yet (by month, oldest first), and top-ups.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClaimedUsage {
+pub struct MonthUsage {
     pub current: UsageTotals,
     pub included: IncludedUsage,
     pub late: Vec<(BillingPeriod, UsageTotals)>,
@@ -328,10 +330,10 @@ pub struct ClaimedUsage {
     pub breakdown: UsageBreakdown,
 }
 
-/// A call as its invoice claimed it, with its stored segments (none for a
+/// A call as its invoice bills it, with its stored segments (none for a
 /// call of a plan without tariffs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimedCall {
+pub struct BilledCall {
     pub id: i64,
     pub started_at: DateTime<Utc>,
     pub billed_seconds: i64,
@@ -339,36 +341,36 @@ pub struct ClaimedCall {
     pub per_minute_micros: i64,
     pub connect_fee_micros: i64,
     /// In position order.
-    pub segments: Vec<ClaimedSegment>,
+    pub segments: Vec<BilledSegment>,
 }
 
-/// One stored rated segment of a claimed call.
+/// One stored rated segment of a billed call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimedSegment {
+pub struct BilledSegment {
     pub tariff_name: String,
     pub billed_seconds: i64,
     pub cost_micros: i64,
 }
 
-/// What the invoice of `period` bills, from the calls and top-ups it
-/// claimed: the month's own calls (started at or after `start`, the
+/// What the invoice of `period` bills, from the calls and top-ups of its
+/// billing month: the month's own calls (started at or after `start`, the
 /// month's first instant) summed, split by tariff and set against an
 /// allowance of `allowance` billed seconds on `basis`, taken in start order
 /// (then id); earlier calls as late usage per month (`month_of` names the
 /// month a call started in); the top-ups in the order they were made.
 ///
 /// A sum that overflows is `FAILED_PRECONDITION`.
-pub fn claimed_usage(
+pub fn usage_from_calls(
     period: BillingPeriod,
     start: DateTime<Utc>,
     month_of: impl Fn(DateTime<Utc>) -> BillingPeriod,
-    mut calls: Vec<ClaimedCall>,
+    mut calls: Vec<BilledCall>,
     top_ups: Vec<(i64, TopUpEntry)>,
     allowance: i64,
     basis: &IncludedBasis,
-) -> AppResult<ClaimedUsage> {
+) -> AppResult<MonthUsage> {
     calls.sort_by_key(|call| (call.started_at, call.id));
-    let (late, own): (Vec<ClaimedCall>, Vec<ClaimedCall>) =
+    let (late, own): (Vec<BilledCall>, Vec<BilledCall>) =
         calls.into_iter().partition(|call| call.started_at < start);
     let add = |sum: UsageTotals, billed_seconds: i64, usage_micros: i64| {
         sum.checked_plus(UsageTotals {
@@ -410,7 +412,7 @@ pub fn claimed_usage(
         connect_fees_micros,
     };
     let included = included_usage(&own, current, allowance, basis, period)?;
-    Ok(ClaimedUsage {
+    Ok(MonthUsage {
         current,
         included,
         late: late_by_month(period, &month_of, &late)?,
@@ -419,8 +421,8 @@ pub fn claimed_usage(
     })
 }
 
-/// The month's own calls of an invoice, summed by the database as it
-/// claimed them: all that a plan with neither included minutes nor tariffs
+/// The month's own calls of an invoice, summed by the database: all that a
+/// plan with neither included minutes nor tariffs
 /// needs of them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OwnCallSums {
@@ -430,19 +432,19 @@ pub struct OwnCallSums {
     pub connect_fees_micros: i64,
 }
 
-/// [`claimed_usage`] for a plan with neither included minutes nor tariffs:
+/// [`usage_from_calls`] for a plan with neither included minutes nor tariffs:
 /// the month's own calls come summed (`own`), and only the calls of
 /// earlier months (`late`, every one started before the month) one by one.
-/// For the same calls it gives what `claimed_usage` gives with no
+/// For the same calls it gives what `usage_from_calls` gives with no
 /// allowance.
-pub fn summed_claimed_usage(
+pub fn usage_from_sums(
     period: BillingPeriod,
     month_of: impl Fn(DateTime<Utc>) -> BillingPeriod,
     own: OwnCallSums,
-    late: Vec<ClaimedCall>,
+    late: Vec<BilledCall>,
     top_ups: Vec<(i64, TopUpEntry)>,
-) -> AppResult<ClaimedUsage> {
-    Ok(ClaimedUsage {
+) -> AppResult<MonthUsage> {
+    Ok(MonthUsage {
         current: own.totals,
         included: IncludedUsage::default(),
         late: late_by_month(period, &month_of, &late)?,
@@ -459,7 +461,7 @@ pub fn summed_claimed_usage(
 fn late_by_month(
     period: BillingPeriod,
     month_of: &impl Fn(DateTime<Utc>) -> BillingPeriod,
-    late: &[ClaimedCall],
+    late: &[BilledCall],
 ) -> AppResult<Vec<(BillingPeriod, UsageTotals)>> {
     late_usage_by_month(
         period,
@@ -485,7 +487,7 @@ fn in_order(mut top_ups: Vec<(i64, TopUpEntry)>) -> Vec<TopUpEntry> {
 /// every tariff when empty) at their cost, with the crossing one's rate
 /// from `rates` (0 for an unknown tariff).
 fn included_usage(
-    own: &[ClaimedCall],
+    own: &[BilledCall],
     current: UsageTotals,
     allowance: i64,
     basis: &IncludedBasis,
@@ -599,11 +601,7 @@ fn overflow(period: BillingPeriod) -> AppError {
 ///
 /// In every case the call figures report all calls on the invoice. Every
 /// sum is checked: figures that overflow are `FAILED_PRECONDITION`.
-pub fn compose(
-    plan: &Plan,
-    period: BillingPeriod,
-    usage: &ClaimedUsage,
-) -> AppResult<InvoiceDraft> {
+pub fn compose(plan: &Plan, period: BillingPeriod, usage: &MonthUsage) -> AppResult<InvoiceDraft> {
     let all_calls = usage
         .late
         .iter()
@@ -871,8 +869,8 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 6, day, 0, 0, second).unwrap()
     }
 
-    fn call(id: i64, started_at: DateTime<Utc>, billed_seconds: i64, rate: i64) -> ClaimedCall {
-        ClaimedCall {
+    fn call(id: i64, started_at: DateTime<Utc>, billed_seconds: i64, rate: i64) -> BilledCall {
+        BilledCall {
             id,
             started_at,
             billed_seconds,
@@ -883,8 +881,8 @@ mod tests {
         }
     }
 
-    fn segment(name: &str, billed_seconds: i64, cost_micros: i64) -> ClaimedSegment {
-        ClaimedSegment {
+    fn segment(name: &str, billed_seconds: i64, cost_micros: i64) -> BilledSegment {
+        BilledSegment {
             tariff_name: name.to_owned(),
             billed_seconds,
             cost_micros,
@@ -892,12 +890,12 @@ mod tests {
     }
 
     fn june_usage(
-        calls: Vec<ClaimedCall>,
+        calls: Vec<BilledCall>,
         top_ups: Vec<(i64, TopUpEntry)>,
         allowance: i64,
         basis: &IncludedBasis,
-    ) -> ClaimedUsage {
-        claimed_usage(
+    ) -> MonthUsage {
+        usage_from_calls(
             month(2026, 6),
             at(1, 0),
             |instant| BillingPeriod::containing(instant, chrono_tz::UTC),
@@ -910,7 +908,7 @@ mod tests {
     }
 
     #[test]
-    fn claimed_calls_split_into_the_months_own_and_late_ones_per_month() {
+    fn billed_calls_split_into_the_months_own_and_late_ones_per_month() {
         use chrono::TimeZone;
         let may = Utc.with_ymd_and_hms(2026, 5, 31, 23, 59, 59).unwrap();
         let april = Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0).unwrap();
@@ -1065,7 +1063,7 @@ mod tests {
                 },
             ),
         ];
-        let (late, own): (Vec<ClaimedCall>, Vec<ClaimedCall>) = calls
+        let (late, own): (Vec<BilledCall>, Vec<BilledCall>) = calls
             .iter()
             .cloned()
             .partition(|call| call.started_at < at(1, 0));
@@ -1084,7 +1082,7 @@ mod tests {
                 sums.connect_fees_micros += call.connect_fee_micros;
             }
         }
-        let summed = summed_claimed_usage(
+        let summed = usage_from_sums(
             month(2026, 6),
             |instant| BillingPeriod::containing(instant, chrono_tz::UTC),
             sums,
@@ -1115,11 +1113,11 @@ mod tests {
 
         let mut huge = call(1, at(1, 0), 60, 0);
         huge.cost_micros = i64::MAX;
-        let result = claimed_usage(
+        let result = usage_from_calls(
             month(2026, 6),
             at(1, 0),
             |instant| BillingPeriod::containing(instant, chrono_tz::UTC),
-            vec![huge.clone(), ClaimedCall { id: 2, ..huge }],
+            vec![huge.clone(), BilledCall { id: 2, ..huge }],
             Vec::new(),
             0,
             &IncludedBasis::Calls,
@@ -1291,7 +1289,7 @@ mod tests {
     fn postpaid_bills_fee_plus_usage_minus_included_minutes() {
         // 100 included minutes at 0.12/min; 30 five-minute calls (150
         // minutes) used: the first 20 are included.
-        let usage = ClaimedUsage {
+        let usage = MonthUsage {
             current: totals(30, 9000, 18_000_000),
             included: IncludedUsage::all(totals(20, 6000, 12_000_000)),
             ..Default::default()
@@ -1322,7 +1320,7 @@ mod tests {
 
     #[test]
     fn included_minutes_never_credit_more_than_the_usage() {
-        let usage = ClaimedUsage {
+        let usage = MonthUsage {
             current: totals(2, 120, 240_000),
             included: IncludedUsage::all(totals(2, 120, 240_000)),
             ..Default::default()
@@ -1340,7 +1338,7 @@ mod tests {
 
     #[test]
     fn late_usage_gets_a_line_per_month_and_no_included_minutes() {
-        let usage = ClaimedUsage {
+        let usage = MonthUsage {
             current: totals(0, 0, 0),
             included: IncludedUsage::default(),
             late: vec![
@@ -1370,7 +1368,7 @@ mod tests {
 
     #[test]
     fn fixed_plans_bill_the_fee_whatever_the_usage() {
-        let usage = ClaimedUsage {
+        let usage = MonthUsage {
             current: totals(500, 90_000, 0),
             ..Default::default()
         };
@@ -1390,7 +1388,7 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-10-03T10:00:00Z")
             .unwrap()
             .to_utc();
-        let usage = ClaimedUsage {
+        let usage = MonthUsage {
             current: totals(4, 600, 900_000),
             included: IncludedUsage::default(),
             late: vec![],
@@ -1420,7 +1418,7 @@ mod tests {
 
     #[test]
     fn a_quiet_month_is_an_invoice_for_the_fee_or_for_zero() {
-        let empty = ClaimedUsage::default();
+        let empty = MonthUsage::default();
         assert_eq!(
             compose(
                 &plan(PlanKind::Prepaid, 0, 90_000, 0),
@@ -1448,7 +1446,7 @@ mod tests {
         // 100 one-second calls at 90 micros/minute cost 2 micros each (1.5
         // rounded half up): usage 200. Re-rating 100 s would credit only 150.
         let current = totals(100, 100, 200);
-        let usage = ClaimedUsage {
+        let usage = MonthUsage {
             current,
             included: IncludedUsage::all(current),
             ..Default::default()
@@ -1503,7 +1501,7 @@ mod tests {
 
     #[test]
     fn sums_that_overflow_are_refused_not_wrapped() {
-        let usage = ClaimedUsage {
+        let usage = MonthUsage {
             current: totals(1, 60, i64::MAX - 10),
             ..Default::default()
         };
@@ -1514,7 +1512,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, AppError::FailedPrecondition(_)), "{err:?}");
-        let late = ClaimedUsage {
+        let late = MonthUsage {
             current: totals(1, 60, i64::MAX - 10),
             late: vec![(period(2026, 9), totals(1, 60, 100))],
             ..Default::default()

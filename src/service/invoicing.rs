@@ -32,7 +32,8 @@ use crate::storage::{FeedEvent, InvoiceFilter, MonthQuery, NewInvoice, Store};
 const CYCLE_PAGE: u64 = 2000;
 /// Invoices issued per transaction by a billing cycle: one commit and a
 /// fixed number of set-based statements for many. It bounds the memory of
-/// a chunk (its claimed calls) and how long a transaction holds its rows.
+/// a chunk (the rows it reads) and how long a transaction holds its
+/// customers' locks.
 const CYCLE_TRANSACTION: usize = 1000;
 
 /// What issuing did.

@@ -17,7 +17,7 @@ use sea_orm::{
 use super::entities::{customer, customer_operator, invoice, invoice_line};
 use super::{Store, id_values, instant, micros, placeholders, statement, value_rows};
 use crate::domain::invoice::{
-    ClaimedCall, ClaimedSegment, ConsolidatedMonth, Invoice, InvoiceDraft, InvoiceLine,
+    BilledCall, BilledSegment, ConsolidatedMonth, Invoice, InvoiceDraft, InvoiceLine,
     InvoiceLineKind, MonthRows, OwnCallSums, TopUpEntry, UsageDetail, UsageTotals,
     billing_period_of, invoice_number,
 };
@@ -686,12 +686,12 @@ async fn month_rows(
                  FROM {month_calls} JOIN call_segments s ON s.call_id = c.id \
                  ORDER BY s.call_id, s.position"
             );
-            let mut segments: HashMap<i64, Vec<ClaimedSegment>> = HashMap::new();
+            let mut segments: HashMap<i64, Vec<BilledSegment>> = HashMap::new();
             for row in conn.query_all_raw(statement(backend, &sql, values)).await? {
                 segments
                     .entry(row.try_get_by_index(1)?)
                     .or_default()
-                    .push(ClaimedSegment {
+                    .push(BilledSegment {
                         tariff_name: row.try_get_by_index(2)?,
                         billed_seconds: row.try_get_by_index(3)?,
                         cost_micros: row.try_get_by_index(4)?,
@@ -735,7 +735,7 @@ fn slot<'a>(rows: &'a mut [MonthRows], row: &sea_orm::QueryResult) -> AppResult<
 }
 
 /// Reads the calls `sql` selects (the month's index, then the figures of a
-/// [`ClaimedCall`]) into their months' rows.
+/// [`BilledCall`]) into their months' rows.
 async fn read_calls(
     conn: &impl ConnectionTrait,
     sql: &str,
@@ -744,7 +744,7 @@ async fn read_calls(
 ) -> AppResult<()> {
     let backend = conn.get_database_backend();
     for row in conn.query_all_raw(statement(backend, sql, values)).await? {
-        let call = ClaimedCall {
+        let call = BilledCall {
             id: row.try_get_by_index(1)?,
             started_at: instant(row.try_get_by_index(2)?),
             billed_seconds: row.try_get_by_index(3)?,
