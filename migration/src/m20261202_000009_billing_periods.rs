@@ -4,16 +4,22 @@
 //! - `calls.billing_period` and `top_ups.billing_period`: the month (as
 //!   `year * 100 + month`) whose invoice bills the row. Rows already on an
 //!   invoice get that invoice's month here; the others are left at 0 and
-//!   get their month from `Store::migrate`, which knows the billing time
-//!   zone that a month's bounds depend on (a migration does not).
+//!   get their month from `Store::place_rows_in_billing_months` at
+//!   startup, which knows the billing time zone that a month's bounds
+//!   depend on (a migration does not).
+//! - `calls.started_period`: the month the call started in, so the calls a
+//!   month bills that started in an earlier month (late usage, rare) are
+//!   found through a small partial index, `idx_calls_late`, while the
+//!   month's own calls are a range of the `(customer_id, started_at)` order
+//!   every call is written in anyway: no index entry more per call. Filled
+//!   at startup like the rest (0 until then).
 //! - `customers.invoiced_through`: the customer's last invoiced month
 //!   (NULL: none yet), from its latest invoice. Storing a call reads it to
 //!   decide the call's month, and issuing advances it, each under a lock of
 //!   the customer's row.
 //! - `calls.invoice_id` and `top_ups.invoice_id` go: a row's invoice is the
 //!   invoice of its customer and billing month, once issued. With them goes
-//!   `idx_calls_uninvoiced` (PostgreSQL); `(customer_id, billing_period)`
-//!   indexes serve the reads of a month's rows instead.
+//!   `idx_calls_uninvoiced` (PostgreSQL).
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
@@ -32,6 +38,7 @@ impl MigrationTrait for Migration {
         let db = manager.get_connection();
         for sql in [
             "ALTER TABLE calls ADD COLUMN billing_period integer NOT NULL DEFAULT 0",
+            "ALTER TABLE calls ADD COLUMN started_period integer NOT NULL DEFAULT 0",
             "ALTER TABLE top_ups ADD COLUMN billing_period integer NOT NULL DEFAULT 0",
             "ALTER TABLE customers ADD COLUMN invoiced_through integer NULL",
             "UPDATE customers SET invoiced_through = \
@@ -50,7 +57,8 @@ impl MigrationTrait for Migration {
             "DROP INDEX IF EXISTS idx_top_ups_invoice",
             "ALTER TABLE calls DROP COLUMN invoice_id",
             "ALTER TABLE top_ups DROP COLUMN invoice_id",
-            "CREATE INDEX idx_calls_billing ON calls (customer_id, billing_period, started_at)",
+            "CREATE INDEX idx_calls_late ON calls (customer_id, billing_period) \
+             WHERE billing_period <> started_period",
             "CREATE INDEX idx_top_ups_billing ON top_ups (customer_id, billing_period)",
         ] {
             db.execute_unprepared(sql).await?;
@@ -71,9 +79,10 @@ impl MigrationTrait for Migration {
             "UPDATE top_ups SET invoice_id = (SELECT i.id FROM invoices i \
                WHERE i.customer_id = top_ups.customer_id \
                  AND i.period_year * 100 + i.period_month = top_ups.billing_period)",
-            "DROP INDEX idx_calls_billing",
+            "DROP INDEX idx_calls_late",
             "DROP INDEX idx_top_ups_billing",
             "ALTER TABLE calls DROP COLUMN billing_period",
+            "ALTER TABLE calls DROP COLUMN started_period",
             "ALTER TABLE top_ups DROP COLUMN billing_period",
             "ALTER TABLE customers DROP COLUMN invoiced_through",
         ];

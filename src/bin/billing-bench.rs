@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use billing::domain::invoice::InvoiceLineKind;
-use billing::domain::rating::cost_of;
+use billing::domain::money::cost_of;
 use billing::grpc::pb;
 use billing::grpc::pb::account_service_client::AccountServiceClient;
 use billing::grpc::pb::call_service_client::CallServiceClient;
@@ -920,10 +920,11 @@ async fn raw_insert(
     let columns = format!(
         "INSERT INTO calls ({}call_id, customer_id, started_at, duration_seconds, \
          billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
-         caller_number, callee_number, received_at, connect_fee_micros, billing_period) VALUES ",
+         caller_number, callee_number, received_at, connect_fee_micros, billing_period, \
+         started_period) VALUES ",
         id.0
     );
-    let row = format!("({}?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)", id.1);
+    let row = format!("({}?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)", id.1);
     let full = numbered(
         backend,
         &format!(
@@ -953,6 +954,7 @@ async fn raw_insert(
             "+14155550100".into(),
             "+12025550123".into(),
             received.into(),
+            month_key(record.started_at).into(),
             month_key(record.started_at).into(),
         ]);
         rows += 1;
@@ -1358,7 +1360,7 @@ async fn index_study(
             // SQLite's calls are keyed by these columns (migration 000008).
             &["DROP INDEX IF EXISTS idx_calls_customer_started"],
         ),
-        ("- idx_calls_billing", &["DROP INDEX idx_calls_billing"]),
+        ("- idx_calls_late", &["DROP INDEX idx_calls_late"]),
     ];
     println!("{:<52} {:>10}", "schema", "rows/s");
     for (n, (label, changes)) in variants.iter().enumerate() {

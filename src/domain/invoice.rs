@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::model::{Plan, PlanKind};
+use super::money::cost_of;
 use super::period::BillingPeriod;
-use super::rating::cost_of;
 use super::tariff::BASE_TARIFF;
 use crate::error::{AppError, AppResult};
 

@@ -6,6 +6,7 @@ pub mod access;
 pub mod credentials;
 pub mod invoice;
 pub mod model;
+pub mod money;
 pub mod paging;
 pub mod period;
 pub mod rating;

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::model::{Plan, PlanKind, Rating};
+use super::money::cost_of;
 use super::tariff::PriceList;
 
 /// Rates a call to `callee` of `duration_seconds` (validated: 1..=86 400)
@@ -88,14 +89,6 @@ pub fn rate(duration_seconds: i64, plan: &Plan) -> Rating {
     }
 }
 
-/// The price of `billed_seconds` at `per_minute_micros`, rounded half up to
-/// the micro. Saturates rather than wrapping for absurd inputs.
-pub fn cost_of(billed_seconds: i64, per_minute_micros: i64) -> i64 {
-    let exact_times_60 = i128::from(billed_seconds) * i128::from(per_minute_micros);
-    let rounded = (exact_times_60 + 30).div_euclid(60);
-    i64::try_from(rounded).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,15 +136,6 @@ mod tests {
     }
 
     #[test]
-    fn fractional_micros_round_half_up() {
-        // 1 s at 90 micros/min = 1.5 micros -> 2; 1 s at 89 = 1.48 -> 1.
-        assert_eq!(cost_of(1, 90), 2);
-        assert_eq!(cost_of(1, 89), 1);
-        assert_eq!(cost_of(1, 29), 0);
-        assert_eq!(cost_of(1, 30), 1);
-    }
-
-    #[test]
     fn fixed_plans_rate_calls_at_zero() {
         let r = rate(600, &plan(PlanKind::Fixed, 1_000_000, 60));
         assert_eq!(r.billed_seconds, 600);
@@ -181,10 +165,5 @@ mod tests {
             longest_affordable_seconds(&second, "", start, Tz::UTC, 1_500),
             1
         );
-    }
-
-    #[test]
-    fn the_largest_inputs_do_not_overflow() {
-        assert_eq!(cost_of(86_400, i64::MAX), i64::MAX);
     }
 }

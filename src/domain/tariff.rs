@@ -27,7 +27,7 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
-use super::rating::cost_of;
+use super::money::cost_of;
 use crate::error::{AppError, AppResult};
 
 /// Minutes in a day; window edges are `0..=MINUTES_PER_DAY`.

@@ -387,6 +387,7 @@ impl Invoicing {
             customer_id,
             period,
             start: period.start(self.tz),
+            end: period.end(self.tz),
             detail: UsageDetail::of(plan),
         }
     }

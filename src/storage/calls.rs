@@ -2,7 +2,6 @@
 //! listings ordered by `(started_at, id)`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait,
@@ -133,7 +132,7 @@ impl Store {
         // every history request's path, and decoding each of its values by
         // column name was a measured share of the server's time
         // (BENCHMARKS.md, "History rows read by position").
-        let mut sql = format!("SELECT {CALL_COLUMNS} FROM {CALLS_WITH_INVOICES} WHERE true");
+        let mut sql = format!("SELECT {CALL_COLUMNS} FROM calls c WHERE true");
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(6);
         match filter {
             CallFilter::All => {}
@@ -177,6 +176,7 @@ impl Store {
         if segments {
             attach_segments(&self.db, &mut calls).await?;
         }
+        attach_invoices(&self.db, &mut calls).await?;
         Ok(calls)
     }
 }
@@ -246,7 +246,7 @@ async fn write_calls<C: ConnectionTrait>(
             // NULL never conflicts, so every row comes back.
             let sql = format!(
                 "INSERT INTO calls ({CALL_INSERT_COLUMNS}) VALUES {} \
-                 RETURNING {STORED_CALL_COLUMNS}, NULL",
+                 RETURNING {STORED_CALL_COLUMNS}",
                 value_rows(rows.len(), CALL_INSERT_WIDTH)
             );
             let backend = conn.get_database_backend();
@@ -270,7 +270,7 @@ async fn write_calls<C: ConnectionTrait>(
     let mut stored_by_key: HashMap<String, Call> = HashMap::new();
     if !conflicting.is_empty() {
         let sql = format!(
-            "SELECT {CALL_COLUMNS} FROM {CALLS_WITH_INVOICES} WHERE c.call_id IN ({})",
+            "SELECT {CALL_COLUMNS} FROM calls c WHERE c.call_id IN ({})",
             placeholders(conflicting.len())
         );
         let keys = conflicting.into_iter().map(sea_orm::Value::from).collect();
@@ -282,6 +282,7 @@ async fn write_calls<C: ConnectionTrait>(
             .map(call_from_row)
             .collect::<Result<_, _>>()?;
         attach_segments(conn, &mut stored).await?;
+        attach_invoices(conn, &mut stored).await?;
         for call in stored {
             if let Some(key) = call.call_id.clone() {
                 stored_by_key.insert(key, call);
@@ -408,7 +409,7 @@ const DEBITS_PER_STATEMENT: usize = 1000;
 /// limit on bound values).
 const SEGMENT_ROWS_PER_INSERT: usize = 1000;
 
-/// Calls per multi-row insert: 14 bound values each stay far below the
+/// Calls per multi-row insert: 15 bound values each stay far below the
 /// 32,766 a SQLite statement takes (and PostgreSQL's 65,535), whatever the
 /// batch size.
 const CALL_ROWS_PER_INSERT: usize = 1000;
@@ -458,6 +459,50 @@ async fn attach_segments(db: &impl ConnectionTrait, calls: &mut [Call]) -> AppRe
     Ok(())
 }
 
+/// Fills in each call's invoice: the invoice of its customer and billing
+/// month, once issued (a call's invoice is never written on the call). One
+/// query for the distinct months of `calls` (a page of a customer's history
+/// spans one or two).
+async fn attach_invoices(db: &impl ConnectionTrait, calls: &mut [Call]) -> AppResult<()> {
+    let mut months: Vec<(i64, BillingPeriod)> = calls
+        .iter()
+        .map(|call| (call.customer_id, call.billing_period))
+        .collect();
+    months.sort_unstable();
+    months.dedup();
+    if months.is_empty() {
+        return Ok(());
+    }
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(3 * months.len());
+    for (customer_id, month) in &months {
+        values.extend([
+            (*customer_id).into(),
+            month.year().into(),
+            month.month().cast_signed().into(),
+        ]);
+    }
+    let sql = format!(
+        "WITH m(customer_id, period_year, period_month) AS (VALUES {}) \
+         SELECT i.customer_id, i.period_year, i.period_month, i.id FROM m \
+         JOIN invoices i ON i.customer_id = m.customer_id \
+           AND i.period_year = m.period_year AND i.period_month = m.period_month",
+        value_rows(months.len(), 3)
+    );
+    let backend = db.get_database_backend();
+    let mut invoice_of: HashMap<(i64, BillingPeriod), i64> = HashMap::new();
+    for row in db.query_all_raw(statement(backend, &sql, values)).await? {
+        let month =
+            BillingPeriod::new("period", row.try_get_by_index(1)?, row.try_get_by_index(2)?)?;
+        invoice_of.insert((row.try_get_by_index(0)?, month), row.try_get_by_index(3)?);
+    }
+    for call in calls {
+        call.invoice_id = invoice_of
+            .get(&(call.customer_id, call.billing_period))
+            .copied();
+    }
+    Ok(())
+}
+
 /// The error of a prepaid balance that cannot take a debit.
 fn balance_overflow(customer_id: i64) -> AppError {
     AppError::FailedPrecondition(format!(
@@ -493,10 +538,11 @@ fn stored_call(new: &NewCall, id: i64, billing_period: BillingPeriod) -> Call {
 /// them (the id is the database's).
 const CALL_INSERT_COLUMNS: &str = "call_id, customer_id, started_at, duration_seconds, \
      billed_seconds, per_minute_micros, billing_increment_seconds, cost_micros, \
-     caller_number, callee_number, received_at, connect_fee_micros, billing_period";
+     caller_number, callee_number, received_at, connect_fee_micros, billing_period, \
+     started_period";
 
 /// How many columns that is.
-const CALL_INSERT_WIDTH: usize = 13;
+const CALL_INSERT_WIDTH: usize = 14;
 
 /// The values of [`CALL_INSERT_COLUMNS`] for each of `rows`, in order;
 /// `billing_period` is each call's billing month.
@@ -520,6 +566,7 @@ fn call_values(
             micros(new.received_at).into(),
             new.rating.connect_fee_micros.into(),
             billing_period(new).key().into(),
+            new.started_in.key().into(),
         ]);
     }
     values
@@ -540,39 +587,38 @@ async fn insert_calls<C: ConnectionTrait>(
     rows: &[&NewCall],
     billing_period: &impl Fn(&NewCall) -> BillingPeriod,
 ) -> AppResult<Vec<(i64, Option<String>)>> {
-    let values = call_values(rows, billing_period);
     let backend = conn.get_database_backend();
-    let sql = if backend == DatabaseBackend::Sqlite {
-        let row = placeholders(CALL_INSERT_WIDTH);
-        let mut numbered = String::with_capacity(rows.len() * (row.len() + 10));
-        for position in 1..=rows.len() {
-            if position > 1 {
-                numbered.push_str(", ");
-            }
-            // Writing to a String cannot fail.
-            let _ = write!(numbered, "({position}, {row})");
-        }
+    let (sql, values) = if backend == DatabaseBackend::Sqlite {
+        // Each row's position comes first, bound like every other value.
+        let values = call_values(rows, billing_period)
+            .chunks(CALL_INSERT_WIDTH)
+            .zip(1_i64..)
+            .flat_map(|(row, position)| std::iter::once(position.into()).chain(row.iter().cloned()))
+            .collect();
         // SQLite names a VALUES list's columns column1, column2, …; the
         // first is the position. `WHERE true` keeps ON CONFLICT from being
         // read as a join's ON.
         let bound: Vec<String> = (2..=CALL_INSERT_WIDTH + 1)
             .map(|n| format!("column{n}"))
             .collect();
-        format!(
+        let sql = format!(
             "INSERT INTO calls (id, {CALL_INSERT_COLUMNS}) \
              SELECT (SELECT IFNULL(MAX(id), 0) FROM calls) + column1, {} \
-             FROM (VALUES {numbered}) WHERE true \
+             FROM (VALUES {}) WHERE true \
              ON CONFLICT (call_id) DO NOTHING \
              RETURNING id, call_id",
-            bound.join(", ")
-        )
+            bound.join(", "),
+            value_rows(rows.len(), CALL_INSERT_WIDTH + 1)
+        );
+        (sql, values)
     } else {
-        format!(
+        let sql = format!(
             "INSERT INTO calls ({CALL_INSERT_COLUMNS}) VALUES {} \
              ON CONFLICT (call_id) DO NOTHING \
              RETURNING id, call_id",
             value_rows(rows.len(), CALL_INSERT_WIDTH)
-        )
+        );
+        (sql, call_values(rows, billing_period))
     };
     let mut inserted = Vec::with_capacity(rows.len());
     for row in conn.query_all_raw(statement(backend, &sql, values)).await? {
@@ -621,27 +667,19 @@ impl UnkeyedCall {
     }
 }
 
-/// Every column of `calls`, in the order [`call_from_row`] reads them
-/// (before the invoice's id).
+/// Every column of `calls` a call is read from, in the order
+/// [`call_from_row`] reads them.
 const STORED_CALL_COLUMNS: &str = "id, call_id, customer_id, started_at, duration_seconds, \
      billed_seconds, cost_micros, per_minute_micros, billing_increment_seconds, \
      caller_number, callee_number, received_at, billing_period, connect_fee_micros";
 
-/// [`STORED_CALL_COLUMNS`] of `c` and the id of the invoice of its billing
-/// month (NULL until issued), read from [`CALLS_WITH_INVOICES`].
+/// [`STORED_CALL_COLUMNS`] of `calls c`.
 const CALL_COLUMNS: &str = "c.id, c.call_id, c.customer_id, c.started_at, c.duration_seconds, \
      c.billed_seconds, c.cost_micros, c.per_minute_micros, c.billing_increment_seconds, \
-     c.caller_number, c.callee_number, c.received_at, c.billing_period, c.connect_fee_micros, \
-     i.id";
+     c.caller_number, c.callee_number, c.received_at, c.billing_period, c.connect_fee_micros";
 
-/// Calls `c`, each with the invoice `i` of its customer and billing month
-/// when issued: a call's invoice is never written on the call.
-const CALLS_WITH_INVOICES: &str = "calls c LEFT JOIN invoices i \
-     ON i.customer_id = c.customer_id AND i.period_year = c.billing_period / 100 \
-     AND i.period_month = c.billing_period % 100";
-
-/// The call in a row of `SELECT {CALL_COLUMNS}` (or `RETURNING` the stored
-/// columns and NULL), read by position.
+/// The call in a row of `SELECT {CALL_COLUMNS}` (or `RETURNING` them), read
+/// by position; its invoice is found apart ([`attach_invoices`]).
 fn call_from_row(row: &QueryResult) -> Result<Call, DbErr> {
     let billing_period: i32 = row.try_get_by_index(12)?;
     Ok(Call {
@@ -660,7 +698,7 @@ fn call_from_row(row: &QueryResult) -> Result<Call, DbErr> {
         billing_period: BillingPeriod::from_key(billing_period)
             .map_err(|err| DbErr::Type(err.to_string()))?,
         connect_fee_micros: row.try_get_by_index(13)?,
-        invoice_id: row.try_get_by_index(14)?,
+        invoice_id: None,
         stored_segments: Vec::new(),
     })
 }

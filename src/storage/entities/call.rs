@@ -21,6 +21,8 @@ pub struct Model {
     pub received_at: i64,
     /// The month whose invoice bills the call, `year * 100 + month`.
     pub billing_period: i32,
+    /// The month the call started in, `year * 100 + month`.
+    pub started_period: i32,
     pub connect_fee_micros: i64,
 }
 
