@@ -8,8 +8,9 @@ use chrono_tz::Tz;
 use crate::clock::Clock;
 use crate::domain::access::{NewAccount, Principal, Role};
 use crate::domain::credentials;
-use crate::domain::model::{CallRecord, NewCall, NewCustomer, NewPlan, PlanKind, TopUpRequest};
+use crate::domain::model::{CallRecord, NewCall, NewCustomer, TopUpRequest};
 use crate::domain::period::BillingPeriod;
+use crate::domain::plan::{NewPlan, PlanKind, PlanTerms};
 use crate::domain::rating;
 use crate::error::{AppError, AppResult};
 use crate::service::Accounts;
@@ -41,16 +42,18 @@ pub async fn fill(store: &Store, clock: Clock, tz: Tz) -> AppResult<DemoSummary>
         ));
     }
     let since = now - TimeDelta::days(92);
-    let plan = |name: &str, kind, fee, per_minute, increment, included| NewPlan {
-        name: name.into(),
-        kind,
-        currency_code: "USD".into(),
-        monthly_fee_micros: fee,
-        per_minute_micros: per_minute,
-        billing_increment_seconds: increment,
-        included_minutes: included,
-        tariffs: Vec::new(),
-        included_minutes_tariffs: Vec::new(),
+    let plan = |name: &str, kind, fee, per_minute, increment, included| {
+        NewPlan::new(PlanTerms {
+            name: name.into(),
+            kind,
+            currency_code: "USD".into(),
+            monthly_fee_micros: fee,
+            per_minute_micros: per_minute,
+            billing_increment_seconds: increment,
+            included_minutes: included,
+            tariffs: Vec::new(),
+            included_minutes_tariffs: Vec::new(),
+        })
     };
     let plans = [
         plan(
@@ -66,7 +69,7 @@ pub async fn fill(store: &Store, clock: Clock, tz: Tz) -> AppResult<DemoSummary>
     ];
     let mut plan_ids = Vec::new();
     for new in plans {
-        plan_ids.push(store.create_plan(new, since).await?.id);
+        plan_ids.push(store.create_plan(new?, since).await?.id);
     }
     let north = store
         .create_operator("North Telecom".into(), since)

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::model::{Plan, PlanKind};
 use super::money::cost_of;
 use super::period::BillingPeriod;
+use super::plan::{Plan, PlanKind};
 use super::tariff::BASE_TARIFF;
 use crate::error::{AppError, AppResult};
 

@@ -9,6 +9,7 @@ pub mod model;
 pub mod money;
 pub mod paging;
 pub mod period;
+pub mod plan;
 pub mod rating;
 pub mod tariff;
 pub mod validation;

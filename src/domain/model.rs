@@ -1,99 +1,10 @@
-//! The billing domain's types: plans, operators, customers and calls.
+//! The billing domain's types: operators, customers and calls (plans are
+//! in `plan.rs`).
 
 use super::period::BillingPeriod;
-use super::tariff::{BASE_TARIFF, Segment, Tariff};
-use crate::error::{AppError, AppResult};
+use super::plan::PlanKind;
+use super::tariff::{BASE_TARIFF, Segment};
 use chrono::{DateTime, Utc};
-
-/// How a plan charges its customers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlanKind {
-    /// Monthly fee plus rated usage, billed in arrears.
-    Postpaid,
-    /// Usage debited from a balance paid in advance.
-    Prepaid,
-    /// A fixed monthly amount; calls cost nothing.
-    Fixed,
-}
-
-impl PlanKind {
-    /// The stored name of the kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanKind::Postpaid => "postpaid",
-            PlanKind::Prepaid => "prepaid",
-            PlanKind::Fixed => "fixed",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(stored: &str) -> Option<Self> {
-        match stored {
-            "postpaid" => Some(PlanKind::Postpaid),
-            "prepaid" => Some(PlanKind::Prepaid),
-            "fixed" => Some(PlanKind::Fixed),
-            _ => None,
-        }
-    }
-}
-
-/// A validated request to create a plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewPlan {
-    pub name: String,
-    pub kind: PlanKind,
-    pub currency_code: String,
-    pub monthly_fee_micros: i64,
-    pub per_minute_micros: i64,
-    pub billing_increment_seconds: i32,
-    pub included_minutes: i64,
-    /// Prices by destination and time, increments resolved; checked with
-    /// `tariff::check_tariffs`.
-    pub tariffs: Vec<Tariff>,
-    /// The tariffs the included minutes cover; empty: every tariff.
-    pub included_minutes_tariffs: Vec<String>,
-}
-
-/// A stored, immutable billing plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    pub id: i64,
-    pub name: String,
-    pub kind: PlanKind,
-    pub currency_code: String,
-    pub monthly_fee_micros: i64,
-    pub per_minute_micros: i64,
-    pub billing_increment_seconds: i32,
-    pub included_minutes: i64,
-    pub created_at: DateTime<Utc>,
-    /// Prices by destination and time; empty: the plan's rate for every call.
-    pub tariffs: Vec<Tariff>,
-    /// The tariffs the included minutes cover; empty: every tariff.
-    pub included_minutes_tariffs: Vec<String>,
-}
-
-impl Plan {
-    /// Whether a customer of this plan may be topped up: prepaid only.
-    pub fn check_top_up(&self, customer_id: i64) -> AppResult<()> {
-        if self.kind == PlanKind::Prepaid {
-            Ok(())
-        } else {
-            Err(AppError::FailedPrecondition(format!(
-                "customer {customer_id} is on a {} plan; only prepaid customers can top up",
-                self.kind.as_str()
-            )))
-        }
-    }
-
-    /// Billed seconds of each month's own calls the plan includes: its
-    /// included minutes on a postpaid plan, none on others.
-    pub fn included_seconds(&self) -> i64 {
-        match self.kind {
-            PlanKind::Postpaid => self.included_minutes.saturating_mul(60),
-            PlanKind::Prepaid | PlanKind::Fixed => 0,
-        }
-    }
-}
 
 /// An operator.
 #[derive(Debug, Clone, PartialEq, Eq)]

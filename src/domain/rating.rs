@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use super::model::{Plan, PlanKind, Rating};
+use super::model::Rating;
 use super::money::cost_of;
+use super::plan::{Plan, PlanKind};
 use super::tariff::PriceList;
 
 /// Rates a call to `callee` of `duration_seconds` (validated: 1..=86 400)

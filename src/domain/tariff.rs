@@ -28,6 +28,7 @@ use chrono::{
 use chrono_tz::Tz;
 
 use super::money::cost_of;
+use super::validation as valid;
 use crate::error::{AppError, AppResult};
 
 /// Minutes in a day; window edges are `0..=MINUTES_PER_DAY`.
@@ -74,6 +75,26 @@ pub struct Window {
     pub end: u16,
 }
 
+/// A tariff as a client describes it, before it is checked; see
+/// [`Tariff::new`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TariffTerms {
+    pub name: String,
+    /// Up to 15 digits, a leading `+` allowed; empty matches every number.
+    pub destination_prefix: String,
+    /// Days 0 (Monday) to 6 (Sunday); empty: every day.
+    pub days: Vec<u8>,
+    /// Local minutes of the day; both 0: no window.
+    pub start_minute: i32,
+    pub end_minute: i32,
+    pub per_minute_micros: i64,
+    pub connect_fee_micros: i64,
+    /// 0: the billing increment.
+    pub first_increment_seconds: i32,
+    /// 0: the plan's increment.
+    pub billing_increment_seconds: i32,
+}
+
 /// One tariff of a plan, its increments resolved (never 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tariff {
@@ -90,6 +111,114 @@ pub struct Tariff {
 }
 
 impl Tariff {
+    /// Checks `terms`, the tariff at `index` of a plan whose own increment
+    /// is `plan_increment`, each error naming its field
+    /// (`tariffs[2].end_minute`): a name of 1 to 64 characters without
+    /// control characters; a prefix of up to 15 digits; a window of two
+    /// different minutes of the day (both 0: none); rates and connect fees
+    /// within their bounds; increments of 0 (the default) to 3,600 s.
+    pub fn new(index: usize, terms: TariffTerms, plan_increment: i32) -> AppResult<Tariff> {
+        let TariffTerms {
+            name,
+            destination_prefix,
+            days,
+            start_minute,
+            end_minute,
+            per_minute_micros,
+            connect_fee_micros,
+            first_increment_seconds,
+            billing_increment_seconds,
+        } = terms;
+        let field = |name: &str| format!("tariffs[{index}].{name}");
+        let chars = name.chars().count();
+        if chars == 0 || chars > 64 || name.chars().any(char::is_control) {
+            return Err(AppError::invalid(
+                field("name"),
+                "must have 1 to 64 characters and no control characters",
+            ));
+        }
+        let prefix = destination_prefix
+            .strip_prefix('+')
+            .unwrap_or(&destination_prefix);
+        if prefix.len() > 15 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(AppError::invalid(
+                field("destination_prefix"),
+                format!(
+                    "must be up to 15 digits (a leading + is allowed), got {}",
+                    valid::shown(&destination_prefix)
+                ),
+            ));
+        }
+        if let Some(day) = days.iter().find(|day| **day > 6) {
+            return Err(AppError::invalid(
+                field("days"),
+                format!("{day} is not a day of the week"),
+            ));
+        }
+        let minutes = i32::from(MINUTES_PER_DAY);
+        let window = match (start_minute, end_minute) {
+            (0, 0) => None,
+            (start, _) if !(0..minutes).contains(&start) => {
+                return Err(AppError::invalid(
+                    field("start_minute"),
+                    format!("must be 0 to {}, got {start}", minutes - 1),
+                ));
+            }
+            (_, end) if !(0..=minutes).contains(&end) => {
+                return Err(AppError::invalid(
+                    field("end_minute"),
+                    format!("must be 0 to {minutes}, got {end}"),
+                ));
+            }
+            (start, end) if start == end => {
+                return Err(AppError::invalid(
+                    field("end_minute"),
+                    "must differ from start_minute (both 0 means no window)",
+                ));
+            }
+            (start, end) => Some(Window {
+                start: u16::try_from(start).unwrap_or(0),
+                end: u16::try_from(end).unwrap_or(0),
+            }),
+        };
+        let increment = |name: &str, value: i32, default: i32| match value {
+            0 => Ok(i64::from(default)),
+            1..=3600 => Ok(i64::from(value)),
+            _ => Err(AppError::invalid(
+                field(name),
+                format!("must be 0 to 3600 seconds, got {value}"),
+            )),
+        };
+        let billing = increment(
+            "billing_increment_seconds",
+            billing_increment_seconds,
+            plan_increment,
+        )?;
+        let first = increment(
+            "first_increment_seconds",
+            first_increment_seconds,
+            i32::try_from(billing).unwrap_or(plan_increment),
+        )?;
+        Ok(Tariff {
+            name,
+            destination_prefix: prefix.to_owned(),
+            days: DaySet::of(days),
+            window,
+            per_minute_micros: valid::non_negative_micros(
+                &field("per_minute_micros"),
+                per_minute_micros,
+                valid::MAX_PER_MINUTE_MICROS,
+            )?,
+            connect_fee_micros: valid::non_negative_micros(
+                &field("connect_fee_micros"),
+                connect_fee_micros,
+                valid::MAX_MONTHLY_FEE_MICROS,
+            )?,
+            first_increment_seconds: first,
+            billing_increment_seconds: billing,
+        })
+    }
+
     /// Whether the tariff is in force at local `weekday` (0 = Monday) and
     /// `minute` of the day.
     pub fn in_force(&self, weekday: u8, minute: u16) -> bool {

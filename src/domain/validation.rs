@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::model::{CallRecord, PlanKind};
 use crate::error::{AppError, AppResult};
 
 /// The longest call accepted: 24 hours.
@@ -30,8 +29,6 @@ pub const MAX_OPERATORS_PER_CUSTOMER: usize = 100;
 /// The longest idempotency key or name accepted.
 pub const MAX_KEY_LEN: usize = 128;
 const MAX_NAME_LEN: usize = 200;
-/// The most minutes a plan may include per month.
-const MAX_INCLUDED_MINUTES: i64 = 1_000_000;
 
 /// A required, trimmed, printable name of at most 200 characters.
 pub fn name(field: &str, value: &str) -> AppResult<String> {
@@ -112,23 +109,6 @@ pub fn billing_increment_seconds(value: i32) -> AppResult<i32> {
             format!("must be between 1 and 3600 seconds, got {value}"),
         )),
     }
-}
-
-/// Included minutes: zero or more, and only on postpaid plans.
-pub fn included_minutes(kind: PlanKind, value: i64) -> AppResult<i64> {
-    if !(0..=MAX_INCLUDED_MINUTES).contains(&value) {
-        return Err(AppError::invalid(
-            "included_minutes",
-            format!("must be between 0 and {MAX_INCLUDED_MINUTES}, got {value}"),
-        ));
-    }
-    if value > 0 && kind != PlanKind::Postpaid {
-        return Err(AppError::invalid(
-            "included_minutes",
-            "only postpaid plans include minutes",
-        ));
-    }
-    Ok(value)
 }
 
 /// A resource id: more than zero.
@@ -223,18 +203,20 @@ pub fn duration_minutes(minutes: i64) -> AppResult<i64> {
     Ok(minutes * 60)
 }
 
-/// When the call started: as given (at most five minutes ahead of `now` and
-/// at most `max_age` before it), or `now` minus the duration. The age bound
+/// When a call of `duration_seconds` started: `started_at` as given (at
+/// most five minutes ahead of `now` and at most `max_age` before it), or
+/// `now` minus the duration. The age bound
 /// stops a switch replaying ancient records from putting one late-usage line
 /// per month on the next invoice.
 pub fn call_start(
-    record: &CallRecord,
+    started_at: Option<DateTime<Utc>>,
+    duration_seconds: i64,
     now: DateTime<Utc>,
     max_age: TimeDelta,
 ) -> AppResult<DateTime<Utc>> {
-    match record.started_at {
+    match started_at {
         Some(at) => start_within(at, now, MAX_FUTURE_SKEW, max_age),
-        None => Ok(now - TimeDelta::seconds(record.duration_seconds)),
+        None => Ok(now - TimeDelta::seconds(duration_seconds)),
     }
 }
 
@@ -369,43 +351,28 @@ mod tests {
     }
 
     #[test]
-    fn included_minutes_belong_to_postpaid_plans_only() {
-        assert_eq!(included_minutes(PlanKind::Postpaid, 100).unwrap(), 100);
-        assert!(included_minutes(PlanKind::Prepaid, 100).is_err());
-        assert!(included_minutes(PlanKind::Fixed, 1).is_err());
-        assert_eq!(included_minutes(PlanKind::Fixed, 0).unwrap(), 0);
-    }
-
-    #[test]
     fn a_call_start_defaults_to_now_minus_duration_and_rejects_the_far_future() {
         let now = DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
             .unwrap()
             .to_utc();
-        let mut record = CallRecord {
-            customer_id: 1,
-            duration_seconds: 90,
-            started_at: None,
-            call_id: None,
-            caller_number: String::new(),
-            callee_number: String::new(),
-        };
+        let mut started_at = None;
         let year = TimeDelta::days(365);
         assert_eq!(
-            call_start(&record, now, year).unwrap(),
+            call_start(started_at, 90, now, year).unwrap(),
             now - TimeDelta::seconds(90)
         );
-        record.started_at = Some(now + TimeDelta::minutes(5));
-        assert!(call_start(&record, now, year).is_ok());
-        record.started_at = Some(now + TimeDelta::minutes(5) + TimeDelta::seconds(1));
+        started_at = Some(now + TimeDelta::minutes(5));
+        assert!(call_start(started_at, 90, now, year).is_ok());
+        started_at = Some(now + TimeDelta::minutes(5) + TimeDelta::seconds(1));
         assert_eq!(
-            field_of(call_start(&record, now, year).unwrap_err()),
+            field_of(call_start(started_at, 90, now, year).unwrap_err()),
             "started_at"
         );
-        record.started_at = Some(now - year);
-        assert!(call_start(&record, now, year).is_ok());
-        record.started_at = Some(now - year - TimeDelta::microseconds(1));
+        started_at = Some(now - year);
+        assert!(call_start(started_at, 90, now, year).is_ok());
+        started_at = Some(now - year - TimeDelta::microseconds(1));
         assert_eq!(
-            field_of(call_start(&record, now, year).unwrap_err()),
+            field_of(call_start(started_at, 90, now, year).unwrap_err()),
             "started_at"
         );
     }

@@ -10,14 +10,11 @@ use crate::domain::invoice::{
     ConsolidatedMonth, Invoice, InvoiceLine, InvoiceLineKind, UsagePreview,
 };
 use crate::domain::model::{
-    Call, CallRecord, Customer, NewCustomer, NewPlan, Operator, Plan, PlanKind, TimeRange,
-    TopUpRequest,
+    Call, CallRecord, Customer, NewCustomer, Operator, TimeRange, TopUpRequest,
 };
 use crate::domain::period::BillingPeriod;
-use crate::domain::tariff::{
-    BASE_TARIFF, DaySet, MAX_TARIFFS_PER_PLAN, MINUTES_PER_DAY, Segment, Tariff, Window,
-    check_tariffs,
-};
+use crate::domain::plan::{NewPlan, Plan, PlanKind, PlanTerms};
+use crate::domain::tariff::{MAX_TARIFFS_PER_PLAN, Segment, Tariff, TariffTerms};
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
 
@@ -87,14 +84,6 @@ impl TryFrom<pb::CreatePlanRequest> for NewPlan {
             tariffs,
             included_minutes_tariffs,
         } = req;
-        let kind = plan_kind(kind)?;
-        let increment = valid::billing_increment_seconds(billing_increment_seconds)?;
-        if kind == PlanKind::Fixed && !tariffs.is_empty() {
-            return Err(AppError::invalid(
-                "tariffs",
-                "a fixed plan charges no usage, so it takes no tariffs",
-            ));
-        }
         if tariffs.len() > MAX_TARIFFS_PER_PLAN {
             return Err(AppError::invalid(
                 "tariffs",
@@ -104,57 +93,27 @@ impl TryFrom<pb::CreatePlanRequest> for NewPlan {
                 ),
             ));
         }
-        let tariffs = tariffs
-            .into_iter()
-            .enumerate()
-            .map(|(index, tariff)| tariff_of(index, tariff, increment))
-            .collect::<AppResult<Vec<_>>>()?;
-        check_tariffs(&tariffs)?;
-        let mut included_minutes_tariffs = included_minutes_tariffs;
-        included_minutes_tariffs.sort_unstable();
-        included_minutes_tariffs.dedup();
-        if !included_minutes_tariffs.is_empty() {
-            if kind != PlanKind::Postpaid || tariffs.is_empty() {
-                return Err(AppError::invalid(
-                    "included_minutes_tariffs",
-                    "only a postpaid plan with tariffs limits its included minutes to some",
-                ));
-            }
-            if let Some(unknown) = included_minutes_tariffs
-                .iter()
-                .find(|name| *name != BASE_TARIFF && !tariffs.iter().any(|t| &t.name == *name))
-            {
-                return Err(AppError::invalid(
-                    "included_minutes_tariffs",
-                    format!("{} is not a tariff of the plan", valid::shown(unknown)),
-                ));
-            }
-        }
-        Ok(NewPlan {
-            tariffs,
+        NewPlan::new(PlanTerms {
+            name,
+            kind: plan_kind(kind)?,
+            currency_code,
+            monthly_fee_micros,
+            per_minute_micros,
+            billing_increment_seconds,
+            included_minutes,
+            tariffs: tariffs
+                .into_iter()
+                .enumerate()
+                .map(|(index, tariff)| tariff_terms(index, tariff))
+                .collect::<AppResult<_>>()?,
             included_minutes_tariffs,
-            name: valid::name("name", &name)?,
-            kind,
-            currency_code: valid::currency_code(&currency_code)?,
-            monthly_fee_micros: valid::non_negative_micros(
-                "monthly_fee_micros",
-                monthly_fee_micros,
-                valid::MAX_MONTHLY_FEE_MICROS,
-            )?,
-            per_minute_micros: valid::non_negative_micros(
-                "per_minute_micros",
-                per_minute_micros,
-                valid::MAX_PER_MINUTE_MICROS,
-            )?,
-            billing_increment_seconds: increment,
-            included_minutes: valid::included_minutes(kind, included_minutes)?,
         })
     }
 }
 
-/// A validated tariff, `index` naming it in errors (`tariffs[2].end_minute`)
-/// and zero increments resolved against the plan's `plan_increment`.
-fn tariff_of(index: usize, tariff: pb::Tariff, plan_increment: i32) -> AppResult<Tariff> {
+/// A tariff's terms, its days as numbers (0 = Monday); `index` names it in
+/// errors (`tariffs[2].days`). The rules are `Tariff::new`'s.
+fn tariff_terms(index: usize, tariff: pb::Tariff) -> AppResult<TariffTerms> {
     let pb::Tariff {
         name,
         destination_prefix,
@@ -166,99 +125,26 @@ fn tariff_of(index: usize, tariff: pb::Tariff, plan_increment: i32) -> AppResult
         first_increment_seconds,
         billing_increment_seconds,
     } = tariff;
-    let field = |name: &str| format!("tariffs[{index}].{name}");
-    let chars = name.chars().count();
-    if chars == 0 || chars > 64 || name.chars().any(char::is_control) {
-        return Err(AppError::invalid(
-            field("name"),
-            "must have 1 to 64 characters and no control characters",
-        ));
-    }
-    let prefix = destination_prefix
-        .strip_prefix('+')
-        .unwrap_or(&destination_prefix);
-    if prefix.len() > 15 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(AppError::invalid(
-            field("destination_prefix"),
-            format!(
-                "must be up to 15 digits (a leading + is allowed), got {}",
-                valid::shown(&destination_prefix)
-            ),
-        ));
-    }
-    let mut day_numbers = Vec::with_capacity(days.len());
-    for day in days {
-        match DayOfWeek::try_from(day) {
-            Ok(DayOfWeek::Unspecified) | Err(_) => {
-                return Err(AppError::invalid(
-                    field("days"),
-                    format!("{day} is not a day of the week (MONDAY to SUNDAY)"),
-                ));
-            }
-            Ok(day) => day_numbers.push(u8::try_from(day as i32 - 1).unwrap_or(0)),
-        }
-    }
-    let minutes = i32::from(MINUTES_PER_DAY);
-    let window = match (start_minute, end_minute) {
-        (0, 0) => None,
-        (start, _) if !(0..minutes).contains(&start) => {
-            return Err(AppError::invalid(
-                field("start_minute"),
-                format!("must be 0 to {}, got {start}", minutes - 1),
-            ));
-        }
-        (_, end) if !(0..=minutes).contains(&end) => {
-            return Err(AppError::invalid(
-                field("end_minute"),
-                format!("must be 0 to {minutes}, got {end}"),
-            ));
-        }
-        (start, end) if start == end => {
-            return Err(AppError::invalid(
-                field("end_minute"),
-                "must differ from start_minute (both 0 means no window)",
-            ));
-        }
-        (start, end) => Some(Window {
-            start: u16::try_from(start).unwrap_or(0),
-            end: u16::try_from(end).unwrap_or(0),
-        }),
-    };
-    let increment = |name: &str, value: i32, default: i32| match value {
-        0 => Ok(i64::from(default)),
-        1..=3600 => Ok(i64::from(value)),
-        _ => Err(AppError::invalid(
-            field(name),
-            format!("must be 0 to 3600 seconds, got {value}"),
-        )),
-    };
-    let billing = increment(
-        "billing_increment_seconds",
-        billing_increment_seconds,
-        plan_increment,
-    )?;
-    let first = increment(
-        "first_increment_seconds",
-        first_increment_seconds,
-        i32::try_from(billing).unwrap_or(plan_increment),
-    )?;
-    Ok(Tariff {
+    let days = days
+        .into_iter()
+        .map(|day| match DayOfWeek::try_from(day) {
+            Ok(DayOfWeek::Unspecified) | Err(_) => Err(AppError::invalid(
+                format!("tariffs[{index}].days"),
+                format!("{day} is not a day of the week (MONDAY to SUNDAY)"),
+            )),
+            Ok(day) => Ok(u8::try_from(day as i32 - 1).unwrap_or(0)),
+        })
+        .collect::<AppResult<_>>()?;
+    Ok(TariffTerms {
         name,
-        destination_prefix: prefix.to_owned(),
-        days: DaySet::of(day_numbers),
-        window,
-        per_minute_micros: valid::non_negative_micros(
-            &field("per_minute_micros"),
-            per_minute_micros,
-            valid::MAX_PER_MINUTE_MICROS,
-        )?,
-        connect_fee_micros: valid::non_negative_micros(
-            &field("connect_fee_micros"),
-            connect_fee_micros,
-            valid::MAX_MONTHLY_FEE_MICROS,
-        )?,
-        first_increment_seconds: first,
-        billing_increment_seconds: billing,
+        destination_prefix,
+        days,
+        start_minute,
+        end_minute,
+        per_minute_micros,
+        connect_fee_micros,
+        first_increment_seconds,
+        billing_increment_seconds,
     })
 }
 

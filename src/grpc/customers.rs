@@ -6,7 +6,8 @@ use super::IdPage;
 use super::auth::caller_may;
 use super::pb::{self, customer_service_server::CustomerService};
 use crate::domain::access::Action;
-use crate::domain::model::{NewCustomer, NewPlan, TopUpRequest};
+use crate::domain::model::{NewCustomer, TopUpRequest};
+use crate::domain::plan::NewPlan;
 use crate::domain::validation as valid;
 use crate::service::Customers;
 

@@ -13,10 +13,9 @@ use chrono_tz::Tz;
 use super::{Access, Plans};
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
-use crate::domain::model::{
-    Authorization, Call, CallRecord, NewCall, Plan, PlanKind, StoredCall, TimeRange,
-};
+use crate::domain::model::{Authorization, Call, CallRecord, NewCall, StoredCall, TimeRange};
 use crate::domain::period::BillingPeriod;
+use crate::domain::plan::{Plan, PlanKind};
 use crate::domain::{invoice, rating, validation as valid};
 use crate::error::{AppError, AppResult};
 use crate::storage::{CallFilter, CallWriter, GroupCommit, Store};
@@ -100,7 +99,12 @@ impl Calls {
             .as_ref()
             .ok_or_else(|| AppError::not_found("customer", customer_id))?;
         let now = self.clock.now();
-        let started_at = valid::call_start(&record, now, self.max_call_age)?;
+        let started_at = valid::call_start(
+            record.started_at,
+            record.duration_seconds,
+            now,
+            self.max_call_age,
+        )?;
         let started_in = BillingPeriod::containing(started_at, self.tz);
         invoice::check_call_within_customer_life(customer_id, started_in, *first_month)?;
         let rating = rating::rate_call(

@@ -6,10 +6,9 @@ use chrono_tz::Tz;
 use super::Access;
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
-use crate::domain::model::{
-    Customer, NewCustomer, NewPlan, Operator, Plan, TopUpOutcome, TopUpRequest,
-};
+use crate::domain::model::{Customer, NewCustomer, Operator, TopUpOutcome, TopUpRequest};
 use crate::domain::period::BillingPeriod;
+use crate::domain::plan::{NewPlan, Plan};
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
 use crate::storage::Store;

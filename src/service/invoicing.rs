@@ -22,8 +22,9 @@ use crate::domain::invoice::{
     self, ConsolidatedMonth, IncludedBasis, Invoice, InvoiceDraft, MonthRows, UsageDetail,
     UsagePreview,
 };
-use crate::domain::model::{Customer, Plan};
+use crate::domain::model::Customer;
 use crate::domain::period::BillingPeriod;
+use crate::domain::plan::Plan;
 use crate::error::{AppError, AppResult};
 use crate::shutdown::{Stopping, until_stopping};
 use crate::storage::{FeedEvent, InvoiceFilter, MonthQuery, NewInvoice, Store};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::model::Plan;
+use crate::domain::plan::Plan;
 use crate::error::{AppError, AppResult};
 use crate::storage::Store;
 

@@ -14,10 +14,9 @@ use super::entities::{
 };
 use super::{Store, instant, is_unique_violation, lock_invoiced_through, micros};
 use crate::domain::invoice::billing_period_of;
-use crate::domain::model::{
-    Customer, NewCustomer, NewPlan, Operator, Plan, PlanKind, TopUpOutcome, TopUpRequest,
-};
+use crate::domain::model::{Customer, NewCustomer, Operator, TopUpOutcome, TopUpRequest};
 use crate::domain::period::BillingPeriod;
+use crate::domain::plan::{NewPlan, Plan, PlanKind};
 use crate::domain::tariff::{DaySet, Tariff, Window};
 use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
@@ -25,17 +24,17 @@ use crate::error::{AppError, AppResult};
 impl Store {
     /// Stores a new plan.
     pub async fn create_plan(&self, new: NewPlan, now: DateTime<Utc>) -> AppResult<Plan> {
-        let tariffs = new.tariffs.clone();
-        let included = new.included_minutes_tariffs.clone();
+        let tariffs = new.tariffs().to_vec();
+        let included = new.included_minutes_tariffs().to_vec();
         let row = plan::ActiveModel {
             id: NotSet,
-            name: Set(new.name),
-            kind: Set(new.kind.as_str().to_owned()),
-            currency_code: Set(new.currency_code),
-            monthly_fee_micros: Set(new.monthly_fee_micros),
-            per_minute_micros: Set(new.per_minute_micros),
-            billing_increment_seconds: Set(new.billing_increment_seconds),
-            included_minutes: Set(new.included_minutes),
+            name: Set(new.name().to_owned()),
+            kind: Set(new.kind().as_str().to_owned()),
+            currency_code: Set(new.currency_code().to_owned()),
+            monthly_fee_micros: Set(new.monthly_fee_micros()),
+            per_minute_micros: Set(new.per_minute_micros()),
+            billing_increment_seconds: Set(new.billing_increment_seconds()),
+            included_minutes: Set(new.included_minutes()),
             created_at: Set(micros(now)),
         };
         let txn = self.begin_write().await?;
