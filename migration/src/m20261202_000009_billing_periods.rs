@@ -17,6 +17,9 @@
 //!   (NULL: none yet), from its latest invoice. Storing a call reads it to
 //!   decide the call's month, and issuing advances it, each under a lock of
 //!   the customer's row.
+//! - `data_conversions`: conversions of data that need what only the
+//!   service knows (here the time zone), one row each until the service
+//!   has done it; this migration leaves `billing_months`.
 //! - `calls.invoice_id` and `top_ups.invoice_id` go: a row's invoice is the
 //!   invoice of its customer and billing month, once issued. With them goes
 //!   `idx_calls_uninvoiced` (PostgreSQL).
@@ -60,6 +63,8 @@ impl MigrationTrait for Migration {
             "CREATE INDEX idx_calls_late ON calls (customer_id, billing_period) \
              WHERE billing_period <> started_period",
             "CREATE INDEX idx_top_ups_billing ON top_ups (customer_id, billing_period)",
+            "CREATE TABLE data_conversions (name varchar NOT NULL PRIMARY KEY)",
+            "INSERT INTO data_conversions (name) VALUES ('billing_months')",
         ] {
             db.execute_unprepared(sql).await?;
         }
@@ -85,6 +90,7 @@ impl MigrationTrait for Migration {
             "ALTER TABLE calls DROP COLUMN started_period",
             "ALTER TABLE top_ups DROP COLUMN billing_period",
             "ALTER TABLE customers DROP COLUMN invoiced_through",
+            "DROP TABLE data_conversions",
         ];
         // SQLite's `calls` (migration 000008) is ordered by these columns
         // and had dropped this index.

@@ -94,16 +94,29 @@ impl Store {
     /// is due, as if it were stored now: its own month (billing time zone
     /// `tz`) when that month is neither invoiced nor before the customer's
     /// first month, else the customer's first month not invoiced yet
-    /// (`invoice::billing_period_of`). Run at startup after the migrations;
-    /// does nothing once every row has its month. One transaction.
+    /// (`invoice::billing_period_of`). Run at startup after the migrations,
+    /// in one transaction; migration 000009 leaves a row in
+    /// `data_conversions` for it, and once it has run that row is gone, so
+    /// later startups cost one lookup of that small table.
     pub async fn place_rows_in_billing_months(&self, tz: Tz) -> Result<(), DbErr> {
         let txn = self
             .begin_write()
             .await
             .map_err(|err| DbErr::Custom(err.to_string()))?;
-        fill_started_periods(&txn, tz).await?;
-        for (table, instant_column) in [("calls", "started_at"), ("top_ups", "created_at")] {
-            place_rows(&txn, tz, table, instant_column).await?;
+        let backend = txn.get_database_backend();
+        let pending = txn
+            .execute_raw(statement(
+                backend,
+                "DELETE FROM data_conversions WHERE name = ?",
+                vec![BILLING_MONTHS_CONVERSION.into()],
+            ))
+            .await?
+            .rows_affected();
+        if pending > 0 {
+            fill_started_periods(&txn, tz).await?;
+            for (table, instant_column) in [("calls", "started_at"), ("top_ups", "created_at")] {
+                place_rows(&txn, tz, table, instant_column).await?;
+            }
         }
         txn.commit().await
     }
@@ -267,6 +280,10 @@ impl IssueTransaction {
         Ok(())
     }
 }
+
+/// The row of `data_conversions` migration 000009 leaves for
+/// [`Store::place_rows_in_billing_months`].
+const BILLING_MONTHS_CONVERSION: &str = "billing_months";
 
 /// Records the month each call without one (0) started in, month by month
 /// in `tz`.
