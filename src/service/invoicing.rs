@@ -243,7 +243,10 @@ impl Invoicing {
                 current.previous()
             }
             None => {
-                let open = if today.day() == 1 {
+                // On the 1st, before the close, last month is still open;
+                // a customer created this month has no last month.
+                let first = BillingPeriod::containing(customer.created_at, self.tz);
+                let open = if today.day() == 1 && current.previous() >= first {
                     current.previous()
                 } else {
                     current

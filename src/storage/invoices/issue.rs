@@ -130,59 +130,17 @@ impl IssueTransaction {
     }
 
     /// Stores `invoices` with their lines and returns them as issued, in
-    /// order: one multi-row insert of the invoices (the unique `(customer,
-    /// period)` key refuses a second invoice of a month), one update giving
-    /// each its number (which names its id), one multi-row insert of the
-    /// lines.
+    /// order: their ids first ([`IssueTransaction::next_invoice_ids`]), then
+    /// one multi-row insert of the invoices with their numbers (the unique
+    /// `(customer, period)` key refuses a second invoice of a month) and one
+    /// of the lines.
     pub async fn insert_invoices(&self, invoices: Vec<NewInvoice>) -> AppResult<Vec<Invoice>> {
         let backend = self.txn.get_database_backend();
-        let mut ids: HashMap<(i64, BillingPeriod), i64> = HashMap::with_capacity(invoices.len());
-        for chunk in invoices.chunks(INVOICES_PER_STATEMENT) {
-            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 13);
-            for new in chunk {
-                values.extend([
-                    format!("pending-{}-{}", new.customer_id, new.period).into(),
-                    new.customer_id.into(),
-                    new.period.year().into(),
-                    new.period.month().cast_signed().into(),
-                    micros(new.period_start).into(),
-                    micros(new.period_end).into(),
-                    micros(new.issued_at).into(),
-                    new.currency_code.clone().into(),
-                    new.draft.usage.call_count.into(),
-                    new.draft.usage.billed_seconds.into(),
-                    new.draft.usage.usage_micros.into(),
-                    new.draft.monthly_fee_micros.into(),
-                    new.draft.total_micros.into(),
-                ]);
-            }
-            let sql = format!(
-                "INSERT INTO invoices (number, customer_id, period_year, period_month, \
-                   period_start, period_end, issued_at, currency_code, call_count, \
-                   billed_seconds, usage_micros, monthly_fee_micros, total_micros) \
-                 VALUES {} RETURNING id, customer_id, period_year, period_month",
-                value_rows(chunk.len(), 13)
-            );
-            for row in self
-                .txn
-                .query_all_raw(statement(backend, &sql, values))
-                .await?
-            {
-                let period = BillingPeriod::new(
-                    "period",
-                    row.try_get_by_index(2)?,
-                    row.try_get_by_index(3)?,
-                )?;
-                ids.insert((row.try_get_by_index(1)?, period), row.try_get_by_index(0)?);
-            }
-        }
-        let mut issued = Vec::with_capacity(invoices.len());
-        for new in invoices {
-            let id = ids
-                .get(&(new.customer_id, new.period))
-                .copied()
-                .ok_or_else(|| AppError::internal("an inserted invoice returned no id"))?;
-            issued.push(Invoice {
+        let ids = self.next_invoice_ids(invoices.len()).await?;
+        let issued: Vec<Invoice> = invoices
+            .into_iter()
+            .zip(ids)
+            .map(|(new, id)| Invoice {
                 id,
                 number: invoice_number(new.period, id),
                 customer_id: new.customer_id,
@@ -195,17 +153,34 @@ impl IssueTransaction {
                 usage: new.draft.usage,
                 monthly_fee_micros: new.draft.monthly_fee_micros,
                 total_micros: new.draft.total_micros,
-            });
-        }
+            })
+            .collect();
         for chunk in issued.chunks(INVOICES_PER_STATEMENT) {
-            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 2);
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 14);
             for invoice in chunk {
-                values.extend([invoice.id.into(), invoice.number.clone().into()]);
+                values.extend([
+                    invoice.id.into(),
+                    invoice.number.clone().into(),
+                    invoice.customer_id.into(),
+                    invoice.period.year().into(),
+                    invoice.period.month().cast_signed().into(),
+                    micros(invoice.period_start).into(),
+                    micros(invoice.period_end).into(),
+                    micros(invoice.issued_at).into(),
+                    invoice.currency_code.clone().into(),
+                    invoice.usage.call_count.into(),
+                    invoice.usage.billed_seconds.into(),
+                    invoice.usage.usage_micros.into(),
+                    invoice.monthly_fee_micros.into(),
+                    invoice.total_micros.into(),
+                ]);
             }
             let sql = format!(
-                "WITH v(id, number) AS (VALUES {}) \
-                 UPDATE invoices SET number = v.number FROM v WHERE invoices.id = v.id",
-                value_rows(chunk.len(), 2)
+                "INSERT INTO invoices (id, number, customer_id, period_year, period_month, \
+                   period_start, period_end, issued_at, currency_code, call_count, \
+                   billed_seconds, usage_micros, monthly_fee_micros, total_micros) \
+                 VALUES {}",
+                value_rows(chunk.len(), 14)
             );
             self.txn
                 .execute_raw(statement(backend, &sql, values))
@@ -243,6 +218,47 @@ impl IssueTransaction {
                 .await?;
         }
         Ok(issued)
+    }
+
+    /// The ids of `count` new invoices, ascending, so each is stored with
+    /// its number (which names its id) by one insert. PostgreSQL: from the
+    /// invoices' sequence. SQLite: after the largest id, read inside this
+    /// write transaction, which no other writer runs beside (invoices are
+    /// never deleted, so no id is reused).
+    async fn next_invoice_ids(&self, count: usize) -> AppResult<Vec<i64>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let backend = self.txn.get_database_backend();
+        let total = i64::try_from(count).map_err(AppError::internal)?;
+        if backend == DatabaseBackend::Postgres {
+            let mut ids = Vec::with_capacity(count);
+            for row in self
+                .txn
+                .query_all_raw(statement(
+                    backend,
+                    "SELECT nextval(pg_get_serial_sequence('invoices', 'id')) \
+                     FROM generate_series(1, ?)",
+                    vec![total.into()],
+                ))
+                .await?
+            {
+                ids.push(row.try_get_by_index::<i64>(0)?);
+            }
+            ids.sort_unstable();
+            return Ok(ids);
+        }
+        let largest: i64 = self
+            .txn
+            .query_one_raw(statement(
+                backend,
+                "SELECT IFNULL(MAX(id), 0) FROM invoices",
+                Vec::new(),
+            ))
+            .await?
+            .ok_or_else(|| AppError::internal("an aggregate returned no row"))?
+            .try_get_by_index(0)?;
+        Ok((1..=total).map(|k| largest + k).collect())
     }
 
     /// Records each customer's last invoiced month: from now on its calls
@@ -405,7 +421,7 @@ async fn place_rows(
     Ok(())
 }
 
-/// Invoice rows inserted per statement (13 bound values each).
+/// Invoice rows inserted per statement (14 bound values each).
 const INVOICES_PER_STATEMENT: usize = 1000;
 /// Ids bound per `IN (…)` list.
 const IDS_PER_STATEMENT: usize = 5000;
