@@ -23,6 +23,11 @@
 //! - `calls.invoice_id` and `top_ups.invoice_id` go: a row's invoice is the
 //!   invoice of its customer and billing month, once issued. With them goes
 //!   `idx_calls_uninvoiced` (PostgreSQL).
+//! - `idx_invoices_period` goes: nothing looks invoices up by month alone
+//!   any more (a cycle finds the customers to invoice by
+//!   `invoiced_through`), and PostgreSQL's planner, with statistics taken
+//!   before a cycle, chose it over the unique `(customer, period)` key to
+//!   find one customer's invoice, scanning the month's every invoice.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
@@ -58,6 +63,7 @@ impl MigrationTrait for Migration {
             "DROP INDEX IF EXISTS idx_calls_uninvoiced",
             "DROP INDEX IF EXISTS idx_calls_invoice",
             "DROP INDEX IF EXISTS idx_top_ups_invoice",
+            "DROP INDEX IF EXISTS idx_invoices_period",
             "ALTER TABLE calls DROP COLUMN invoice_id",
             "ALTER TABLE top_ups DROP COLUMN invoice_id",
             "CREATE INDEX idx_calls_late ON calls (customer_id, billing_period) \
@@ -91,6 +97,7 @@ impl MigrationTrait for Migration {
             "ALTER TABLE top_ups DROP COLUMN billing_period",
             "ALTER TABLE customers DROP COLUMN invoiced_through",
             "DROP TABLE data_conversions",
+            "CREATE INDEX idx_invoices_period ON invoices (period_year, period_month)",
         ];
         // SQLite's `calls` (migration 000008) is ordered by these columns
         // and had dropped this index.
