@@ -523,6 +523,24 @@ fn placeholders(count: usize) -> String {
     vec!["?"; count].join(", ")
 }
 
+/// `ids` for an `IN (…)` list whose length is the next power of two (the
+/// last id repeated, which `IN` ignores): the placeholders and the values.
+/// Every connection keeps each statement text it prepares, so lists of
+/// every length between 1 and thousands made as many large prepared
+/// statements per connection; rounded, a few sizes serve all.
+fn id_list(ids: &[i64]) -> (String, Vec<sea_orm::Value>) {
+    let Some(&last) = ids.last() else {
+        return (String::from("NULL"), Vec::new());
+    };
+    let size = ids.len().next_power_of_two();
+    let values = ids
+        .iter()
+        .chain(std::iter::repeat_n(&last, size - ids.len()))
+        .map(|id| sea_orm::Value::from(*id))
+        .collect();
+    (placeholders(size), values)
+}
+
 /// `rows` parenthesised groups of `width` `?` placeholders, separated by
 /// commas, for a multi-row `VALUES` list.
 fn value_rows(rows: usize, width: usize) -> String {
@@ -565,14 +583,11 @@ async fn lock_invoiced_through(
         } else {
             ""
         };
+        let (marks, ids) = id_list(chunk);
         let sql = format!(
-            "SELECT id, invoiced_through FROM customers WHERE id IN ({}) ORDER BY id{lock}",
-            placeholders(chunk.len())
+            "SELECT id, invoiced_through FROM customers WHERE id IN ({marks}) ORDER BY id{lock}"
         );
-        for row in conn
-            .query_all_raw(statement(backend, &sql, id_values(chunk)))
-            .await?
-        {
+        for row in conn.query_all_raw(statement(backend, &sql, ids)).await? {
             let month: Option<i32> = row.try_get_by_index(1)?;
             through.insert(
                 row.try_get_by_index(0)?,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, Statement};
 
-use super::super::{Store, id_values, instant, micros, placeholders, statement, value_rows};
+use super::super::{Store, id_list, instant, micros, statement, value_rows};
 use super::ISSUE_LOCK_KEY;
 use super::read::{MonthQuery, month_rows};
 use crate::domain::invoice::{
@@ -71,14 +71,11 @@ impl Store {
         };
         let mut through = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let (marks, values) = id_list(chunk);
             let sql = format!(
-                "SELECT id, invoiced_through FROM customers WHERE id IN ({}) ORDER BY id{lock}",
-                placeholders(chunk.len())
+                "SELECT id, invoiced_through FROM customers WHERE id IN ({marks}) ORDER BY id{lock}"
             );
-            for row in txn
-                .query_all_raw(statement(backend, &sql, id_values(chunk)))
-                .await?
-            {
+            for row in txn.query_all_raw(statement(backend, &sql, values)).await? {
                 let month: Option<i32> = row.try_get_by_index(1)?;
                 through.insert(
                     row.try_get_by_index::<i64>(0)?,
@@ -301,26 +298,48 @@ impl IssueTransaction {
 /// [`Store::place_rows_in_billing_months`].
 const BILLING_MONTHS_CONVERSION: &str = "billing_months";
 
-/// Records the month each call without one (0) started in, month by month
-/// in `tz`.
-async fn fill_started_periods(txn: &DatabaseTransaction, tz: Tz) -> Result<(), DbErr> {
+/// The months in `tz` from that of the earliest to that of the latest
+/// `instant_column` among the rows of `table` whose `zero_column` is 0
+/// (names this module gives); none when no row is.
+async fn months_of_rows_without(
+    txn: &DatabaseTransaction,
+    tz: Tz,
+    table: &str,
+    instant_column: &str,
+    zero_column: &str,
+) -> Result<Vec<BillingPeriod>, DbErr> {
     let backend = txn.get_database_backend();
-    let sql = "SELECT MIN(started_at), MAX(started_at) FROM calls WHERE started_period = 0";
+    let sql = format!(
+        "SELECT MIN({instant_column}), MAX({instant_column}) FROM {table} \
+         WHERE {zero_column} = 0"
+    );
     let Some(row) = txn
-        .query_one_raw(statement(backend, sql, Vec::new()))
+        .query_one_raw(statement(backend, &sql, Vec::new()))
         .await?
     else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let (Some(first), Some(last)) = (
         row.try_get_by_index::<Option<i64>>(0)?,
         row.try_get_by_index::<Option<i64>>(1)?,
     ) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let last = BillingPeriod::containing(instant(last), tz);
-    let mut month = BillingPeriod::containing(instant(first), tz);
-    loop {
+    let mut months = vec![BillingPeriod::containing(instant(first), tz)];
+    while let Some(&month) = months.last()
+        && month < last
+    {
+        months.push(month.next());
+    }
+    Ok(months)
+}
+
+/// Records the month each call without one (0) started in, month by month
+/// in `tz`.
+async fn fill_started_periods(txn: &DatabaseTransaction, tz: Tz) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    for month in months_of_rows_without(txn, tz, "calls", "started_at", "started_period").await? {
         let values = vec![
             month.key().into(),
             micros(month.start(tz)).into(),
@@ -333,10 +352,6 @@ async fn fill_started_periods(txn: &DatabaseTransaction, tz: Tz) -> Result<(), D
             values,
         ))
         .await?;
-        if month >= last {
-            break;
-        }
-        month = month.next();
     }
     Ok(())
 }
@@ -351,26 +366,9 @@ async fn place_rows(
 ) -> Result<(), DbErr> {
     let backend = txn.get_database_backend();
     let bad_month = |key: i32| DbErr::Custom(format!("stored billing month {key} is not a month"));
-    let sql = format!(
-        "SELECT MIN({instant_column}), MAX({instant_column}) FROM {table} WHERE billing_period = 0"
-    );
-    let Some(row) = txn
-        .query_one_raw(statement(backend, &sql, Vec::new()))
-        .await?
-    else {
-        return Ok(());
-    };
-    let (Some(first), Some(last)) = (
-        row.try_get_by_index::<Option<i64>>(0)?,
-        row.try_get_by_index::<Option<i64>>(1)?,
-    ) else {
-        return Ok(());
-    };
     // Month by month, the rows whose own month the customer has neither
     // invoiced nor begun after.
-    let last = BillingPeriod::containing(instant(last), tz);
-    let mut month = BillingPeriod::containing(instant(first), tz);
-    loop {
+    for month in months_of_rows_without(txn, tz, table, instant_column, "billing_period").await? {
         let sql = format!(
             "UPDATE {table} SET billing_period = ? WHERE billing_period = 0 \
                AND {instant_column} >= ? AND {instant_column} < ? \
@@ -386,10 +384,6 @@ async fn place_rows(
             end.into(),
         ];
         txn.execute_raw(statement(backend, &sql, values)).await?;
-        if month >= last {
-            break;
-        }
-        month = month.next();
     }
     // The rest are late, or from before the customer's first month: due in
     // its first month not invoiced yet.

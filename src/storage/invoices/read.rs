@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseBackend};
 
-use super::super::{Store, id_values, instant, micros, placeholders, statement};
+use super::super::{Store, id_list, instant, micros, statement};
 use crate::domain::invoice::{
     BilledCall, BilledSegment, MonthRows, OwnCallSums, TopUpEntry, UsageDetail, UsageTotals,
 };
@@ -97,9 +97,9 @@ pub(super) async fn month_rows(
                 })
         };
         for chunk in customers.chunks(CUSTOMERS_PER_STATEMENT) {
-            let marks = placeholders(chunk.len());
+            let (marks, ids) = id_list(chunk);
             let with = |extra: &[sea_orm::Value]| {
-                let mut values = id_values(chunk);
+                let mut values = ids.clone();
                 values.extend_from_slice(extra);
                 values
             };
@@ -200,15 +200,12 @@ async fn attach_segments(
         .collect();
     let mut segments: HashMap<i64, Vec<BilledSegment>> = HashMap::new();
     for chunk in ids.chunks(CALLS_PER_SEGMENT_READ) {
+        let (marks, values) = id_list(chunk);
         let sql = format!(
             "SELECT call_id, tariff_name, billed_seconds, cost_micros FROM call_segments \
-             WHERE call_id IN ({}) ORDER BY call_id, position",
-            placeholders(chunk.len())
+             WHERE call_id IN ({marks}) ORDER BY call_id, position"
         );
-        for row in conn
-            .query_all_raw(statement(backend, &sql, id_values(chunk)))
-            .await?
-        {
+        for row in conn.query_all_raw(statement(backend, &sql, values)).await? {
             segments
                 .entry(row.try_get_by_index(0)?)
                 .or_default()
