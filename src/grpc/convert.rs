@@ -14,7 +14,7 @@ use crate::domain::model::{
 };
 use crate::domain::period::BillingPeriod;
 use crate::domain::plan::{NewPlan, Plan, PlanKind, PlanTerms};
-use crate::domain::tariff::{MAX_TARIFFS_PER_PLAN, Segment, Tariff, TariffTerms};
+use crate::domain::tariff::{Segment, Tariff, TariffTerms};
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
 
@@ -84,15 +84,6 @@ impl TryFrom<pb::CreatePlanRequest> for NewPlan {
             tariffs,
             included_minutes_tariffs,
         } = req;
-        if tariffs.len() > MAX_TARIFFS_PER_PLAN {
-            return Err(AppError::invalid(
-                "tariffs",
-                format!(
-                    "at most {MAX_TARIFFS_PER_PLAN} per plan, got {}",
-                    tariffs.len()
-                ),
-            ));
-        }
         NewPlan::new(PlanTerms {
             name,
             kind: plan_kind(kind)?,

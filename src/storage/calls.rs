@@ -10,8 +10,8 @@ use sea_orm::{
 
 use super::entities::call_segment;
 use super::{
-    Store, instant, lock_customers, lock_invoiced_through, micros, placeholders, statement,
-    value_rows,
+    CustomerLock, Store, instant, lock_customers, lock_invoiced_through, micros, placeholders,
+    statement, value_rows,
 };
 use crate::domain::invoice::billing_period_of;
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
@@ -196,7 +196,7 @@ async fn write_calls<C: ConnectionTrait>(
         .collect();
     customer_ids.sort_unstable();
     customer_ids.dedup();
-    let invoiced_through = lock_invoiced_through(conn, &customer_ids).await?;
+    let invoiced_through = lock_invoiced_through(conn, &customer_ids, CustomerLock::Store).await?;
     let billing_period = |new: &NewCall| {
         let through = invoiced_through
             .get(&new.record.customer_id)

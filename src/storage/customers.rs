@@ -12,7 +12,7 @@ use sea_orm::{
 use super::entities::{
     customer, customer_operator, operator, plan, plan_included_tariff, plan_tariff, top_up,
 };
-use super::{Store, instant, is_unique_violation, lock_invoiced_through, micros};
+use super::{CustomerLock, Store, instant, is_unique_violation, lock_invoiced_through, micros};
 use crate::domain::invoice::billing_period_of;
 use crate::domain::model::{Customer, NewCustomer, Operator, TopUpOutcome, TopUpRequest};
 use crate::domain::period::BillingPeriod;
@@ -366,10 +366,11 @@ impl Store {
         made_in: BillingPeriod,
     ) -> AppResult<TopUpOutcome> {
         let txn = self.begin_write().await?;
-        let invoiced_through = lock_invoiced_through(&txn, &[request.customer_id])
-            .await?
-            .remove(&request.customer_id)
-            .ok_or(AppError::not_found("customer", request.customer_id))?;
+        let invoiced_through =
+            lock_invoiced_through(&txn, &[request.customer_id], CustomerLock::Store)
+                .await?
+                .remove(&request.customer_id)
+                .ok_or(AppError::not_found("customer", request.customer_id))?;
         let row = top_up::ActiveModel {
             id: NotSet,
             request_id: Set(request.request_id.clone()),

@@ -566,23 +566,34 @@ async fn lock_customers(conn: &impl ConnectionTrait, customer_ids: &[i64]) -> Re
     Ok(())
 }
 
-/// The last invoiced month of each of `customer_ids` that exists, read so
-/// that issuing cannot change it before this transaction ends: on
-/// PostgreSQL the rows are locked `FOR KEY SHARE` in id order (storers
-/// never wait for each other; an issuer's `FOR UPDATE` waits for them, and
-/// they for it); SQLite's one writer runs write transactions in turn.
+/// How a transaction holds the customer rows whose last invoiced month it
+/// reads (PostgreSQL; SQLite's one writer runs write transactions in turn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CustomerLock {
+    /// Storing calls or top-ups: `FOR KEY SHARE`, so storers never wait
+    /// for each other.
+    Store,
+    /// Issuing: `FOR UPDATE`, which waits for storers and holds new ones
+    /// back until the month is advanced.
+    Issue,
+}
+
+/// The last invoiced month of each of `customer_ids` that exists, read
+/// under `lock` in id order, so that it cannot change before this
+/// transaction ends and overlapping transactions cannot deadlock.
 async fn lock_invoiced_through(
     conn: &impl ConnectionTrait,
     customer_ids: &[i64],
+    lock: CustomerLock,
 ) -> Result<std::collections::HashMap<i64, Option<BillingPeriod>>, AppError> {
     let backend = conn.get_database_backend();
+    let lock = match (backend, lock) {
+        (DatabaseBackend::Postgres, CustomerLock::Store) => " FOR KEY SHARE",
+        (DatabaseBackend::Postgres, CustomerLock::Issue) => " FOR UPDATE",
+        _ => "",
+    };
     let mut through = std::collections::HashMap::with_capacity(customer_ids.len());
     for chunk in customer_ids.chunks(IDS_PER_STATEMENT) {
-        let lock = if backend == DatabaseBackend::Postgres {
-            " FOR KEY SHARE"
-        } else {
-            ""
-        };
         let (marks, ids) = id_list(chunk);
         let sql = format!(
             "SELECT id, invoiced_through FROM customers WHERE id IN ({marks}) ORDER BY id{lock}"

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, Statement};
 
-use super::super::{Store, id_list, instant, micros, statement, value_rows};
+use super::super::{
+    CustomerLock, Store, instant, lock_invoiced_through, micros, statement, value_rows,
+};
 use super::ISSUE_LOCK_KEY;
 use super::read::{MonthQuery, month_rows};
 use crate::domain::invoice::{
@@ -64,25 +66,7 @@ impl Store {
             ))
             .await?;
         }
-        let lock = if backend == DatabaseBackend::Postgres {
-            " FOR UPDATE"
-        } else {
-            ""
-        };
-        let mut through = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(IDS_PER_STATEMENT) {
-            let (marks, values) = id_list(chunk);
-            let sql = format!(
-                "SELECT id, invoiced_through FROM customers WHERE id IN ({marks}) ORDER BY id{lock}"
-            );
-            for row in txn.query_all_raw(statement(backend, &sql, values)).await? {
-                let month: Option<i32> = row.try_get_by_index(1)?;
-                through.insert(
-                    row.try_get_by_index::<i64>(0)?,
-                    month.map(BillingPeriod::from_key).transpose()?,
-                );
-            }
-        }
+        let through = lock_invoiced_through(&txn, &ids, CustomerLock::Issue).await?;
         Ok((IssueTransaction { txn }, through))
     }
 
@@ -417,7 +401,5 @@ async fn place_rows(
 
 /// Invoice rows inserted per statement (14 bound values each).
 const INVOICES_PER_STATEMENT: usize = 1000;
-/// Ids bound per `IN (…)` list.
-const IDS_PER_STATEMENT: usize = 5000;
 /// Invoice lines inserted per statement (6 bound values each).
 const LINES_PER_INSERT: usize = 2000;
