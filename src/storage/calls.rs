@@ -10,8 +10,8 @@ use sea_orm::{
 
 use super::entities::call_segment;
 use super::{
-    CustomerLock, Store, instant, lock_customers, lock_invoiced_through, micros, placeholders,
-    statement, value_rows,
+    CustomerLock, Store, id_list, instant, lock_customers, lock_invoiced_through, micros,
+    placeholders, statement, value_rows,
 };
 use crate::domain::invoice::billing_period_of;
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
@@ -37,8 +37,9 @@ impl Store {
     ///
     /// Each call is billed in the month it started in, or, when its
     /// customer's invoices already cover that month, in the customer's first
-    /// month not invoiced yet (`invoice::billing_period_of`), decided in this
-    /// transaction under a lock of the customer's row that issuing waits for.
+    /// month not invoiced yet (`invoice::billing_period_of`), decided in the
+    /// statement or transaction that stores it, under a lock of the
+    /// customer's row that issuing waits for (see [`Months`]).
     ///
     /// Each call's outcome is reported in order: newly inserted, a duplicate
     /// of the call stored under its `call_id` (earlier, or earlier in this
@@ -75,12 +76,38 @@ impl Store {
         }
         // Unkeyed calls (None) sort first; keyed ones in call_id order.
         candidates.sort_by(|a, b| a.record.call_id.cmp(&b.record.call_id));
-        // Always a transaction: each call's billing month is decided from
+        // A batch that only inserts calls, all keyed or all unkeyed, is
+        // first tried as one autocommitted statement guarded by its months
+        // (see `Months::Uncovered`): BEGIN, a read and COMMIT are each a
+        // round trip to the database (on SQLite, to its connection's
+        // thread) that every batch behind it waits for.
+        let unkeyed = candidates.partition_point(|new| new.record.call_id.is_none());
+        let one_statement = candidates.len() <= CALL_ROWS_PER_INSERT
+            && (unkeyed == 0 || unkeyed == candidates.len())
+            && batch
+                .iter()
+                .all(|new| new.balance_debit_micros() == 0 && new.rating.segments.is_empty());
+        if one_statement
+            && let Some(earliest) = candidates.iter().map(|new| new.started_in).min()
+            && let Some(outcomes) = write_calls(
+                &self.writer,
+                batch,
+                &first_of_key,
+                &candidates,
+                Months::Uncovered(earliest),
+            )
+            .await?
+        {
+            return Ok(outcomes);
+        }
+        // Otherwise a transaction: each call's billing month is decided from
         // its customer's last invoiced month, read (and on PostgreSQL
         // locked) before the insert, and an issuer must not advance it in
         // between.
         let txn = self.begin_write().await?;
-        let outcomes = write_calls(&txn, batch, &first_of_key, &candidates).await?;
+        let outcomes = write_calls(&txn, batch, &first_of_key, &candidates, Months::Locked)
+            .await?
+            .ok_or_else(|| AppError::internal("a locked call batch was refused"))?;
         txn.commit().await?;
         Ok(outcomes)
     }
@@ -184,19 +211,52 @@ impl Store {
 /// The statements of [`Store::store_calls`] on `conn` (a transaction, or
 /// the writer's pool for a batch of one insert): the insert, the lookup of
 /// conflicting keys, segment rows and debits, and each call's outcome.
+/// How a batch learns its customers' last invoiced months, which decide its
+/// calls' billing months.
+#[derive(Debug, Clone, Copy)]
+enum Months {
+    /// Read, and on PostgreSQL locked `FOR KEY SHARE`, before the insert,
+    /// in the transaction the batch is written in.
+    Locked,
+    /// Not read: the batch is one statement, written only if no customer
+    /// of it has an invoice covering this month or a later one (the
+    /// earliest month its calls started in). Then each call's billing month
+    /// is the month it started in, whatever `billing_period_of` is handed
+    /// for the customer's last invoiced month, so it is handed none. On
+    /// PostgreSQL the statement locks the customers `FOR KEY SHARE` before
+    /// it checks them, as the read of `Locked` does.
+    Uncovered(BillingPeriod),
+}
+
+/// Writes `candidates` (and judges the rest of `batch` against them) on
+/// `conn`; `None` when `Months::Uncovered` did not hold and nothing was
+/// written.
 async fn write_calls<C: ConnectionTrait>(
     conn: &C,
     batch: &[NewCall],
     first_of_key: &HashMap<String, usize>,
     candidates: &[&NewCall],
-) -> AppResult<Vec<AppResult<StoredCall>>> {
+    months: Months,
+) -> AppResult<Option<Vec<AppResult<StoredCall>>>> {
     let mut customer_ids: Vec<i64> = candidates
         .iter()
         .map(|new| new.record.customer_id)
         .collect();
     customer_ids.sort_unstable();
     customer_ids.dedup();
-    let invoiced_through = lock_invoiced_through(conn, &customer_ids, CustomerLock::Store).await?;
+    let (invoiced_through, guard) = match months {
+        Months::Locked => (
+            lock_invoiced_through(conn, &customer_ids, CustomerLock::Store).await?,
+            None,
+        ),
+        Months::Uncovered(earliest) => (
+            HashMap::new(),
+            Some(Uncovered {
+                customer_ids: &customer_ids,
+                earliest,
+            }),
+        ),
+    };
     let billing_period = |new: &NewCall| {
         let through = invoiced_through
             .get(&new.record.customer_id)
@@ -210,7 +270,17 @@ async fn write_calls<C: ConnectionTrait>(
     let (unkeyed_rows, keyed_rows) = candidates.split_at(split);
     let mut inserted_by_key: HashMap<String, i64> = HashMap::with_capacity(keyed_rows.len());
     for rows in keyed_rows.chunks(CALL_ROWS_PER_INSERT) {
-        for (id, key) in insert_calls(conn, rows, &billing_period).await? {
+        let inserted = insert_calls(conn, rows, &billing_period, guard.as_ref()).await?;
+        // Nothing inserted is either a batch of repeats or a guard that did
+        // not hold; a last invoiced month only advances, so one that covers
+        // the batch now covered it then, and the batch goes the locked way.
+        if inserted.is_empty()
+            && let Some(guard) = &guard
+            && guard.is_covered(conn).await?
+        {
+            return Ok(None);
+        }
+        for (id, key) in inserted {
             if let Some(key) = key {
                 inserted_by_key.insert(key, id);
             }
@@ -223,11 +293,15 @@ async fn write_calls<C: ConnectionTrait>(
     let mut inserted_unkeyed: HashMap<UnkeyedCall, Vec<Call>> = HashMap::new();
     for rows in unkeyed_rows.chunks(CALL_ROWS_PER_INSERT) {
         if conn.get_database_backend() == DatabaseBackend::Sqlite {
-            let mut ids: Vec<i64> = insert_calls(conn, rows, &billing_period)
+            let mut ids: Vec<i64> = insert_calls(conn, rows, &billing_period, guard.as_ref())
                 .await?
                 .into_iter()
                 .map(|(id, _)| id)
                 .collect();
+            // NULL never conflicts: only the guard inserts none.
+            if ids.is_empty() && guard.is_some() {
+                return Ok(None);
+            }
             if ids.len() != rows.len() {
                 return Err(AppError::internal(format!(
                     "{} of {} calls without call_id were inserted",
@@ -243,17 +317,22 @@ async fn write_calls<C: ConnectionTrait>(
                     .push(stored_call(new, id, billing_period(new)));
             }
         } else {
-            // NULL never conflicts, so every row comes back.
-            let sql = format!(
-                "INSERT INTO calls ({CALL_INSERT_COLUMNS}) VALUES {} \
-                 RETURNING {STORED_CALL_COLUMNS}",
-                value_rows(rows.len(), CALL_INSERT_WIDTH)
-            );
+            // NULL never conflicts, so every row comes back (none when the
+            // guard does not hold).
             let backend = conn.get_database_backend();
-            for row in conn
-                .query_all_raw(statement(backend, &sql, call_values(rows, &billing_period)))
-                .await?
-            {
+            let (sql, values) = guarded_insert(
+                CALL_INSERT_COLUMNS,
+                rows.len(),
+                CALL_INSERT_WIDTH,
+                call_values(rows, &billing_period),
+                guard.as_ref().map(|guard| (guard, backend)),
+                &format!("RETURNING {STORED_CALL_COLUMNS}"),
+            );
+            let returned = conn.query_all_raw(statement(backend, &sql, values)).await?;
+            if returned.is_empty() && guard.is_some() {
+                return Ok(None);
+            }
+            for row in returned {
                 let call = call_from_row(&row)?;
                 inserted_unkeyed
                     .entry(UnkeyedCall::of_call(&call))
@@ -356,7 +435,123 @@ async fn write_calls<C: ConnectionTrait>(
             .await?;
     }
     debit_balances(conn, &debits).await?;
-    Ok(outcomes)
+    Ok(Some(outcomes))
+}
+
+/// The condition of [`Months::Uncovered`] for one statement: no customer
+/// of `customer_ids` has an invoice covering `earliest` or a later month.
+struct Uncovered<'a> {
+    customer_ids: &'a [i64],
+    earliest: BillingPeriod,
+}
+
+impl Uncovered<'_> {
+    /// Whether some customer's invoices cover `earliest` now.
+    async fn is_covered(&self, conn: &impl ConnectionTrait) -> AppResult<bool> {
+        let (marks, mut values) = id_list(self.customer_ids);
+        values.push(self.earliest.key().into());
+        let sql = format!(
+            "SELECT 1 FROM customers WHERE id IN ({marks}) AND invoiced_through >= ? LIMIT 1"
+        );
+        let backend = conn.get_database_backend();
+        Ok(conn
+            .query_one_raw(statement(backend, &sql, values))
+            .await?
+            .is_some())
+    }
+}
+
+impl Uncovered<'_> {
+    /// The guard as SQL: what leads the statement (a `WITH` on
+    /// PostgreSQL) and the condition for its `WHERE`, each with its values.
+    /// PostgreSQL locks the customers `FOR KEY SHARE` before it reads their
+    /// months, and reads a row an issuer updated meanwhile as committed
+    /// (READ COMMITTED re-reads the rows it locks); SQLite's one writer
+    /// needs no lock.
+    fn sql(&self, backend: DatabaseBackend) -> GuardSql {
+        let (marks, ids) = id_list(self.customer_ids);
+        let earliest = sea_orm::Value::from(self.earliest.key());
+        if backend == DatabaseBackend::Postgres {
+            GuardSql {
+                lead: format!(
+                    "WITH locked AS (SELECT invoiced_through FROM customers \
+                     WHERE id IN ({marks}) ORDER BY id FOR KEY SHARE) "
+                ),
+                lead_values: ids,
+                condition: String::from(
+                    "NOT EXISTS (SELECT 1 FROM locked WHERE invoiced_through >= ?)",
+                ),
+                condition_values: vec![earliest],
+            }
+        } else {
+            let mut condition_values = ids;
+            condition_values.push(earliest);
+            GuardSql {
+                lead: String::new(),
+                lead_values: Vec::new(),
+                condition: format!(
+                    "NOT EXISTS (SELECT 1 FROM customers \
+                     WHERE id IN ({marks}) AND invoiced_through >= ?)"
+                ),
+                condition_values,
+            }
+        }
+    }
+}
+
+/// An [`Uncovered`] guard as parts of a statement.
+struct GuardSql {
+    lead: String,
+    lead_values: Vec<sea_orm::Value>,
+    condition: String,
+    condition_values: Vec<sea_orm::Value>,
+}
+
+impl GuardSql {
+    /// No guard: nothing leads, and the condition always holds.
+    fn none() -> Self {
+        Self {
+            lead: String::new(),
+            lead_values: Vec::new(),
+            condition: String::from("true"),
+            condition_values: Vec::new(),
+        }
+    }
+
+    /// The values of a statement whose placeholders are the lead's, then
+    /// `middle`, then the condition's.
+    fn values_around(self, middle: Vec<sea_orm::Value>) -> Vec<sea_orm::Value> {
+        let mut values = self.lead_values;
+        values.extend(middle);
+        values.extend(self.condition_values);
+        values
+    }
+}
+
+/// `INSERT INTO calls (columns)` of `rows` (one row per `width` of
+/// `row_values`) followed by `tail`; under `guard`, a statement that
+/// inserts nothing unless the guard holds.
+fn guarded_insert(
+    columns: &str,
+    rows: usize,
+    width: usize,
+    row_values: Vec<sea_orm::Value>,
+    guard: Option<(&Uncovered<'_>, DatabaseBackend)>,
+    tail: &str,
+) -> (String, Vec<sea_orm::Value>) {
+    let list = value_rows(rows, width);
+    let Some((guard, backend)) = guard else {
+        return (
+            format!("INSERT INTO calls ({columns}) VALUES {list} {tail}"),
+            row_values,
+        );
+    };
+    let sql = guard.sql(backend);
+    let text = format!(
+        "{}INSERT INTO calls ({columns}) SELECT * FROM (VALUES {list}) AS v WHERE {} {tail}",
+        sql.lead, sql.condition
+    );
+    (text, sql.values_around(row_values))
 }
 
 /// Takes each customer's debit from its prepaid balance: per
@@ -586,39 +781,44 @@ async fn insert_calls<C: ConnectionTrait>(
     conn: &C,
     rows: &[&NewCall],
     billing_period: &impl Fn(&NewCall) -> BillingPeriod,
+    guard: Option<&Uncovered<'_>>,
 ) -> AppResult<Vec<(i64, Option<String>)>> {
     let backend = conn.get_database_backend();
     let (sql, values) = if backend == DatabaseBackend::Sqlite {
         // Each row's position comes first, bound like every other value.
-        let values = call_values(rows, billing_period)
+        let positioned = call_values(rows, billing_period)
             .chunks(CALL_INSERT_WIDTH)
             .zip(1_i64..)
             .flat_map(|(row, position)| std::iter::once(position.into()).chain(row.iter().cloned()))
             .collect();
         // SQLite names a VALUES list's columns column1, column2, …; the
-        // first is the position. `WHERE true` keeps ON CONFLICT from being
-        // read as a join's ON.
+        // first is the position. The WHERE (`true` without a guard) keeps
+        // ON CONFLICT from being read as a join's ON.
         let bound: Vec<String> = (2..=CALL_INSERT_WIDTH + 1)
             .map(|n| format!("column{n}"))
             .collect();
+        let guard = guard.map_or_else(GuardSql::none, |guard| guard.sql(backend));
         let sql = format!(
-            "INSERT INTO calls (id, {CALL_INSERT_COLUMNS}) \
+            "{}INSERT INTO calls (id, {CALL_INSERT_COLUMNS}) \
              SELECT (SELECT IFNULL(MAX(id), 0) FROM calls) + column1, {} \
-             FROM (VALUES {}) WHERE true \
+             FROM (VALUES {}) WHERE {} \
              ON CONFLICT (call_id) DO NOTHING \
              RETURNING id, call_id",
+            guard.lead,
             bound.join(", "),
-            value_rows(rows.len(), CALL_INSERT_WIDTH + 1)
+            value_rows(rows.len(), CALL_INSERT_WIDTH + 1),
+            guard.condition,
         );
-        (sql, values)
+        (sql, guard.values_around(positioned))
     } else {
-        let sql = format!(
-            "INSERT INTO calls ({CALL_INSERT_COLUMNS}) VALUES {} \
-             ON CONFLICT (call_id) DO NOTHING \
-             RETURNING id, call_id",
-            value_rows(rows.len(), CALL_INSERT_WIDTH)
-        );
-        (sql, call_values(rows, billing_period))
+        guarded_insert(
+            CALL_INSERT_COLUMNS,
+            rows.len(),
+            CALL_INSERT_WIDTH,
+            call_values(rows, billing_period),
+            guard.map(|guard| (guard, backend)),
+            "ON CONFLICT (call_id) DO NOTHING RETURNING id, call_id",
+        )
     };
     let mut inserted = Vec::with_capacity(rows.len());
     for row in conn.query_all_raw(statement(backend, &sql, values)).await? {

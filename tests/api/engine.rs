@@ -119,6 +119,70 @@ async fn a_late_call_is_in_the_preview_of_the_month_that_bills_it_and_the_invoic
     assert_eq!(history[0].invoice_id, november.id);
 }
 
+/// Storing writes a batch without reading its customers' months first
+/// when none of them is invoiced: every shape of batch (with and without
+/// `call_id`, one call or a stream, a repeat of a late call) must still put
+/// a call of an invoiced month into the next one.
+#[tokio::test]
+async fn late_calls_are_billed_in_the_first_open_month_however_they_are_sent() {
+    let app = app_with_grace("2026-11-01T10:00:00Z", false).await;
+    let plan = postpaid_100(&app).await;
+    let customer = app.customer(plan.id, 1, vec![]).await.id;
+    let other = app.customer(plan.id, 2, vec![]).await.id;
+    app.clock.set(at("2026-12-01T05:00:00Z"));
+    issued(&app, customer, period(2026, 11)).await;
+    app.clock.set(at("2026-12-05T12:00:00Z"));
+
+    let unkeyed = add_call_at(&app, customer, 60, "2026-11-30T20:00:00Z").await;
+    assert_eq!(unkeyed.billing_period, period(2026, 12));
+
+    let mut keyed = call(customer, 120);
+    keyed.started_at = Some(ts("2026-11-29T08:00:00Z"));
+    keyed.call_id = "late-1".into();
+    let first = app
+        .calls
+        .clone()
+        .add_call(keyed.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.call.unwrap().billing_period, period(2026, 12));
+    let again = app
+        .calls
+        .clone()
+        .add_call(keyed)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.call.unwrap().billing_period, period(2026, 12));
+
+    // One stream: the other customer's November is open, this one's is not.
+    let records: Vec<pb::AddCallRequest> = [
+        (customer, "late-2", "2026-11-28T08:00:00Z"),
+        (other, "open-1", "2026-11-28T08:00:00Z"),
+        (customer, "", "2026-12-02T08:00:00Z"),
+    ]
+    .into_iter()
+    .map(|(customer_id, key, started)| {
+        let mut record = call(customer_id, 60);
+        record.started_at = Some(ts(started));
+        record.call_id = key.into();
+        record
+    })
+    .collect();
+    let report = app.ingest(records).await;
+    assert_eq!((report.accepted, report.rejected), (3, 0));
+    let months = |calls: Vec<pb::Call>| -> Vec<Option<pb::BillingPeriod>> {
+        calls.into_iter().map(|c| c.billing_period).collect()
+    };
+    assert_eq!(
+        months(app.history(customer).await),
+        vec![period(2026, 12); 4]
+    );
+    assert_eq!(months(app.history(other).await), vec![period(2026, 11)]);
+}
+
 #[tokio::test]
 async fn a_call_before_the_customer_existed_is_refused_naming_started_at() {
     let app = app_with_grace("2026-11-15T12:00:00Z", false).await;
