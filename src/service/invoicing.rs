@@ -30,12 +30,19 @@ use crate::shutdown::{Stopping, until_stopping};
 use crate::storage::{FeedEvent, InvoiceFilter, MonthQuery, NewInvoice, Store};
 
 /// Customers fetched per page while running a billing cycle.
-const CYCLE_PAGE: u64 = 2000;
+const CYCLE_PAGE: u64 = 10_000;
 /// Invoices issued per transaction by a billing cycle: one commit and a
-/// fixed number of set-based statements for many. It bounds the memory of
-/// a chunk (the rows it reads) and how long a transaction holds its
-/// customers' locks.
-const CYCLE_TRANSACTION: usize = 1000;
+/// fixed number of set-based statements for many. It bounds how long a
+/// transaction holds its customers' locks (storing their calls waits) and
+/// the memory of a chunk (the rows it reads): for plans whose invoices need
+/// only sums, a row per customer, so a chunk is large and the month's calls
+/// are read in few passes (on PostgreSQL, whose heap keeps arrival order,
+/// each pass reads most of the table's pages: BENCHMARKS.md, "One invoice
+/// engine");
+const CYCLE_TRANSACTION_SUMMED: usize = 5_000;
+/// for plans whose invoices need every call (included minutes, tariffs),
+/// each call, so a chunk is smaller.
+const CYCLE_TRANSACTION_EACH_CALL: usize = 1_000;
 
 /// What issuing did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -487,16 +494,19 @@ impl Invoicing {
                     slot.insert(self.store.plan(pending.plan_id).await?);
                 }
             }
-            for chunk in page.chunks(CYCLE_TRANSACTION) {
-                let billed: Vec<Billed<'_>> = chunk
-                    .iter()
-                    .map(|pending| Billed {
-                        customer_id: pending.customer_id,
-                        created_at: pending.created_at,
-                        plan: &plans[&pending.plan_id],
-                    })
-                    .collect();
-                for (customer_id, result) in self.issue_chunk(&billed, period, now).await? {
+            let (summed, each_call): (Vec<Billed<'_>>, Vec<Billed<'_>>) = page
+                .iter()
+                .map(|pending| Billed {
+                    customer_id: pending.customer_id,
+                    created_at: pending.created_at,
+                    plan: &plans[&pending.plan_id],
+                })
+                .partition(|billed| UsageDetail::of(billed.plan) == UsageDetail::Summed);
+            let chunks = summed
+                .chunks(CYCLE_TRANSACTION_SUMMED)
+                .chain(each_call.chunks(CYCLE_TRANSACTION_EACH_CALL));
+            for billed in chunks {
+                for (customer_id, result) in self.issue_chunk(billed, period, now).await? {
                     match result {
                         Ok(report) => {
                             summary.earlier_issued +=
