@@ -14,6 +14,7 @@ mod m20261124_000006_included_tariffs;
 mod m20261124_000007_uninvoiced_index;
 mod m20261125_000008_calls_by_customer;
 mod m20261202_000009_billing_periods;
+mod m20261202_000010_keys_per_customer;
 
 /// The service's migrations, oldest first.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000007_uninvoiced_index::Migration),
             Box::new(m20261125_000008_calls_by_customer::Migration),
             Box::new(m20261202_000009_billing_periods::Migration),
+            Box::new(m20261202_000010_keys_per_customer::Migration),
         ]
     }
 }

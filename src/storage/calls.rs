@@ -61,21 +61,31 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        // The first record of each call_id is the one that may be inserted;
+        // The first record of each key is the one that may be inserted;
         // repeats within the batch are judged against whatever is stored.
-        let mut first_of_key: HashMap<String, usize> = HashMap::new();
+        let mut first_of_key: HashMap<CallKey, usize> = HashMap::new();
         let mut candidates: Vec<&NewCall> = Vec::with_capacity(batch.len());
         for (index, new) in batch.iter().enumerate() {
-            let first = match &new.record.call_id {
-                Some(key) => *first_of_key.entry(key.clone()).or_insert(index) == index,
+            let first = match call_key(new) {
+                Some(key) => *first_of_key.entry(key).or_insert(index) == index,
                 None => true,
             };
             if first {
                 candidates.push(new);
             }
         }
-        // Unkeyed calls (None) sort first; keyed ones in call_id order.
-        candidates.sort_by(|a, b| a.record.call_id.cmp(&b.record.call_id));
+        // Unkeyed calls sort first; keyed ones in the order of their unique
+        // index, `(customer_id, call_id)`.
+        candidates.sort_by(|a, b| {
+            let order = |new: &NewCall| {
+                (
+                    new.record.call_id.is_some(),
+                    new.record.customer_id,
+                    new.record.call_id.clone(),
+                )
+            };
+            order(a).cmp(&order(b))
+        });
         // A batch that only inserts calls, all keyed or all unkeyed, is
         // first tried as one autocommitted statement guarded by its months
         // (see `Months::Uncovered`): BEGIN, a read and COMMIT are each a
@@ -234,7 +244,7 @@ enum Months {
 async fn write_calls<C: ConnectionTrait>(
     conn: &C,
     batch: &[NewCall],
-    first_of_key: &HashMap<String, usize>,
+    first_of_key: &HashMap<CallKey, usize>,
     candidates: &[&NewCall],
     months: Months,
 ) -> AppResult<Option<Vec<AppResult<StoredCall>>>> {
@@ -268,7 +278,7 @@ async fn write_calls<C: ConnectionTrait>(
     // the stored call is the record as rated, so nothing else is read back.
     let split = candidates.partition_point(|new| new.record.call_id.is_none());
     let (unkeyed_rows, keyed_rows) = candidates.split_at(split);
-    let mut inserted_by_key: HashMap<String, i64> = HashMap::with_capacity(keyed_rows.len());
+    let mut inserted_by_key: HashMap<CallKey, i64> = HashMap::with_capacity(keyed_rows.len());
     for rows in keyed_rows.chunks(CALL_ROWS_PER_INSERT) {
         let inserted = insert_calls(conn, rows, &billing_period, guard.as_ref()).await?;
         // Nothing inserted is either a batch of repeats or a guard that did
@@ -280,9 +290,9 @@ async fn write_calls<C: ConnectionTrait>(
         {
             return Ok(None);
         }
-        for (id, key) in inserted {
+        for (id, customer_id, key) in inserted {
             if let Some(key) = key {
-                inserted_by_key.insert(key, id);
+                inserted_by_key.insert((customer_id, key), id);
             }
         }
     }
@@ -296,7 +306,7 @@ async fn write_calls<C: ConnectionTrait>(
             let mut ids: Vec<i64> = insert_calls(conn, rows, &billing_period, guard.as_ref())
                 .await?
                 .into_iter()
-                .map(|(id, _)| id)
+                .map(|(id, _, _)| id)
                 .collect();
             // NULL never conflicts: only the guard inserts none.
             if ids.is_empty() && guard.is_some() {
@@ -341,30 +351,46 @@ async fn write_calls<C: ConnectionTrait>(
             }
         }
     }
-    let conflicting: Vec<&str> = first_of_key
+    let conflicting: Vec<&CallKey> = first_of_key
         .keys()
-        .map(String::as_str)
         .filter(|key| !inserted_by_key.contains_key(*key))
         .collect();
-    let mut stored_by_key: HashMap<String, Call> = HashMap::new();
-    if !conflicting.is_empty() {
-        let sql = format!(
-            "SELECT {CALL_COLUMNS} FROM calls c WHERE c.call_id IN ({})",
-            placeholders(conflicting.len())
+    let mut stored_by_key: HashMap<CallKey, Call> = HashMap::new();
+    for chunk in conflicting.chunks(CALL_ROWS_PER_INSERT) {
+        // The batch's customers' calls with any of the keys, of which only
+        // each customer's own keys are kept: a key is its customer's.
+        let mut customer_ids: Vec<i64> =
+            chunk.iter().map(|(customer_id, _)| *customer_id).collect();
+        customer_ids.sort_unstable();
+        customer_ids.dedup();
+        let (marks, mut values) = id_list(&customer_ids);
+        values.extend(
+            chunk
+                .iter()
+                .map(|(_, key)| sea_orm::Value::from(key.as_str())),
         );
-        let keys = conflicting.into_iter().map(sea_orm::Value::from).collect();
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM calls c \
+             WHERE c.customer_id IN ({marks}) AND c.call_id IN ({})",
+            placeholders(chunk.len())
+        );
         let backend = conn.get_database_backend();
         let mut stored: Vec<Call> = conn
-            .query_all_raw(statement(backend, &sql, keys))
+            .query_all_raw(statement(backend, &sql, values))
             .await?
             .iter()
             .map(call_from_row)
             .collect::<Result<_, _>>()?;
+        stored.retain(|call| {
+            call.call_id
+                .as_ref()
+                .is_some_and(|key| first_of_key.contains_key(&(call.customer_id, key.clone())))
+        });
         attach_segments(conn, &mut stored).await?;
         attach_invoices(conn, &mut stored).await?;
         for call in stored {
             if let Some(key) = call.call_id.clone() {
-                stored_by_key.insert(key, call);
+                stored_by_key.insert((call.customer_id, key), call);
             }
         }
     }
@@ -374,7 +400,8 @@ async fn write_calls<C: ConnectionTrait>(
     let repeated_keys = candidates.len() < batch.len();
     let mut outcomes = Vec::with_capacity(batch.len());
     for (index, new) in batch.iter().enumerate() {
-        let newly_stored = match new.record.call_id.as_deref() {
+        let key = call_key(new);
+        let newly_stored = match &key {
             Some(key) if first_of_key.get(key) == Some(&index) => inserted_by_key
                 .remove(key)
                 .map(|id| stored_call(new, id, billing_period(new))),
@@ -383,7 +410,7 @@ async fn write_calls<C: ConnectionTrait>(
                 .get_mut(&UnkeyedCall::of_new(new))
                 .and_then(Vec::pop),
         };
-        let outcome = match (newly_stored, new.record.call_id.clone()) {
+        let outcome = match (newly_stored, key) {
             (Some(mut call), key) => {
                 let amount = new.balance_debit_micros();
                 if amount != 0 {
@@ -408,15 +435,17 @@ async fn write_calls<C: ConnectionTrait>(
                 let stored = stored_by_key.get(&key).ok_or_else(|| {
                     AppError::internal(format!(
                         "call_id {} neither inserted nor stored",
-                        shown(&key)
+                        shown(&key.1)
                     ))
                 })?;
                 if new.record.describes(stored) {
                     Ok(StoredCall::Duplicate(stored.clone()))
                 } else {
                     Err(AppError::AlreadyExists(format!(
-                        "call_id {} is already stored with different content (call {})",
-                        shown(&key),
+                        "call_id {} is already stored for customer {} with different content \
+                         (call {})",
+                        shown(&key.1),
+                        stored.customer_id,
                         stored.id
                     )))
                 }
@@ -436,6 +465,18 @@ async fn write_calls<C: ConnectionTrait>(
     }
     debit_balances(conn, &debits).await?;
     Ok(Some(outcomes))
+}
+
+/// A call's idempotency key: its customer and its `call_id`, unique
+/// together (`idx_calls_customer_call_id`).
+type CallKey = (i64, String);
+
+/// The key of `new`, if it has a `call_id`.
+fn call_key(new: &NewCall) -> Option<CallKey> {
+    new.record
+        .call_id
+        .clone()
+        .map(|key| (new.record.customer_id, key))
 }
 
 /// The condition of [`Months::Uncovered`] for one statement: no customer
@@ -782,7 +823,7 @@ async fn insert_calls<C: ConnectionTrait>(
     rows: &[&NewCall],
     billing_period: &impl Fn(&NewCall) -> BillingPeriod,
     guard: Option<&Uncovered<'_>>,
-) -> AppResult<Vec<(i64, Option<String>)>> {
+) -> AppResult<Vec<(i64, i64, Option<String>)>> {
     let backend = conn.get_database_backend();
     let (sql, values) = if backend == DatabaseBackend::Sqlite {
         // Each row's position comes first, bound like every other value.
@@ -802,8 +843,8 @@ async fn insert_calls<C: ConnectionTrait>(
             "{}INSERT INTO calls (id, {CALL_INSERT_COLUMNS}) \
              SELECT (SELECT IFNULL(MAX(id), 0) FROM calls) + column1, {} \
              FROM (VALUES {}) WHERE {} \
-             ON CONFLICT (call_id) DO NOTHING \
-             RETURNING id, call_id",
+             ON CONFLICT (customer_id, call_id) DO NOTHING \
+             RETURNING id, customer_id, call_id",
             guard.lead,
             bound.join(", "),
             value_rows(rows.len(), CALL_INSERT_WIDTH + 1),
@@ -817,12 +858,16 @@ async fn insert_calls<C: ConnectionTrait>(
             CALL_INSERT_WIDTH,
             call_values(rows, billing_period),
             guard.map(|guard| (guard, backend)),
-            "ON CONFLICT (call_id) DO NOTHING RETURNING id, call_id",
+            "ON CONFLICT (customer_id, call_id) DO NOTHING RETURNING id, customer_id, call_id",
         )
     };
     let mut inserted = Vec::with_capacity(rows.len());
     for row in conn.query_all_raw(statement(backend, &sql, values)).await? {
-        inserted.push((row.try_get_by_index(0)?, row.try_get_by_index(1)?));
+        inserted.push((
+            row.try_get_by_index(0)?,
+            row.try_get_by_index(1)?,
+            row.try_get_by_index(2)?,
+        ));
     }
     Ok(inserted)
 }

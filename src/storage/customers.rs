@@ -352,7 +352,7 @@ impl Store {
         self.customer(customer_id).await
     }
 
-    /// Credits a balance once per `request_id` (whether the customer may be
+    /// Credits a balance once per customer and `request_id` (whether the customer may be
     /// topped up is the caller's rule). The top-up row and the balance change
     /// commit together, so a retry never credits twice.
     ///
@@ -380,7 +380,7 @@ impl Store {
             billing_period: Set(billing_period_of(made_in, invoiced_through).key()),
         };
         let inserted = top_up::Entity::insert(row)
-            .on_conflict_do_nothing_on([top_up::Column::RequestId])
+            .on_conflict_do_nothing_on([top_up::Column::CustomerId, top_up::Column::RequestId])
             .exec_without_returning(&txn)
             .await?;
         let duplicate = match inserted {
@@ -407,16 +407,16 @@ impl Store {
             }
             TryInsertResult::Inserted(_) | TryInsertResult::Conflicted | TryInsertResult::Empty => {
                 let earlier = top_up::Entity::find()
+                    .filter(top_up::Column::CustomerId.eq(request.customer_id))
                     .filter(top_up::Column::RequestId.eq(request.request_id.as_str()))
                     .one(&txn)
                     .await?
                     .ok_or_else(|| AppError::internal("conflicting top-up vanished"))?;
-                if earlier.customer_id != request.customer_id
-                    || earlier.amount_micros != request.amount_micros
-                {
+                if earlier.amount_micros != request.amount_micros {
                     return Err(AppError::AlreadyExists(format!(
-                        "request_id {} was already used for a different top-up",
-                        shown(&request.request_id)
+                        "request_id {} was already used for a different top-up of customer {}",
+                        shown(&request.request_id),
+                        request.customer_id
                     )));
                 }
                 true

@@ -18,4 +18,5 @@ mod replicas;
 mod robustness;
 mod scaling;
 mod tariffs;
+mod tenants;
 mod tls;

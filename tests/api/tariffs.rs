@@ -568,9 +568,9 @@ async fn calls_and_their_segments_survive_the_rebuild_of_the_calls_table() {
     before.stop().await;
 
     let db = sea_orm::Database::connect(&database.url).await.unwrap();
-    // Back past migration 000008, which rebuilt `calls` (and 000009 after
-    // it), then up again.
-    <migration::Migrator as migration::MigratorTrait>::down(&db, Some(2))
+    // Back past migration 000008, which rebuilt `calls` (and 000009 and
+    // 000010 after it, which rebuilds it again), then up again.
+    <migration::Migrator as migration::MigratorTrait>::down(&db, Some(3))
         .await
         .unwrap();
     db.close().await.unwrap();

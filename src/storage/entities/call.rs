@@ -7,7 +7,7 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    #[sea_orm(unique)]
+    /// Unique per customer (with `customer_id`).
     pub call_id: Option<String>,
     pub customer_id: i64,
     pub started_at: i64,

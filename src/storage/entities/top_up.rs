@@ -1,4 +1,4 @@
-//! The `top_ups` table: prepaid credits, unique by `request_id`.
+//! The `top_ups` table: prepaid credits, unique by customer and `request_id`.
 
 use sea_orm::entity::prelude::*;
 
@@ -7,7 +7,7 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    #[sea_orm(unique)]
+    /// Unique per customer (with `customer_id`).
     pub request_id: String,
     pub customer_id: i64,
     pub amount_micros: i64,

@@ -1,0 +1,168 @@
+//! Idempotency keys belong to the customer: `calls.call_id` is unique per
+//! customer (`idx_calls_customer_call_id` on `(customer_id, call_id)`), and
+//! so is `top_ups.request_id` (`idx_top_ups_customer_request`), instead of
+//! across the whole service, so one tenant's keys can neither block nor
+//! reveal another's. Keys unique across the service are unique per
+//! customer, so every stored row stays valid.
+//!
+//! PostgreSQL drops the old unique constraints. SQLite cannot drop a
+//! column's `UNIQUE`: the table is rebuilt from its own definition without
+//! it, keeping every row, index and trigger.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{DatabaseBackend, QueryResult, Statement};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+/// A table whose key becomes unique per customer.
+struct Keyed {
+    table: &'static str,
+    /// The key's column definition with `UNIQUE`, as the table's SQLite
+    /// definition holds it, and without.
+    unique_column: &'static str,
+    plain_column: &'static str,
+    /// PostgreSQL's name for the column's unique constraint.
+    constraint: &'static str,
+    /// The index that replaces it.
+    index: &'static str,
+    /// Its columns.
+    columns: &'static str,
+    /// The order the rows are copied back in on SQLite (its key's).
+    order: &'static str,
+}
+
+const KEYED: [Keyed; 2] = [
+    Keyed {
+        table: "calls",
+        unique_column: "call_id varchar NULL UNIQUE",
+        plain_column: "call_id varchar NULL",
+        constraint: "calls_call_id_key",
+        index: "idx_calls_customer_call_id",
+        columns: "customer_id, call_id",
+        order: "customer_id, started_at, id",
+    },
+    Keyed {
+        table: "top_ups",
+        unique_column: "\"request_id\" varchar NOT NULL UNIQUE",
+        plain_column: "\"request_id\" varchar NOT NULL",
+        constraint: "top_ups_request_id_key",
+        index: "idx_top_ups_customer_request",
+        columns: "customer_id, request_id",
+        order: "id",
+    },
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    /// One transaction: a failed rebuild leaves the tables as they were.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        for keyed in &KEYED {
+            let index = format!(
+                "CREATE UNIQUE INDEX {} ON {} ({})",
+                keyed.index, keyed.table, keyed.columns
+            );
+            if manager.get_database_backend() == DatabaseBackend::Sqlite {
+                rebuild(manager, keyed, keyed.unique_column, keyed.plain_column).await?;
+            } else {
+                db.execute_unprepared(&format!(
+                    "ALTER TABLE {} DROP CONSTRAINT {}",
+                    keyed.table, keyed.constraint
+                ))
+                .await?;
+            }
+            db.execute_unprepared(&index).await?;
+        }
+        Ok(())
+    }
+
+    /// Keys unique across the service again: fails if two customers use
+    /// the same key by then.
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        for keyed in &KEYED {
+            db.execute_unprepared(&format!("DROP INDEX {}", keyed.index))
+                .await?;
+            if manager.get_database_backend() == DatabaseBackend::Sqlite {
+                rebuild(manager, keyed, keyed.plain_column, keyed.unique_column).await?;
+            } else {
+                db.execute_unprepared(&format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({})",
+                    keyed.table,
+                    keyed.constraint,
+                    keyed.columns.trim_start_matches("customer_id, ")
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replaces SQLite's `keyed.table` by the same table with `from` in its
+/// definition written as `to`, keeping every row, index and trigger, within
+/// the migration's transaction. The rows wait in a copy while the table is
+/// dropped and created again; tables referencing it keep doing so by name,
+/// and their foreign keys are checked at commit (deferred), once every row
+/// is back.
+async fn rebuild(
+    manager: &SchemaManager<'_>,
+    keyed: &Keyed,
+    from: &str,
+    to: &str,
+) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    let table = keyed.table;
+    let schema = |kinds: &str| {
+        Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            format!(
+                "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ({kinds}) \
+                 AND sql IS NOT NULL ORDER BY rowid"
+            ),
+            [table.into()],
+        )
+    };
+    let definition = |rows: Vec<QueryResult>| -> Result<Vec<String>, DbErr> {
+        rows.iter().map(|row| row.try_get_by_index(0)).collect()
+    };
+    let create = definition(db.query_all_raw(schema("'table'")).await?)?
+        .pop()
+        .ok_or_else(|| DbErr::Migration(format!("no table {table}")))?;
+    if !create.contains(from) {
+        return Err(DbErr::Migration(format!(
+            "the definition of {table} does not hold `{from}`: {create}"
+        )));
+    }
+    let indexes = definition(db.query_all_raw(schema("'index'")).await?)?;
+    let triggers = definition(db.query_all_raw(schema("'trigger'")).await?)?;
+    db.execute_unprepared("PRAGMA defer_foreign_keys = ON")
+        .await?;
+    db.execute_unprepared(&format!(
+        "CREATE TABLE {table}_rebuilt AS SELECT * FROM {table}"
+    ))
+    .await?;
+    db.execute_unprepared(&format!("DROP TABLE {table}"))
+        .await?;
+    db.execute_unprepared(&create.replacen(from, to, 1)).await?;
+    for index in &indexes {
+        db.execute_unprepared(index).await?;
+    }
+    db.execute_unprepared(&format!(
+        "INSERT INTO {table} SELECT * FROM {table}_rebuilt ORDER BY {}",
+        keyed.order
+    ))
+    .await?;
+    db.execute_unprepared(&format!("DROP TABLE {table}_rebuilt"))
+        .await?;
+    // After the copy: the triggers check new rows, which these are not.
+    for trigger in &triggers {
+        db.execute_unprepared(trigger).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Tenants cannot touch each other: idempotency keys belong to the
+//! customer, so the same `call_id` or `request_id` for two customers is two
+//! records, and a clash reports only on the caller's own customer's record.
+
+use billing::grpc::pb::{self, PlanKind};
+use tonic::Code;
+
+use crate::helpers::{at, call, spawn_app_at, ts};
+
+fn keyed(customer_id: i64, seconds: i64, key: &str) -> pb::AddCallRequest {
+    let mut request = call(customer_id, seconds);
+    request.call_id = key.into();
+    request.started_at = Some(ts("2026-07-01T00:00:00Z"));
+    request
+}
+
+#[tokio::test]
+async fn the_same_call_id_for_two_customers_is_two_calls_and_a_clash_names_only_the_own_call() {
+    let app = spawn_app_at(at("2026-07-15T00:00:00Z")).await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 60).await;
+    let operator_a = app.operator("Operator A").await;
+    let operator_b = app.operator("Operator B").await;
+    let customer_a = app.customer(plan.id, 1, vec![operator_a.id]).await.id;
+    let customer_b = app.customer(plan.id, 2, vec![operator_b.id]).await.id;
+    let mut calls = app.calls.clone();
+
+    // B's switch stores a one-second call first; A's real hour-long call
+    // with the same key is A's own.
+    let b_call = calls
+        .add_call(keyed(customer_b, 1, "sw1-000123"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!b_call.duplicate);
+    let a_call = calls
+        .add_call(keyed(customer_a, 3600, "sw1-000123"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!a_call.duplicate);
+    let (a_call, b_call) = (a_call.call.unwrap(), b_call.call.unwrap());
+    assert_ne!(a_call.id, b_call.id);
+    assert_eq!(
+        (a_call.customer_id, a_call.cost_micros),
+        (customer_a, 3_600_000)
+    );
+
+    // Retries are each customer's duplicates.
+    let again = calls
+        .add_call(keyed(customer_a, 3600, "sw1-000123"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.call.unwrap().id, a_call.id);
+
+    // A clash names the caller's own call, never the other customer's.
+    let clash = calls
+        .add_call(keyed(customer_a, 60, "sw1-000123"))
+        .await
+        .unwrap_err();
+    assert_eq!(clash.code(), Code::AlreadyExists, "{clash:?}");
+    assert!(
+        clash.message().contains(&format!("call {}", a_call.id)),
+        "{clash:?}"
+    );
+    assert!(
+        !clash.message().contains(&format!("call {}", b_call.id)),
+        "{clash:?}"
+    );
+    assert!(
+        !clash.message().contains(&format!("customer {customer_b}")),
+        "{clash:?}"
+    );
+
+    // One stream with the same key for both customers stores both.
+    let report = app
+        .ingest(vec![
+            keyed(customer_a, 30, "sw1-000124"),
+            keyed(customer_b, 40, "sw1-000124"),
+            keyed(customer_b, 40, "sw1-000124"),
+        ])
+        .await;
+    assert_eq!(
+        (report.accepted, report.duplicates, report.rejected),
+        (2, 1, 0)
+    );
+    assert_eq!(app.history(customer_a).await.len(), 2);
+    assert_eq!(app.history(customer_b).await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_request_id_for_two_customers_is_two_top_ups() {
+    let app = spawn_app_at(at("2026-07-15T00:00:00Z")).await;
+    let plan = app.plan(PlanKind::Prepaid, 60_000, 60).await;
+    let customer_a = app.customer(plan.id, 1, vec![]).await.id;
+    let customer_b = app.customer(plan.id, 2, vec![]).await.id;
+    let mut customers = app.customers.clone();
+    let top_up = |customer_id: i64, amount_micros: i64| pb::TopUpRequest {
+        customer_id,
+        amount_micros,
+        request_id: "topup-7".into(),
+    };
+
+    let b = customers
+        .top_up(top_up(customer_b, 1_000_000))
+        .await
+        .unwrap()
+        .into_inner();
+    let a = customers
+        .top_up(top_up(customer_a, 50_000_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!a.duplicate && !b.duplicate);
+    assert_eq!(a.balance_micros, 50_000_000);
+    assert_eq!(b.balance_micros, 1_000_000);
+
+    let retry = customers
+        .top_up(top_up(customer_a, 50_000_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.duplicate);
+    assert_eq!(retry.balance_micros, 50_000_000);
+
+    let clash = customers
+        .top_up(top_up(customer_a, 2_000_000))
+        .await
+        .unwrap_err();
+    assert_eq!(clash.code(), Code::AlreadyExists, "{clash:?}");
+    assert!(
+        !clash.message().contains(&format!("customer {customer_b}")),
+        "{clash:?}"
+    );
+    assert_eq!(
+        app.get_customer(customer_a).await.balance_micros,
+        50_000_000
+    );
+    assert_eq!(app.get_customer(customer_b).await.balance_micros, 1_000_000);
+}
