@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("billing_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Bytes that do not decode are the client's mistake (see the codec).
+        .codec_path("crate::grpc::codec::ContractCodec")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

@@ -6,6 +6,7 @@
 mod accounts;
 pub mod auth;
 mod calls;
+pub mod codec;
 mod convert;
 mod customers;
 mod invoices;
