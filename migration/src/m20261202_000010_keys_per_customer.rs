@@ -1,9 +1,11 @@
 //! Idempotency keys belong to the customer: `calls.call_id` is unique per
-//! customer (`idx_calls_customer_call_id` on `(customer_id, call_id)`), and
-//! so is `top_ups.request_id` (`idx_top_ups_customer_request`), instead of
+//! customer (`idx_calls_call_id_customer` on `(call_id, customer_id)`), and
+//! so is `top_ups.request_id` (`idx_top_ups_request_customer`), instead of
 //! across the whole service, so one tenant's keys can neither block nor
 //! reveal another's. Keys unique across the service are unique per
-//! customer, so every stored row stays valid.
+//! customer, so every stored row stays valid. The key leads each index, as
+//! it led the one it replaces: a switch's keys usually grow, and its inserts
+//! then append to the index instead of writing a page per customer.
 //!
 //! PostgreSQL drops the old unique constraints. SQLite cannot drop a
 //! column's `UNIQUE`: the table is rebuilt from its own definition without
@@ -38,8 +40,8 @@ const KEYED: [Keyed; 2] = [
         unique_column: "call_id varchar NULL UNIQUE",
         plain_column: "call_id varchar NULL",
         constraint: "calls_call_id_key",
-        index: "idx_calls_customer_call_id",
-        columns: "customer_id, call_id",
+        index: "idx_calls_call_id_customer",
+        columns: "call_id, customer_id",
         order: "customer_id, started_at, id",
     },
     Keyed {
@@ -47,8 +49,8 @@ const KEYED: [Keyed; 2] = [
         unique_column: "\"request_id\" varchar NOT NULL UNIQUE",
         plain_column: "\"request_id\" varchar NOT NULL",
         constraint: "top_ups_request_id_key",
-        index: "idx_top_ups_customer_request",
-        columns: "customer_id, request_id",
+        index: "idx_top_ups_request_customer",
+        columns: "request_id, customer_id",
         order: "id",
     },
 ];
@@ -95,7 +97,7 @@ impl MigrationTrait for Migration {
                     "ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({})",
                     keyed.table,
                     keyed.constraint,
-                    keyed.columns.trim_start_matches("customer_id, ")
+                    keyed.columns.trim_end_matches(", customer_id")
                 ))
                 .await?;
             }

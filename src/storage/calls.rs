@@ -75,13 +75,13 @@ impl Store {
             }
         }
         // Unkeyed calls sort first; keyed ones in the order of their unique
-        // index, `(customer_id, call_id)`.
+        // index, `(call_id, customer_id)`.
         candidates.sort_by(|a, b| {
             let order = |new: &NewCall| {
                 (
                     new.record.call_id.is_some(),
-                    new.record.customer_id,
                     new.record.call_id.clone(),
+                    new.record.customer_id,
                 )
             };
             order(a).cmp(&order(b))
@@ -468,7 +468,7 @@ async fn write_calls<C: ConnectionTrait>(
 }
 
 /// A call's idempotency key: its customer and its `call_id`, unique
-/// together (`idx_calls_customer_call_id`).
+/// together (`idx_calls_call_id_customer`).
 type CallKey = (i64, String);
 
 /// The key of `new`, if it has a `call_id`.
