@@ -125,6 +125,8 @@ pub struct Limits {
     pub unary_timeout: Duration,
     /// Open `WatchInvoices` streams per server; more are `RESOURCE_EXHAUSTED`.
     pub max_invoice_watchers: usize,
+    /// Passwords hashed or verified at once (`service::PasswordHashing`).
+    pub password_hash_concurrency: usize,
     /// How unary call writes are batched into group commits.
     pub group_commit: GroupCommit,
 }
@@ -145,6 +147,7 @@ impl Default for Limits {
             max_requests_per_connection: 128,
             unary_timeout: Duration::from_secs(30),
             max_invoice_watchers: 1024,
+            password_hash_concurrency: crate::service::default_password_hash_concurrency(),
             group_commit: GroupCommit::default(),
         }
     }
@@ -276,7 +279,8 @@ impl Application {
             invoice_grace_period,
         );
         let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl)
-            .trusting_verified_credentials_for(credential_cache);
+            .trusting_verified_credentials_for(credential_cache)
+            .hashing_at_most(limits.password_hash_concurrency);
         let authentication = if auth {
             Authentication::On(std::sync::Arc::new(accounts.clone()))
         } else {

@@ -271,6 +271,12 @@ struct LimitFlags {
     #[arg(long, env = "BILLING_GROUP_COMMIT_WRITERS",
           value_parser = clap::value_parser!(u64).range(1..=64))]
     group_commit_writers: Option<u64>,
+    /// Passwords hashed or verified at once (logins, new accounts; default:
+    /// the number of cores). Up to 8 per slot more wait their turn; beyond
+    /// that, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BILLING_PASSWORD_HASH_CONCURRENCY",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    password_hash_concurrency: Option<u64>,
 }
 
 impl LimitFlags {
@@ -283,6 +289,9 @@ impl LimitFlags {
             max_requests_per_connection: size(self.max_requests_per_connection),
             unary_timeout: Duration::from_secs(self.unary_timeout_seconds),
             max_invoice_watchers: size(self.max_invoice_watchers),
+            password_hash_concurrency: self
+                .password_hash_concurrency
+                .map_or_else(billing::service::default_password_hash_concurrency, size),
             group_commit: GroupCommit {
                 max_batch: size(self.group_commit_max_batch),
                 queue: size(self.group_commit_queue),
@@ -304,6 +313,11 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    // Whatever fails, nothing printed shows a database password.
+    let mut urls = vec![cli.database_url.clone()];
+    if let Command::Serve { database, .. } = &cli.command {
+        urls.extend(database.database_read_url.clone());
+    }
     let result = match cli.command {
         Command::Serve {
             listen,
@@ -361,6 +375,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+            let err = billing::storage::redact(&err.to_string(), &urls);
             tracing::error!("{err}");
             eprintln!("billing: {err}");
             ExitCode::FAILURE

@@ -12,4 +12,5 @@ pub mod period;
 pub mod plan;
 pub mod rating;
 pub mod tariff;
+pub mod throttle;
 pub mod validation;

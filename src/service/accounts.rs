@@ -11,14 +11,11 @@ use super::Access;
 use crate::clock::Clock;
 use crate::domain::access::{self, Account, Action, NewAccount, Principal};
 use crate::domain::credentials::{self, TokenKind};
+use crate::domain::throttle::LoginAttempt;
 use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
 use crate::storage::{AccountRow, Store};
 
-/// Consecutive failed logins of one username that lock it.
-pub const MAX_LOGIN_FAILURES: i32 = 10;
-/// How long a locked username stays locked.
-pub const LOGIN_LOCK: TimeDelta = TimeDelta::seconds(60);
 /// Characters of an API key's name, at most.
 pub const MAX_KEY_NAME_CHARS: usize = 100;
 /// The one message of a failed login, whichever part was wrong.
@@ -71,6 +68,74 @@ pub struct Session {
     pub account: Account,
 }
 
+/// Requests that may wait for a password-hashing slot, per slot.
+pub const PASSWORD_HASH_QUEUE_PER_SLOT: usize = 8;
+
+/// The default of `--password-hash-concurrency`: the number of cores.
+pub fn default_password_hash_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
+/// Bounds password hashing (argon2id: 19 MiB and tens of milliseconds of
+/// CPU each): `slots` at once, [`PASSWORD_HASH_QUEUE_PER_SLOT`] per slot
+/// waiting, and `RESOURCE_EXHAUSTED` beyond, so a burst of logins costs a
+/// bounded memory and leaves the runtime's threads to everyone else.
+#[derive(Debug, Clone)]
+pub struct PasswordHashing {
+    /// Held from admission to the end of the hash: running or waiting.
+    admitted: Arc<tokio::sync::Semaphore>,
+    /// Held while hashing.
+    running: Arc<tokio::sync::Semaphore>,
+}
+
+impl PasswordHashing {
+    pub fn new(slots: usize) -> Self {
+        let slots = slots.max(1);
+        PasswordHashing {
+            admitted: Arc::new(tokio::sync::Semaphore::new(
+                slots.saturating_mul(PASSWORD_HASH_QUEUE_PER_SLOT + 1),
+            )),
+            running: Arc::new(tokio::sync::Semaphore::new(slots)),
+        }
+    }
+
+    /// A place in line, or `RESOURCE_EXHAUSTED` when the line is full.
+    fn admit(&self) -> AppResult<HashTicket> {
+        let admitted = self.admitted.clone().try_acquire_owned().map_err(|_| {
+            AppError::ResourceExhausted(
+                "too many password checks at once: try again in a moment".to_owned(),
+            )
+        })?;
+        Ok(HashTicket {
+            _admitted: admitted,
+            running: self.running.clone(),
+        })
+    }
+}
+
+/// An admitted password hash, waiting for its slot.
+struct HashTicket {
+    _admitted: tokio::sync::OwnedSemaphorePermit,
+    running: Arc<tokio::sync::Semaphore>,
+}
+
+impl HashTicket {
+    /// Runs `work` on the blocking pool once a slot is free.
+    async fn run<T: Send + 'static>(
+        self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> AppResult<T> {
+        let _running = self
+            .running
+            .acquire_owned()
+            .await
+            .map_err(AppError::internal)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(AppError::internal)
+    }
+}
+
 /// The account use cases. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Accounts {
@@ -79,6 +144,7 @@ pub struct Accounts {
     access: Access,
     token_ttl: TimeDelta,
     credentials: Arc<Mutex<CredentialCache>>,
+    hashing: PasswordHashing,
 }
 
 impl Accounts {
@@ -96,7 +162,22 @@ impl Accounts {
                 verified: HashMap::new(),
                 generation: 0,
             })),
+            hashing: PasswordHashing::new(default_password_hash_concurrency()),
         }
+    }
+
+    /// Hashes a new password within the hashing bound.
+    async fn hash_password(&self, password: String) -> AppResult<String> {
+        self.hashing
+            .admit()?
+            .run(move || credentials::hash_password(&password))
+            .await?
+    }
+
+    /// These accounts, hashing at most `slots` passwords at once.
+    pub fn hashing_at_most(mut self, slots: usize) -> Self {
+        self.hashing = PasswordHashing::new(slots);
+        self
     }
 
     /// These accounts, trusting a credential verified within the last
@@ -112,10 +193,13 @@ impl Accounts {
     }
 
     /// Signs in. A wrong username and a wrong password fail alike, and take
-    /// as long (an unknown username is checked against a decoy hash). After
-    /// [`MAX_LOGIN_FAILURES`] consecutive failures the username is locked
-    /// for [`LOGIN_LOCK`]: every attempt is `RESOURCE_EXHAUSTED`, even with
-    /// the right password, and does not extend the lock.
+    /// as long (an unknown username is checked against a decoy hash). Each
+    /// attempt is counted in the database before its password is checked
+    /// (`throttle::reserve_attempt`), so at most `MAX_LOGIN_FAILURES`
+    /// passwords are checked per username per lock window however many
+    /// arrive at once; then the username is locked for `LOGIN_LOCK`:
+    /// every attempt is `RESOURCE_EXHAUSTED`, even with the right password,
+    /// and does not extend the lock. A right password forgets the count.
     pub async fn login(&self, username: &str, password: &str) -> AppResult<Session> {
         // No stored username is invalid, so an invalid one is said so
         // (and never reaches the database).
@@ -129,39 +213,36 @@ impl Accounts {
                 ),
             ));
         }
+        // Admitted before it is counted: an attempt refused for load is
+        // no failed login.
+        let ticket = self.hashing.admit()?;
         let now = self.clock.now();
-        if let Some(until) = self.store.login_locked_until(username, now).await? {
-            return Err(locked(until, now));
-        }
+        let reserved = match self.store.reserve_login_attempt(username, now).await? {
+            LoginAttempt::Locked(until) => return Err(locked(until, now)),
+            LoginAttempt::Check(reserved) => reserved,
+        };
         let found = self.store.account_for_login(username).await?;
         let stored_hash = found.as_ref().map_or_else(
             || credentials::decoy_hash().to_owned(),
             |(_, hash)| hash.clone(),
         );
         let attempt = password.to_owned();
-        let matches = tokio::task::spawn_blocking(move || {
-            credentials::verify_password(&attempt, &stored_hash)
-        })
-        .await
-        .map_err(AppError::internal)?;
+        let matches = ticket
+            .run(move || credentials::verify_password(&attempt, &stored_hash))
+            .await?;
         let account = match found {
             Some((account, _)) if matches => account,
             _ => {
-                let now = self.clock.now();
-                let locked_until = self
-                    .store
-                    .record_login_failure(username, now, MAX_LOGIN_FAILURES, LOGIN_LOCK)
-                    .await?;
-                tracing::info!(username = %shown(username), locked = locked_until.is_some(), "login failed");
+                tracing::info!(
+                    username = %shown(username),
+                    locked = reserved.locked_until.is_some(),
+                    "login failed"
+                );
                 return Err(AppError::Unauthenticated(LOGIN_FAILED.to_owned()));
             }
         };
-        // A lock set by a concurrent failure wins over this success.
-        let now = self.clock.now();
-        if let Some(until) = self.store.login_locked_until(username, now).await? {
-            return Err(locked(until, now));
-        }
         self.store.clear_login_failures(username).await?;
+        let now = self.clock.now();
         let token = credentials::issue_token(TokenKind::Access)?;
         let expires_at = now + self.token_ttl;
         self.store
@@ -270,7 +351,7 @@ impl Accounts {
         if let Some(customer_id) = new.customer_id {
             self.store.ensure_customer(customer_id).await?;
         }
-        let password_hash = hash_off_runtime(new.password).await?;
+        let password_hash = self.hash_password(new.password).await?;
         let row = AccountRow {
             username: new.username,
             password_hash,
@@ -296,7 +377,7 @@ impl Accounts {
     ) -> AppResult<(Account, bool)> {
         let username = credentials::valid_username(username)?;
         credentials::valid_new_password(&password)?;
-        let password_hash = hash_off_runtime(password).await?;
+        let password_hash = self.hash_password(password).await?;
         self.store
             .upsert_admin(username, password_hash, self.clock.now())
             .await
@@ -388,14 +469,6 @@ fn locked(until: DateTime<Utc>, now: DateTime<Utc>) -> AppError {
     AppError::ResourceExhausted(format!(
         "too many failed logins for this username: try again in {seconds} s"
     ))
-}
-
-/// Hashes a password on the blocking pool (argon2id takes tens of
-/// milliseconds of CPU).
-async fn hash_off_runtime(password: String) -> AppResult<String> {
-    tokio::task::spawn_blocking(move || credentials::hash_password(&password))
-        .await
-        .map_err(AppError::internal)?
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ pub mod invoicing;
 pub mod plans;
 
 pub use access::{Access, CustomerPass};
-pub use accounts::Accounts;
+pub use accounts::{Accounts, PasswordHashing, default_password_hash_concurrency};
 pub use calls::Calls;
 pub use customers::Customers;
 pub use invoicing::Invoicing;

@@ -10,6 +10,9 @@ use super::entities::{access_token, account, api_key, customer_operator, login_f
 use super::{Store, instant, is_unique_violation, micros};
 use crate::domain::access::{Account, Role};
 use crate::domain::credentials::IssuedToken;
+use crate::domain::throttle::{
+    FORGET_FAILURES_AFTER, LoginAttempt, LoginFailures, reserve_attempt,
+};
 use crate::domain::validation::shown;
 use crate::error::{AppError, AppResult};
 
@@ -41,8 +44,6 @@ pub struct ApiKeyState {
     pub revoked: bool,
 }
 
-/// Failed-login rows older than this (and not locked) are forgotten.
-const FORGET_FAILURES_AFTER: TimeDelta = TimeDelta::hours(1);
 /// Access tokens are deleted this long after they expired.
 const KEEP_EXPIRED_TOKENS: TimeDelta = TimeDelta::days(1);
 
@@ -133,33 +134,17 @@ impl Store {
         Ok(Some((account_from(model)?, hash)))
     }
 
-    /// Until when logins for `username` are refused, if they are now.
-    pub async fn login_locked_until(
+    /// Reserves a login attempt of `username` at `now`
+    /// (`throttle::reserve_attempt`): in one transaction, under the lock of
+    /// the username's row, so that attempts on every replica count
+    /// together and each sees the ones before it.
+    pub async fn reserve_login_attempt(
         &self,
         username: &str,
         now: DateTime<Utc>,
-    ) -> AppResult<Option<DateTime<Utc>>> {
-        let row = login_failure::Entity::find_by_id(username.to_owned())
-            .one(&self.db)
-            .await?;
-        Ok(row
-            .and_then(|row| row.locked_until)
-            .filter(|until| *until > micros(now))
-            .map(instant))
-    }
-
-    /// Counts a failed login for `username`, in one transaction so that
-    /// replicas count together. The `max_failures`-th consecutive failure
-    /// locks the username for `lock_for`; a lock that has run out starts
-    /// the count again. Returns until when the username is now locked.
-    pub async fn record_login_failure(
-        &self,
-        username: &str,
-        now: DateTime<Utc>,
-        max_failures: i32,
-        lock_for: TimeDelta,
-    ) -> AppResult<Option<DateTime<Utc>>> {
+    ) -> AppResult<LoginAttempt> {
         let txn = self.begin_write().await?;
+        // Rows of other usernames whose failures are forgotten go.
         login_failure::Entity::delete_many()
             .filter(login_failure::Column::LastFailureAt.lt(micros(now - FORGET_FAILURES_AFTER)))
             .filter(
@@ -183,25 +168,29 @@ impl Store {
             .one(&txn)
             .await?
             .ok_or_else(|| AppError::internal("login failure row vanished"))?;
-        let now_micros = micros(now);
-        let (failures, locked_until) = match row.locked_until {
-            // Still locked: the attempt changes nothing.
-            Some(until) if until > now_micros => (row.failures, Some(until)),
-            // A lock that ran out starts a new count.
-            Some(_) => (1, None),
-            None => (row.failures.saturating_add(1), None),
+        let stored = LoginFailures {
+            failures: row.failures,
+            last_failure_at: instant(row.last_failure_at),
+            locked_until: row.locked_until.map(instant),
         };
-        let locked_until =
-            locked_until.or_else(|| (failures >= max_failures).then(|| micros(now + lock_for)));
-        login_failure::Entity::update_many()
-            .col_expr(login_failure::Column::Failures, failures.into())
-            .col_expr(login_failure::Column::LastFailureAt, now_micros.into())
-            .col_expr(login_failure::Column::LockedUntil, locked_until.into())
-            .filter(login_failure::Column::Username.eq(username))
-            .exec(&txn)
-            .await?;
+        let attempt = reserve_attempt(Some(stored), now);
+        if let LoginAttempt::Check(next) = attempt {
+            login_failure::Entity::update_many()
+                .col_expr(login_failure::Column::Failures, next.failures.into())
+                .col_expr(
+                    login_failure::Column::LastFailureAt,
+                    micros(next.last_failure_at).into(),
+                )
+                .col_expr(
+                    login_failure::Column::LockedUntil,
+                    next.locked_until.map(micros).into(),
+                )
+                .filter(login_failure::Column::Username.eq(username))
+                .exec(&txn)
+                .await?;
+        }
         txn.commit().await?;
-        Ok(locked_until.map(instant))
+        Ok(attempt)
     }
 
     /// Forgets the failed logins of `username` (after a successful one).

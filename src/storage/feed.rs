@@ -7,7 +7,7 @@
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, Statement};
 
-use super::Store;
+use super::{Store, redact};
 use crate::error::{AppError, AppResult};
 
 /// The channel issuing transactions notify.
@@ -55,7 +55,10 @@ impl Store {
         let Some(url) = &self.listen_url else {
             return Ok(None);
         };
-        let mut listener = PgListener::connect(url).await.map_err(unavailable)?;
+        let mut listener = PgListener::connect(url).await.map_err(|err| {
+            // The driver may quote the URL.
+            AppError::Unavailable(redact(&err.to_string(), &[url]).into())
+        })?;
         listener
             .listen(INVOICE_CHANNEL)
             .await

@@ -9,6 +9,7 @@ pub mod entities;
 mod feed;
 mod group_commit;
 mod invoices;
+mod secrets;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub use calls::CallFilter;
 pub use feed::{FeedEvent, InvoiceListener};
 pub use group_commit::{CallWriter, GroupCommit};
 pub use invoices::{CustomerToInvoice, InvoiceFilter, IssueTransaction, MonthQuery, NewInvoice};
+pub use secrets::redact;
 
 /// How long a writer waits for SQLite's write lock before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,8 +99,9 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// database counts as unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where the database is and how the pools to it are sized.
-#[derive(Debug, Clone)]
+/// Where the database is and how the pools to it are sized. Its `Debug`
+/// hides the URLs' passwords.
+#[derive(Clone)]
 pub struct DatabaseConfig {
     /// The primary: `sqlite://FILE` or `postgres://…`. Everything that
     /// writes, or must read what it just wrote, goes here.
@@ -117,7 +120,33 @@ pub struct DatabaseConfig {
     pub sqlite_checkpoint_interval: Duration,
 }
 
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls = self.urls();
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact(&self.url, &urls))
+            .field(
+                "read_url",
+                &self.read_url.as_deref().map(|url| redact(url, &urls)),
+            )
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field(
+                "sqlite_checkpoint_interval",
+                &self.sqlite_checkpoint_interval,
+            )
+            .finish()
+    }
+}
+
 impl DatabaseConfig {
+    /// The URLs it holds, whose passwords nothing may print.
+    pub fn urls(&self) -> Vec<&str> {
+        std::iter::once(self.url.as_str())
+            .chain(self.read_url.as_deref())
+            .collect()
+    }
+
     /// The primary at `url`, no read replica, default pool sizes.
     pub fn new(url: impl Into<String>) -> Self {
         DatabaseConfig {
@@ -169,6 +198,20 @@ impl Store {
     /// only that connection keeps a page cache large enough for a bulk
     /// write ([`SQLITE_WRITER_CACHE_KIB`]). On PostgreSQL both are one pool.
     pub async fn connect_with(config: &DatabaseConfig) -> Result<Self, DbErr> {
+        Store::open(config).await.map_err(|err| {
+            // The drivers quote the URL they could not use.
+            let urls = config.urls();
+            let redacted = |text: String| redact(&text, &urls);
+            match err {
+                DbErr::Conn(inner) => {
+                    DbErr::Conn(sea_orm::RuntimeErr::Internal(redacted(inner.to_string())))
+                }
+                other => DbErr::Custom(redacted(other.to_string())),
+            }
+        })
+    }
+
+    async fn open(config: &DatabaseConfig) -> Result<Self, DbErr> {
         let url = config.url.as_str();
         let sqlite = is_sqlite(url);
         let connections = config.max_connections.unwrap_or_else(|| {

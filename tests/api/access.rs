@@ -42,7 +42,7 @@ impl Caller {
     }
 }
 
-const PASSWORD: &str = "a long enough password";
+pub(crate) const PASSWORD: &str = "a long enough password";
 
 /// The world of the matrix: operators A and B, a customer of each with a
 /// June call and invoice, and a caller of every kind.
@@ -74,7 +74,7 @@ async fn spawn_secured() -> TestApp {
 }
 
 /// Creates the first admin the way `billing create-admin` does.
-async fn bootstrap_admin(app: &TestApp) {
+pub(crate) async fn bootstrap_admin(app: &TestApp) {
     let store = Store::connect(&app.database.url).await.unwrap();
     Accounts::new(store.clone(), app.clock.clone(), TimeDelta::hours(12))
         .create_admin("root".into(), PASSWORD.into())

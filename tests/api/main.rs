@@ -17,6 +17,7 @@ mod property;
 mod replicas;
 mod robustness;
 mod scaling;
+mod secrets;
 mod tariffs;
 mod tenants;
 mod tls;

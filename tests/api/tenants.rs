@@ -1,7 +1,11 @@
-//! Tenants cannot touch each other: idempotency keys belong to the
-//! customer, so the same `call_id` or `request_id` for two customers is two
-//! records, and a clash reports only on the caller's own customer's record.
+//! Tenants cannot touch each other and no client can starve the rest:
+//! idempotency keys belong to the customer, so the same `call_id` or
+//! `request_id` for two customers is two records, and a clash reports only
+//! on the caller's own customer's record; at most ten passwords of one
+//! username are checked per lock window however many arrive at once; and
+//! password checks beyond their slots and queue are refused for load.
 
+use billing::grpc::pb::account_service_client::AccountServiceClient;
 use billing::grpc::pb::{self, PlanKind};
 use tonic::Code;
 
@@ -138,4 +142,89 @@ async fn the_same_request_id_for_two_customers_is_two_top_ups() {
         50_000_000
     );
     assert_eq!(app.get_customer(customer_b).await.balance_micros, 1_000_000);
+}
+
+/// An app with authentication on, its first admin `root`, and room for
+/// `slots` password checks at once.
+async fn secured_with_hash_slots(slots: usize) -> crate::helpers::TestApp {
+    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        clock: billing::clock::Clock::starting_at(at(crate::helpers::TEST_NOW)),
+        auth: true,
+        limits: billing::app::Limits {
+            password_hash_concurrency: slots,
+            ..billing::app::Limits::default()
+        },
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
+    crate::access::bootstrap_admin(&app).await;
+    app
+}
+
+/// Sends `n` logins of `root` at once with `password`; their status codes.
+async fn login_burst(app: &crate::helpers::TestApp, n: usize, password: &str) -> Vec<Code> {
+    let attempts = (0..n).map(|_| {
+        let mut accounts = AccountServiceClient::new(app.channel.clone());
+        let request = pb::LoginRequest {
+            username: "root".into(),
+            password: password.into(),
+        };
+        async move {
+            match accounts.login(request).await {
+                Ok(_) => Code::Ok,
+                Err(status) => status.code(),
+            }
+        }
+    });
+    futures_util::future::join_all(attempts).await
+}
+
+#[tokio::test]
+async fn however_many_wrong_passwords_arrive_at_once_at_most_ten_are_checked() {
+    // Room for every attempt at once: only the throttle may stop them.
+    let app = secured_with_hash_slots(64).await;
+    let codes = login_burst(&app, 300, "wrong password!").await;
+    let checked = codes
+        .iter()
+        .filter(|c| **c == Code::Unauthenticated)
+        .count();
+    let locked = codes
+        .iter()
+        .filter(|c| **c == Code::ResourceExhausted)
+        .count();
+    assert_eq!(checked, 10, "{codes:?}");
+    assert_eq!(locked, 290, "{codes:?}");
+    let right = AccountServiceClient::new(app.channel.clone())
+        .login(pb::LoginRequest {
+            username: "root".into(),
+            password: crate::access::PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(right.code(), Code::ResourceExhausted, "{right:?}");
+    assert!(right.message().contains("failed logins"), "{right:?}");
+}
+
+#[tokio::test]
+async fn password_checks_beyond_the_slots_and_their_queue_are_refused_without_counting() {
+    // One slot and its queue of 8: a burst of 100 right passwords gets 9
+    // sessions at most; the rest are refused for load, not counted as
+    // failures, so the right password still works after.
+    let app = secured_with_hash_slots(1).await;
+    let codes = login_burst(&app, 100, crate::access::PASSWORD).await;
+    let ok = codes.iter().filter(|c| **c == Code::Ok).count();
+    assert!((1..=9).contains(&ok), "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, Code::Ok | Code::ResourceExhausted)),
+        "{codes:?}"
+    );
+    let after = AccountServiceClient::new(app.channel.clone())
+        .login(pb::LoginRequest {
+            username: "root".into(),
+            password: crate::access::PASSWORD.into(),
+        })
+        .await;
+    assert!(after.is_ok(), "{after:?}");
 }
