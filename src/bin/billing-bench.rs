@@ -29,6 +29,7 @@
 //! Nothing here asserts a timing; it checks only that both sides did the
 //! same work (same rows, same invoice totals).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -332,6 +333,11 @@ async fn main() -> Result<(), Failure> {
     }
     server.memory("after the unary load");
     println!();
+    if args.auth {
+        login_burst(&url).await?;
+        server.memory("after the login burst");
+        println!();
+    }
     if args.unary_only || args.prepaid || args.auth {
         return Ok(());
     }
@@ -746,6 +752,57 @@ async fn connect(url: &str) -> Result<DatabaseConnection, Failure> {
                 .foreign_keys(true)
         });
     Ok(Database::connect(options).await?)
+}
+
+/// Logins sent at once by the burst of a run with authentication on.
+const LOGIN_BURST: usize = 500;
+
+/// [`LOGIN_BURST`] logins of unknown usernames at once (each checked
+/// against the decoy hash, unless refused for load), and the admin's own
+/// login sent in the middle of them: how they were answered, how long the
+/// burst and the admin's login took.
+async fn login_burst(url: &str) -> Result<(), Failure> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await?;
+    let began = Instant::now();
+    let attempts: Vec<_> = (0..LOGIN_BURST)
+        .map(|n| {
+            let mut accounts = AccountServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let answer = accounts
+                    .login(pb::LoginRequest {
+                        username: format!("nobody-{n}"),
+                        password: "a wrong password".into(),
+                    })
+                    .await;
+                answer.map_or_else(|status| status.code(), |_| tonic::Code::Ok)
+            })
+        })
+        .collect();
+    let admin_began = Instant::now();
+    let admin_answer = AccountServiceClient::new(channel.clone())
+        .login(pb::LoginRequest {
+            username: BENCH_ADMIN.into(),
+            password: BENCH_PASSWORD.into(),
+        })
+        .await
+        .map_or_else(|status| status.code(), |_| tonic::Code::Ok);
+    let admin = admin_began.elapsed();
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    for attempt in attempts {
+        *codes.entry(format!("{:?}", attempt.await?)).or_default() += 1;
+    }
+    println!(
+        "## Login burst: {LOGIN_BURST} logins of unknown usernames at once, {:.2} s",
+        began.elapsed().as_secs_f64()
+    );
+    println!("answers: {codes:?}");
+    println!(
+        "the admin's login, sent amid them: {admin_answer:?} in {:.1} ms",
+        admin.as_secs_f64() * 1000.0
+    );
+    Ok(())
 }
 
 /// The admin account of a run with authentication on.

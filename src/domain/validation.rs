@@ -159,7 +159,7 @@ pub fn dialled_number(field: &str, value: &str) -> AppResult<String> {
 }
 
 /// An optional idempotency key: empty means none; at most 128 printable
-/// characters.
+/// ASCII characters.
 pub fn optional_key(field: &str, value: &str) -> AppResult<Option<String>> {
     if value.is_empty() {
         return Ok(None);
@@ -167,7 +167,10 @@ pub fn optional_key(field: &str, value: &str) -> AppResult<Option<String>> {
     required_key(field, value).map(Some)
 }
 
-/// A required idempotency key of at most 128 printable characters.
+/// A required idempotency key of at most 128 printable ASCII characters
+/// (space to `~`): a key is compared byte for byte, and one that looks the
+/// same in another encoding, or holds invisible characters, would be
+/// another key to the database but not to the person reading it.
 pub fn required_key(field: &str, value: &str) -> AppResult<String> {
     if value.is_empty() {
         return Err(AppError::invalid(field, "is required"));
@@ -175,8 +178,19 @@ pub fn required_key(field: &str, value: &str) -> AppResult<String> {
     if value.chars().count() > MAX_KEY_LEN {
         return Err(AppError::invalid(field, "is longer than 128 characters"));
     }
-    if value.chars().any(char::is_control) {
-        return Err(AppError::invalid(field, "contains control characters"));
+    if let Some((position, c)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(' '..='~').contains(c))
+    {
+        return Err(AppError::invalid(
+            field,
+            format!(
+                "must be printable ASCII (space to ~), but character {} is {}",
+                position + 1,
+                shown(&c.to_string())
+            ),
+        ));
     }
     Ok(value.to_owned())
 }
@@ -261,6 +275,22 @@ mod tests {
             AppError::InvalidArgument { field, .. } => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn keys_are_printable_ascii_and_the_error_names_the_first_other_character() {
+        assert_eq!(
+            required_key("call_id", "sw1 000-123~").unwrap(),
+            "sw1 000-123~"
+        );
+        for bad in ["\u{e9}", "a\u{200b}", "\t", "\u{7f}"] {
+            let err = required_key("call_id", bad).unwrap_err();
+            assert!(err.to_string().contains("printable ASCII"), "{err}");
+            assert_eq!(field_of(err), "call_id");
+        }
+        let err = optional_key("request_id", "ab\u{e9}").unwrap_err();
+        assert!(err.to_string().contains("character 3"), "{err}");
+        assert_eq!(optional_key("call_id", "").unwrap(), None);
     }
 
     #[test]

@@ -228,3 +228,46 @@ async fn password_checks_beyond_the_slots_and_their_queue_are_refused_without_co
         .await;
     assert!(after.is_ok(), "{after:?}");
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_printable_ascii_or_refused_naming_the_field() {
+    let app = spawn_app_at(at("2026-07-15T00:00:00Z")).await;
+    let postpaid = app.plan(PlanKind::Postpaid, 60_000, 60).await;
+    let prepaid = app.plan(PlanKind::Prepaid, 60_000, 60).await;
+    let customer = app.customer(postpaid.id, 1, vec![]).await.id;
+    let prepaid_customer = app.customer(prepaid.id, 2, vec![]).await.id;
+    for key in ["caf\u{e9}-1", "sw1\u{200b}", "tab\there", "bell\u{7}"] {
+        let refused = app
+            .calls
+            .clone()
+            .add_call(keyed(customer, 60, key))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().starts_with("call_id"), "{refused:?}");
+        let refused = app
+            .customers
+            .clone()
+            .top_up(pb::TopUpRequest {
+                customer_id: prepaid_customer,
+                amount_micros: 1_000_000,
+                request_id: key.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().starts_with("request_id"), "{refused:?}");
+    }
+    assert!(app.history(customer).await.is_empty());
+    assert_eq!(app.get_customer(prepaid_customer).await.balance_micros, 0);
+    // Every printable ASCII character, space included, is a key.
+    let all: String = (' '..='~').collect();
+    let stored = app
+        .calls
+        .clone()
+        .add_call(keyed(customer, 60, &all[..95]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.call.unwrap().call_id, all);
+}
