@@ -35,6 +35,14 @@ use crate::error::{AppError, AppResult};
 pub const MINUTES_PER_DAY: u16 = 1440;
 /// Tariffs one plan may hold.
 pub const MAX_TARIFFS_PER_PLAN: usize = 200;
+/// Segments a call of the longest duration may be cut into under a plan's
+/// tariffs, at most: each is a stored row and a line of history, so a plan
+/// whose windows would cut one call into hundreds is refused.
+pub const MAX_SEGMENTS_PER_CALL: usize = 100;
+/// The longest a call's local span can be: 24 hours, its last increment
+/// rounded up (at most an hour), and an hour more across a change from
+/// summer time.
+const LONGEST_LOCAL_SPAN_MINUTES: u16 = 26 * 60;
 /// The name of the plan's own rate when no tariff is in force.
 pub const BASE_TARIFF: &str = "base";
 
@@ -281,6 +289,16 @@ pub fn check_tariffs(tariffs: &[Tariff]) -> AppResult<()> {
             format!("at most {MAX_TARIFFS_PER_PLAN} per plan"),
         ));
     }
+    let segments = most_segments(tariffs);
+    if segments > MAX_SEGMENTS_PER_CALL {
+        return Err(AppError::invalid(
+            "tariffs",
+            format!(
+                "their windows could cut a 24-hour call into up to {segments} segments, \
+                 more than {MAX_SEGMENTS_PER_CALL}: use fewer windows"
+            ),
+        ));
+    }
     let coverage: Vec<Vec<u64>> = tariffs.iter().map(Tariff::coverage).collect();
     for (i, a) in tariffs.iter().enumerate() {
         if a.name == BASE_TARIFF {
@@ -315,6 +333,38 @@ pub fn check_tariffs(tariffs: &[Tariff]) -> AppResult<()> {
         }
     }
     Ok(())
+}
+
+/// At most how many segments the longest call can be cut into under
+/// `tariffs`, whatever its destination: the tariff in force changes only at
+/// a window edge or at local midnight, and a span of
+/// [`LONGEST_LOCAL_SPAN_MINUTES`] passes each such minute of the day once,
+/// and those within its last two hours twice. An upper bound, exact for
+/// windows spread over the day.
+pub fn most_segments(tariffs: &[Tariff]) -> usize {
+    let mut edges: Vec<u16> = std::iter::once(0)
+        .chain(
+            tariffs
+                .iter()
+                .filter_map(|t| t.window)
+                .flat_map(|w| [w.start % MINUTES_PER_DAY, w.end % MINUTES_PER_DAY]),
+        )
+        .collect();
+    edges.sort_unstable();
+    edges.dedup();
+    let extra = LONGEST_LOCAL_SPAN_MINUTES - MINUTES_PER_DAY;
+    // The most edges in any `extra` minutes of the day, around midnight too.
+    let twice = edges
+        .iter()
+        .map(|&from| {
+            edges
+                .iter()
+                .filter(|&&edge| (edge + MINUTES_PER_DAY - from) % MINUTES_PER_DAY < extra)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    1 + edges.len() + twice
 }
 
 /// A priced piece of a call.
@@ -742,6 +792,33 @@ mod tests {
     }
 
     #[test]
+    fn windows_that_could_cut_a_day_long_call_into_more_than_100_segments_are_refused() {
+        // 200 one-minute windows spread over the day: 401 edges.
+        let many: Vec<Tariff> = (0..200u16)
+            .map(|n| tariff(&format!("w{n}"), "", Some((n * 7, n * 7 + 1)), 1))
+            .collect();
+        let err = check_tariffs(&many).unwrap_err().to_string();
+        assert!(err.starts_with("tariffs"), "{err}");
+        assert!(err.contains("more than 100"), "{err}");
+        // The longest call under them does reach hundreds of segments.
+        let prices = PriceList::new(&many, 90_000, 1);
+        let day = prices.rate("+4930123", at("2026-03-02T00:00:00Z"), 86_400, Tz::UTC);
+        assert!(day.segments.len() > 100, "{}", day.segments.len());
+        assert!(day.segments.len() <= most_segments(&many));
+        // Peak and off-peak, a weekend and a prefix: a handful.
+        assert!(
+            most_segments(&tariffs()) <= 6,
+            "{}",
+            most_segments(&tariffs())
+        );
+        // 40 windows spread over the day stay within the bound.
+        let spread: Vec<Tariff> = (0..40u16)
+            .map(|n| tariff(&format!("w{n}"), "", Some((n * 36, n * 36 + 1)), 1))
+            .collect();
+        assert!(check_tariffs(&spread).is_ok(), "{}", most_segments(&spread));
+    }
+
+    #[test]
     fn random_calls_on_random_tariffs_cost_their_connect_fee_plus_segments_covering_the_billed_time()
      {
         let mut seed: u64 = 0x7a71ff;
@@ -797,6 +874,7 @@ mod tests {
                     Tz::Europe__Berlin
                 };
                 let r = prices.rate(callee, start, seconds, tz);
+                assert!(r.segments.len() <= most_segments(&tariffs), "{tariffs:?}");
                 let billed: i64 = r.segments.iter().map(|s| s.billed_seconds).sum();
                 let cost: i64 = r.segments.iter().map(|s| s.cost_micros).sum();
                 assert_eq!(billed, r.billed_seconds);

@@ -271,3 +271,43 @@ async fn idempotency_keys_are_printable_ascii_or_refused_naming_the_field() {
         .into_inner();
     assert_eq!(stored.call.unwrap().call_id, all);
 }
+
+/// A plan whose windows could cut one call into hundreds of segments (a
+/// small upload becoming millions of rows) is refused when it is created.
+#[tokio::test]
+async fn a_plan_whose_windows_could_cut_a_day_long_call_into_more_than_100_segments_is_refused() {
+    let app = spawn_app_at(at("2026-07-15T00:00:00Z")).await;
+    let windows = |count: i32, every: i32| -> Vec<pb::Tariff> {
+        (0..count)
+            .map(|n| pb::Tariff {
+                name: format!("w{n}"),
+                start_minute: n * every,
+                end_minute: n * every + 1,
+                per_minute_micros: 1,
+                ..Default::default()
+            })
+            .collect()
+    };
+    let plan = |tariffs: Vec<pb::Tariff>| pb::CreatePlanRequest {
+        name: "Windows".into(),
+        kind: PlanKind::Postpaid.into(),
+        per_minute_micros: 60_000,
+        tariffs,
+        ..Default::default()
+    };
+    let refused = app
+        .customers
+        .clone()
+        .create_plan(plan(windows(200, 7)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().starts_with("tariffs"), "{refused:?}");
+    assert!(refused.message().contains("more than 100"), "{refused:?}");
+    // Forty windows spread over the day are a plan.
+    app.customers
+        .clone()
+        .create_plan(plan(windows(40, 36)))
+        .await
+        .unwrap();
+}
