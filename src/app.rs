@@ -125,6 +125,8 @@ pub struct Limits {
     pub unary_timeout: Duration,
     /// Open `WatchInvoices` streams per server; more are `RESOURCE_EXHAUSTED`.
     pub max_invoice_watchers: usize,
+    /// Open `WatchInvoices` streams per account and server.
+    pub max_invoice_watchers_per_account: usize,
     /// Passwords hashed or verified at once (`service::PasswordHashing`).
     pub password_hash_concurrency: usize,
     /// How unary call writes are batched into group commits.
@@ -147,6 +149,7 @@ impl Default for Limits {
             max_requests_per_connection: 128,
             unary_timeout: Duration::from_secs(30),
             max_invoice_watchers: 1024,
+            max_invoice_watchers_per_account: 16,
             password_hash_concurrency: crate::service::default_password_hash_concurrency(),
             group_commit: GroupCommit::default(),
         }
@@ -386,6 +389,7 @@ impl Application {
                     invoicing,
                     stopping_rx,
                     limits.max_invoice_watchers,
+                    limits.max_invoice_watchers_per_account,
                 ))
                 .max_decoding_message_size(max_bytes),
             )

@@ -249,6 +249,11 @@ struct LimitFlags {
     #[arg(long, env = "BILLING_MAX_INVOICE_WATCHERS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_invoice_watchers: u64,
+    /// WatchInvoices streams one account keeps open on this server at once
+    /// (RESOURCE_EXHAUSTED beyond), so one tenant cannot take every slot.
+    #[arg(long, env = "BILLING_MAX_INVOICE_WATCHERS_PER_ACCOUNT", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_invoice_watchers_per_account: u64,
     /// Concurrent AddCall writes stored in one transaction, at most (group
     /// commit).
     #[arg(long, env = "BILLING_GROUP_COMMIT_MAX_BATCH", default_value_t = 256,
@@ -289,6 +294,7 @@ impl LimitFlags {
             max_requests_per_connection: size(self.max_requests_per_connection),
             unary_timeout: Duration::from_secs(self.unary_timeout_seconds),
             max_invoice_watchers: size(self.max_invoice_watchers),
+            max_invoice_watchers_per_account: size(self.max_invoice_watchers_per_account),
             password_hash_concurrency: self
                 .password_hash_concurrency
                 .map_or_else(billing::service::default_password_hash_concurrency, size),

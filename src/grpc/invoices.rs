@@ -13,7 +13,7 @@ use super::IdPage;
 use super::auth::caller_may;
 use super::convert::period;
 use super::pb::{self, invoice_service_server::InvoiceService};
-use crate::domain::access::Action;
+use crate::domain::access::{Action, Principal};
 use crate::domain::validation as valid;
 use crate::error::AppError;
 use crate::service::invoicing::{Generated, Invoicing};
@@ -36,17 +36,75 @@ pub struct InvoiceApi {
     /// One permit per open WatchInvoices stream.
     watchers: Arc<Semaphore>,
     max_watchers: usize,
+    /// Open WatchInvoices streams per account, so one account cannot take
+    /// every slot.
+    per_account: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
+    max_per_account: usize,
 }
 
 impl InvoiceApi {
     /// A service over `invoicing`; its streams end when `stopping` turns
-    /// true; at most `max_watchers` WatchInvoices streams are open at once.
-    pub fn new(invoicing: Invoicing, stopping: Stopping, max_watchers: usize) -> Self {
+    /// true; at most `max_watchers` WatchInvoices streams are open at once,
+    /// `max_per_account` of them for one account.
+    pub fn new(
+        invoicing: Invoicing,
+        stopping: Stopping,
+        max_watchers: usize,
+        max_per_account: usize,
+    ) -> Self {
         InvoiceApi {
             invoicing,
             stopping,
             watchers: Arc::new(Semaphore::new(max_watchers)),
             max_watchers,
+            per_account: Arc::default(),
+            max_per_account,
+        }
+    }
+
+    /// A watcher slot of `principal`'s account, or `RESOURCE_EXHAUSTED`
+    /// when it holds `max_per_account` already. The service itself (a
+    /// server run with authentication off) is one caller with no account,
+    /// bound only by the server's limit.
+    fn account_slot(&self, principal: &Principal) -> Result<Option<AccountSlot>, Status> {
+        let Some(account_id) = principal.account_id() else {
+            return Ok(None);
+        };
+        let mut open = self
+            .per_account
+            .lock()
+            .map_err(|_| Status::internal("watcher counts poisoned"))?;
+        let count = open.entry(account_id).or_default();
+        if *count >= self.max_per_account {
+            return Err(Status::resource_exhausted(format!(
+                "this account already has {} invoice watchers open on this server \
+                 (--max-invoice-watchers-per-account); close one or retry later",
+                self.max_per_account
+            )));
+        }
+        *count += 1;
+        Ok(Some(AccountSlot {
+            account_id,
+            open: self.per_account.clone(),
+        }))
+    }
+}
+
+/// One open watcher of an account; given back when dropped.
+struct AccountSlot {
+    account_id: i64,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
+}
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(count) = open.get_mut(&self.account_id)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.account_id);
+            }
         }
     }
 }
@@ -240,6 +298,7 @@ impl InvoiceService for InvoiceApi {
             return Err(AppError::invalid("after_invoice_id", "must not be negative").into());
         }
         let filter = self.invoicing.watch_filter(&principal)?;
+        let slot = self.account_slot(&principal)?;
         let Ok(permit) = self.watchers.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "this server already serves {} invoice watchers (--max-invoice-watchers); retry later",
@@ -252,6 +311,7 @@ impl InvoiceService for InvoiceApi {
         tokio::spawn(async move {
             // Held until the stream ends, however it ends.
             let _permit = permit;
+            let _slot = slot;
             let mut issued = invoicing.issued();
             let mut last_id = after_invoice_id;
             loop {

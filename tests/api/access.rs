@@ -1005,3 +1005,55 @@ async fn a_switch_may_push_calls_of_a_customer_linked_after_it_was_refused() {
     assert_eq!(stored.call.unwrap().customer_id, w.customer_b_id);
     switch.add_call(call(w.customer_a_id, 6)).await.unwrap();
 }
+
+/// One account cannot take every `WatchInvoices` slot: beyond
+/// `--max-invoice-watchers-per-account` (16 by default) its next stream is
+/// `RESOURCE_EXHAUSTED`, while another account still gets one.
+#[tokio::test]
+async fn one_account_holds_at_most_16_invoice_watchers_and_others_still_get_theirs() {
+    let app = spawn_secured().await;
+    bootstrap_admin(&app).await;
+    let admin = login(&app, "root").await;
+    let operator_id = admin
+        .customers
+        .clone()
+        .create_operator(pb::CreateOperatorRequest {
+            name: "Watchers Telecom".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    account(&admin, "op-watch", Role::Operator, operator_id, 0).await;
+    let operator = login(&app, "op-watch").await;
+    let mut open = Vec::new();
+    for n in 0..16 {
+        let stream = operator
+            .invoices
+            .clone()
+            .watch_invoices(pb::WatchInvoicesRequest::default())
+            .await
+            .unwrap_or_else(|status| panic!("watcher {n}: {status:?}"));
+        open.push(stream);
+    }
+    let refused = operator
+        .invoices
+        .clone()
+        .watch_invoices(pb::WatchInvoicesRequest::default())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("--max-invoice-watchers-per-account"),
+        "{refused:?}"
+    );
+    admin
+        .invoices
+        .clone()
+        .watch_invoices(pb::WatchInvoicesRequest::default())
+        .await
+        .expect("another account still watches");
+}
