@@ -89,6 +89,8 @@ pub struct PasswordHashing {
 }
 
 impl PasswordHashing {
+    /// `slots` hashes at once (at least one), each with
+    /// [`PASSWORD_HASH_QUEUE_PER_SLOT`] places in line.
     pub fn new(slots: usize) -> Self {
         let slots = slots.max(1);
         PasswordHashing {

@@ -31,17 +31,18 @@ use crate::storage::{FeedEvent, InvoiceFilter, MonthQuery, NewInvoice, Store};
 
 /// Customers fetched per page while running a billing cycle.
 const CYCLE_PAGE: u64 = 10_000;
-/// Invoices issued per transaction by a billing cycle: one commit and a
-/// fixed number of set-based statements for many. It bounds how long a
-/// transaction holds its customers' locks (storing their calls waits) and
-/// the memory of a chunk (the rows it reads): for plans whose invoices need
-/// only sums, a row per customer, so a chunk is large and the month's calls
-/// are read in few passes (on PostgreSQL, whose heap keeps arrival order,
-/// each pass reads most of the table's pages: BENCHMARKS.md, "One invoice
-/// engine");
+/// Invoices issued per transaction by a billing cycle for customers whose
+/// plans need only sums: one commit and a fixed number of set-based
+/// statements for many. The size bounds how long a transaction holds its
+/// customers' locks (storing their calls waits) and the rows it reads, here
+/// one per customer, so a chunk is large and the month's calls are read in
+/// few passes (on PostgreSQL, whose heap keeps arrival order, each pass
+/// reads most of the table's pages: BENCHMARKS.md, "AddCall as one
+/// statement again, larger cycle chunks, keys per customer").
 const CYCLE_TRANSACTION_SUMMED: usize = 5_000;
-/// for plans whose invoices need every call (included minutes, tariffs),
-/// each call, so a chunk is smaller.
+/// Invoices issued per transaction for customers whose plans need every
+/// call (included minutes, tariffs): a chunk holds each of their calls in
+/// memory, so it is smaller.
 const CYCLE_TRANSACTION_EACH_CALL: usize = 1_000;
 
 /// What issuing did.

@@ -218,9 +218,6 @@ impl Store {
     }
 }
 
-/// The statements of [`Store::store_calls`] on `conn` (a transaction, or
-/// the writer's pool for a batch of one insert): the insert, the lookup of
-/// conflicting keys, segment rows and debits, and each call's outcome.
 /// How a batch learns its customers' last invoiced months, which decide its
 /// calls' billing months.
 #[derive(Debug, Clone, Copy)]
@@ -238,9 +235,11 @@ enum Months {
     Uncovered(BillingPeriod),
 }
 
-/// Writes `candidates` (and judges the rest of `batch` against them) on
-/// `conn`; `None` when `Months::Uncovered` did not hold and nothing was
-/// written.
+/// The statements of [`Store::store_calls`] on `conn` (a transaction, or
+/// the writer's pool for a batch of one insert): the insert, the lookup of
+/// conflicting keys, segment rows and debits, and each call's outcome
+/// (the rest of `batch` judged against `candidates`). `None` when
+/// `Months::Uncovered` did not hold and nothing was written.
 async fn write_calls<C: ConnectionTrait>(
     conn: &C,
     batch: &[NewCall],
@@ -500,9 +499,7 @@ impl Uncovered<'_> {
             .await?
             .is_some())
     }
-}
 
-impl Uncovered<'_> {
     /// The guard as SQL: what leads the statement (a `WITH` on
     /// PostgreSQL) and the condition for its `WHERE`, each with its values.
     /// PostgreSQL locks the customers `FOR KEY SHARE` before it reads their
