@@ -127,6 +127,12 @@ pub struct Limits {
     pub max_invoice_watchers: usize,
     /// Open `WatchInvoices` streams per account and server.
     pub max_invoice_watchers_per_account: usize,
+    /// Open `IngestCalls` streams per server; more are `RESOURCE_EXHAUSTED`.
+    pub max_ingest_streams: usize,
+    /// Open `IngestCalls` streams per account and server.
+    pub max_ingest_streams_per_account: usize,
+    /// How long a streamed record may wait before its batch is written.
+    pub ingest_flush_interval: Duration,
     /// Passwords hashed or verified at once (`service::PasswordHashing`).
     pub password_hash_concurrency: usize,
     /// How unary call writes are batched into group commits.
@@ -150,6 +156,9 @@ impl Default for Limits {
             unary_timeout: Duration::from_secs(30),
             max_invoice_watchers: 1024,
             max_invoice_watchers_per_account: 16,
+            max_ingest_streams: 64,
+            max_ingest_streams_per_account: 8,
+            ingest_flush_interval: Duration::from_secs(1),
             password_hash_concurrency: crate::service::default_password_hash_concurrency(),
             group_commit: GroupCommit::default(),
         }
@@ -339,7 +348,9 @@ impl Application {
             readiness.set_stopping().await;
             stopping.send_replace(true);
         };
-        // Keepalive pings find dead peers of long-lived streams (invoice
+        // The flow-control windows keep streaming clients that send each
+        // message as its own small frame from being cut off (see
+        // `flow_control_windows`). Keepalive pings find dead peers of long-lived streams (invoice
         // watchers) instead of holding their tasks forever. The reset-stream
         // limits keep hyper's protection against rapid-reset floods on, at
         // its defaults, explicitly.
@@ -348,7 +359,11 @@ impl Application {
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).map_err(StartupError::TlsSetup)?;
         }
+        let (stream_window, connection_window) =
+            crate::grpc::limits::flow_control_windows(limits.max_concurrent_streams);
         let server = builder
+            .initial_stream_window_size(stream_window)
+            .initial_connection_window_size(connection_window)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_concurrent_streams(limits.max_concurrent_streams)
@@ -375,13 +390,16 @@ impl Application {
                 .max_decoding_message_size(max_bytes),
             )
             .add_service(
-                CallServiceServer::new(CallApi::new(Calls::new(
-                    store.clone(),
-                    clock,
-                    limits.max_call_age(),
-                    billing_tz,
-                    limits.group_commit,
-                )))
+                CallServiceServer::new(CallApi::new(
+                    Calls::new(
+                        store.clone(),
+                        clock,
+                        limits.max_call_age(),
+                        billing_tz,
+                        limits.group_commit,
+                    ),
+                    &limits,
+                ))
                 .max_decoding_message_size(max_bytes),
             )
             .add_service(

@@ -162,6 +162,25 @@ fn parse_grace(text: &str) -> Result<TimeDelta, String> {
     parse_duration(text, 0, 86_400, "0s and 24h")
 }
 
+/// Parses `--ingest-flush-interval`: `ms`, or a duration as `--token-ttl`
+/// takes it, between 10ms and 1h.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    const RANGE: &str = "10ms and 1h";
+    let millis = match text.trim().strip_suffix("ms") {
+        Some(number) => number
+            .parse::<u64>()
+            .map_err(|_| format!("`{text}` is not a number followed by ms, s, m or h"))?,
+        None => {
+            let seconds = parse_duration(text, 0, 3600, RANGE)?.num_seconds();
+            u64::try_from(seconds).unwrap_or(0).saturating_mul(1000)
+        }
+    };
+    if !(10..=3_600_000).contains(&millis) {
+        return Err(format!("`{text}` must be between {RANGE}"));
+    }
+    Ok(Duration::from_millis(millis))
+}
+
 /// A number with a unit `s`, `m`, `h` or `d` (none: seconds) between
 /// `min` and `max` seconds, which `range` states for the error.
 fn parse_duration(text: &str, min: i64, max: i64, range: &str) -> Result<TimeDelta, String> {
@@ -206,8 +225,9 @@ struct DatabaseFlags {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     database_max_connections: Option<u32>,
     /// Milliseconds a request waits for a database connection (opening one
-    /// included) before it fails with UNAVAILABLE.
-    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 5000,
+    /// included) before it fails with RESOURCE_EXHAUSTED: waiting under load
+    /// is backpressure, as long as a unary RPC may take by default.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     database_acquire_timeout_ms: u64,
     /// SQLite: milliseconds between background checkpoints, which copy the
@@ -231,9 +251,11 @@ struct LimitFlags {
     #[arg(long, env = "BILLING_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
     max_message_bytes: u64,
-    /// HTTP/2 streams one connection may have open at once.
+    /// HTTP/2 streams one connection may have open at once (the stream
+    /// flow-control window shrinks above 327 so that clients sending many
+    /// small frames are never cut off).
     #[arg(long, env = "BILLING_MAX_CONCURRENT_STREAMS", default_value_t = 256,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_concurrent_streams: u32,
     /// Requests of one connection served at once; more wait their turn.
     #[arg(long, env = "BILLING_MAX_REQUESTS_PER_CONNECTION", default_value_t = 128,
@@ -254,6 +276,22 @@ struct LimitFlags {
     #[arg(long, env = "BILLING_MAX_INVOICE_WATCHERS_PER_ACCOUNT", default_value_t = 16,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_invoice_watchers_per_account: u64,
+    /// IngestCalls streams this server serves at once (RESOURCE_EXHAUSTED
+    /// beyond).
+    #[arg(long, env = "BILLING_MAX_INGEST_STREAMS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_ingest_streams: u64,
+    /// IngestCalls streams one account has open on this server at once
+    /// (RESOURCE_EXHAUSTED beyond), so one switch cannot take every slot.
+    #[arg(long, env = "BILLING_MAX_INGEST_STREAMS_PER_ACCOUNT", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_ingest_streams_per_account: u64,
+    /// Longest time a streamed call waits to be written: an IngestCalls
+    /// stream commits what it holds at least this often, however slowly
+    /// its records arrive ("250ms", "1s", "2m"; a bare number is seconds).
+    #[arg(long, env = "BILLING_INGEST_FLUSH_INTERVAL", default_value = "1s",
+          value_parser = parse_interval)]
+    ingest_flush_interval: Duration,
     /// Concurrent AddCall writes stored in one transaction, at most (group
     /// commit).
     #[arg(long, env = "BILLING_GROUP_COMMIT_MAX_BATCH", default_value_t = 256,
@@ -295,6 +333,9 @@ impl LimitFlags {
             unary_timeout: Duration::from_secs(self.unary_timeout_seconds),
             max_invoice_watchers: size(self.max_invoice_watchers),
             max_invoice_watchers_per_account: size(self.max_invoice_watchers_per_account),
+            max_ingest_streams: size(self.max_ingest_streams),
+            max_ingest_streams_per_account: size(self.max_ingest_streams_per_account),
+            ingest_flush_interval: self.ingest_flush_interval,
             password_hash_concurrency: self
                 .password_hash_concurrency
                 .map_or_else(billing::service::default_password_hash_concurrency, size),

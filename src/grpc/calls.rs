@@ -1,6 +1,8 @@
 //! `billing.v1.CallService`: rated call ingestion (single and streamed) and
 //! call listings.
 
+use std::time::Duration;
+
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -8,7 +10,9 @@ use super::auth::caller_may;
 use super::convert;
 use super::page_of;
 use super::pb::{self, call_service_server::CallService};
+use super::slots::StreamSlots;
 use super::status::{code_of, message_of};
+use crate::app::Limits;
 use crate::domain::access::Action;
 use crate::domain::access::Principal;
 use crate::domain::model::{Call, CallRecord, NewCall, StoredCall};
@@ -18,13 +22,16 @@ use crate::error::{AppError, AppResult};
 use crate::service::Calls;
 use crate::service::calls::CustomerCache;
 
-/// Records of a stream written per transaction: large enough to amortise the
-/// commit (each batch rewrites the index pages it touches, and a batch of
-/// 2,000 reached only 0.4x of a raw bulk insert against 0.67x for 10,000;
-/// see BENCHMARKS.md), small enough to bound memory (two batches per stream:
+/// Rows (calls and their tariff segments) of a stream written per
+/// transaction, at most: large enough to amortise the commit (each batch
+/// rewrites the index pages it touches, and a batch of 2,000 calls reached
+/// only 0.4x of a raw bulk insert against 0.67x for 10,000; see
+/// BENCHMARKS.md), small enough to bound memory (two batches per stream:
 /// one being written, one being read) and how long a batch holds SQLite's
-/// write lock (about half a second on the benchmark machine).
-const INGEST_BATCH: usize = 10_000;
+/// write lock (about half a second on the benchmark machine). Counted in
+/// rows, not records, so that calls a plan cuts into many segments make
+/// smaller batches rather than longer locks.
+const INGEST_BATCH_ROWS: usize = 10_000;
 
 /// A batch of a stream being written: its records' stream indexes, the
 /// records, and the outcome of storing them.
@@ -44,6 +51,36 @@ fn write(calls: Calls, batch: Vec<(i64, NewCall)>) -> Write {
         (indexes, batch, outcomes)
     })
 }
+/// The records of a stream read since its last write.
+#[derive(Default)]
+struct Batch {
+    records: Vec<(i64, NewCall)>,
+    /// Rows the records will write: each call and its segments.
+    rows: usize,
+    /// When its first record arrived.
+    first_at: Option<std::time::Instant>,
+}
+
+impl Batch {
+    fn push(&mut self, index: i64, call: NewCall) {
+        self.rows += 1 + call.rating.segments.len();
+        self.first_at.get_or_insert_with(std::time::Instant::now);
+        self.records.push((index, call));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.rows >= INGEST_BATCH_ROWS
+    }
+
+    fn take(&mut self) -> Vec<(i64, NewCall)> {
+        std::mem::take(self).records
+    }
+}
+
 /// Rejected records described in one IngestCalls response, at most.
 const MAX_REPORTED_ERRORS: usize = 10_000;
 /// Encoded bytes of the described errors, at most: with the counters the
@@ -54,11 +91,28 @@ const MAX_REPORTED_ERROR_BYTES: usize = 900 * 1024;
 #[derive(Debug, Clone)]
 pub struct CallApi {
     calls: Calls,
+    /// The open IngestCalls streams.
+    streams: StreamSlots,
+    /// How long a streamed record may wait before its batch is written.
+    flush_interval: Duration,
+    /// The largest response a listing page may make, in encoded bytes.
+    max_message_bytes: usize,
 }
 
 impl CallApi {
-    pub fn new(calls: Calls) -> Self {
-        CallApi { calls }
+    /// The service over `calls`, bounded by `limits`.
+    pub fn new(calls: Calls, limits: &Limits) -> Self {
+        CallApi {
+            calls,
+            streams: StreamSlots::new(
+                "call ingestion streams",
+                ("--max-ingest-streams", "--max-ingest-streams-per-account"),
+                limits.max_ingest_streams,
+                limits.max_ingest_streams_per_account,
+            ),
+            flush_interval: limits.ingest_flush_interval,
+            max_message_bytes: limits.max_message_bytes,
+        }
     }
 }
 
@@ -182,38 +236,48 @@ impl CallService for CallApi {
     ) -> Result<Response<pb::IngestCallsResponse>, Status> {
         let principal = caller_may(&request, Action::AddCalls)?;
         self.calls.may_add_calls(&principal)?;
+        let _slot = self.streams.take(&principal)?;
         let mut stream = request.into_inner();
         let mut customers = CustomerCache::new();
         let mut tally = IngestTally::default();
-        let mut batch = Vec::with_capacity(INGEST_BATCH);
+        let mut batch = Batch::default();
         let mut index: i64 = 0;
         // One batch is written while the next is read and rated: the
         // database works on its own thread (SQLite) or server (PostgreSQL)
-        // meanwhile. Dropping the stream drops the write in flight, which
-        // rolls it back.
+        // meanwhile. A batch is written when it is full, when the stream
+        // ends, or once its first record has waited the flush interval, so
+        // a slowly fed stream's calls are stored (and debited) within it.
+        // Dropping the stream drops the write in flight, which rolls it back.
         let mut writing: Option<Write> = None;
         let mut open = true;
         while open || writing.is_some() || !batch.is_empty() {
-            if writing.is_none() && (batch.len() >= INGEST_BATCH || (!open && !batch.is_empty())) {
-                writing = Some(write(self.calls.clone(), std::mem::take(&mut batch)));
+            let due = batch
+                .first_at
+                .is_some_and(|first| first.elapsed() >= self.flush_interval);
+            if writing.is_none() && (batch.is_full() || due || (!open && !batch.is_empty())) {
+                writing = Some(write(self.calls.clone(), batch.take()));
             }
+            let flush_at = batch
+                .first_at
+                .map(|first| tokio::time::Instant::from_std(first + self.flush_interval));
             tokio::select! {
                 written = async { writing.as_mut().expect("guarded by the condition").await }, if writing.is_some() => {
                     writing = None;
                     tally.settle(written)?;
                 }
-                message = stream.message(), if open && batch.len() < INGEST_BATCH => {
+                message = stream.message(), if open && !batch.is_full() => {
                     let Some(record) = message? else {
                         open = false;
                         continue;
                     };
                     let call_id = record.call_id.clone();
                     match self.prepare(&principal, record, &mut customers).await {
-                        Ok(new) => batch.push((index, new)),
+                        Ok(new) => batch.push(index, new),
                         Err(err) => tally.reject(index, call_id, &err),
                     }
                     index += 1;
                 }
+                () = async { tokio::time::sleep_until(flush_at.expect("guarded by the condition")).await }, if writing.is_none() && flush_at.is_some() => {}
             }
         }
         Ok(Response::new(tally.into_response()))
@@ -300,6 +364,28 @@ impl CallService for CallApi {
     }
 }
 
+/// Bytes of a page response kept for what is not a call (the next page
+/// token and framing).
+const PAGE_RESERVE_BYTES: usize = 1024;
+
+/// How many of `calls`, from the first, fit in a response of at most
+/// `max_bytes` encoded bytes (at least one: a single call is far below
+/// the smallest allowed limit, as its segments are bounded).
+fn fitting<'a>(calls: impl Iterator<Item = &'a pb::Call>, max_bytes: usize) -> usize {
+    let budget = max_bytes.saturating_sub(PAGE_RESERVE_BYTES);
+    let mut used = 0usize;
+    let mut count = 0usize;
+    for call in calls {
+        let len = call.encoded_len();
+        used += 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        if used > budget && count > 0 {
+            break;
+        }
+        count += 1;
+    }
+    count.max(1)
+}
+
 /// Which call listing a page is of.
 enum Listing {
     /// One customer's history.
@@ -357,9 +443,18 @@ impl CallApi {
                     .await?
             }
         };
-        let (calls, token) = page_of(calls, limit, |last: &Call| {
-            paging::encode_token(&scope, &[last.started_at.timestamp_micros(), last.id])
+        let calls: Vec<(i64, i64, pb::Call)> = calls
+            .into_iter()
+            .map(|call: Call| (call.started_at.timestamp_micros(), call.id, call.into()))
+            .collect();
+        let fit = fitting(
+            calls.iter().map(|(_, _, call)| call),
+            self.max_message_bytes,
+        );
+        let limit = limit.min(u64::try_from(fit).unwrap_or(u64::MAX));
+        let (calls, token) = page_of(calls, limit, |(started_at, id, _)| {
+            paging::encode_token(&scope, &[*started_at, *id])
         });
-        Ok((calls.into_iter().map(Into::into).collect(), token))
+        Ok((calls.into_iter().map(|(_, _, call)| call).collect(), token))
     }
 }

@@ -2,9 +2,8 @@
 //! billing cycles and the live invoice feed.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -13,7 +12,8 @@ use super::IdPage;
 use super::auth::caller_may;
 use super::convert::period;
 use super::pb::{self, invoice_service_server::InvoiceService};
-use crate::domain::access::{Action, Principal};
+use super::slots::StreamSlots;
+use crate::domain::access::Action;
 use crate::domain::validation as valid;
 use crate::error::AppError;
 use crate::service::invoicing::{Generated, Invoicing};
@@ -33,13 +33,8 @@ type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'st
 pub struct InvoiceApi {
     invoicing: Invoicing,
     stopping: Stopping,
-    /// One permit per open WatchInvoices stream.
-    watchers: Arc<Semaphore>,
-    max_watchers: usize,
-    /// Open WatchInvoices streams per account, so one account cannot take
-    /// every slot.
-    per_account: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
-    max_per_account: usize,
+    /// The open WatchInvoices streams.
+    watchers: StreamSlots,
 }
 
 impl InvoiceApi {
@@ -55,56 +50,15 @@ impl InvoiceApi {
         InvoiceApi {
             invoicing,
             stopping,
-            watchers: Arc::new(Semaphore::new(max_watchers)),
-            max_watchers,
-            per_account: Arc::default(),
-            max_per_account,
-        }
-    }
-
-    /// A watcher slot of `principal`'s account, or `RESOURCE_EXHAUSTED`
-    /// when it holds `max_per_account` already. The service itself (a
-    /// server run with authentication off) is one caller with no account,
-    /// bound only by the server's limit.
-    fn account_slot(&self, principal: &Principal) -> Result<Option<AccountSlot>, Status> {
-        let Some(account_id) = principal.account_id() else {
-            return Ok(None);
-        };
-        let mut open = self
-            .per_account
-            .lock()
-            .map_err(|_| Status::internal("watcher counts poisoned"))?;
-        let count = open.entry(account_id).or_default();
-        if *count >= self.max_per_account {
-            return Err(Status::resource_exhausted(format!(
-                "this account already has {} invoice watchers open on this server \
-                 (--max-invoice-watchers-per-account); close one or retry later",
-                self.max_per_account
-            )));
-        }
-        *count += 1;
-        Ok(Some(AccountSlot {
-            account_id,
-            open: self.per_account.clone(),
-        }))
-    }
-}
-
-/// One open watcher of an account; given back when dropped.
-struct AccountSlot {
-    account_id: i64,
-    open: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
-}
-
-impl Drop for AccountSlot {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.open.lock()
-            && let Some(count) = open.get_mut(&self.account_id)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.account_id);
-            }
+            watchers: StreamSlots::new(
+                "invoice watchers",
+                (
+                    "--max-invoice-watchers",
+                    "--max-invoice-watchers-per-account",
+                ),
+                max_watchers,
+                max_per_account,
+            ),
         }
     }
 }
@@ -298,19 +252,12 @@ impl InvoiceService for InvoiceApi {
             return Err(AppError::invalid("after_invoice_id", "must not be negative").into());
         }
         let filter = self.invoicing.watch_filter(&principal)?;
-        let slot = self.account_slot(&principal)?;
-        let Ok(permit) = self.watchers.clone().try_acquire_owned() else {
-            return Err(Status::resource_exhausted(format!(
-                "this server already serves {} invoice watchers (--max-invoice-watchers); retry later",
-                self.max_watchers
-            )));
-        };
+        let slot = self.watchers.take(&principal)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let invoicing = self.invoicing.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             // Held until the stream ends, however it ends.
-            let _permit = permit;
             let _slot = slot;
             let mut issued = invoicing.issued();
             let mut last_id = after_invoice_id;

@@ -49,6 +49,37 @@ static CLIENT_STREAMING: LazyLock<HashSet<String>> = LazyLock::new(|| {
     paths
 });
 
+/// HTTP/2 flow-control windows `(stream, connection)` for a server allowing
+/// `max_concurrent_streams` streams per connection.
+///
+/// h2 closes a connection (`GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames"`)
+/// once the small DATA frames it holds unread cost more than a budget of
+/// half the connection window, each frame of `n < 256` bytes costing
+/// `256 - n`. A client that sends every gRPC message as its own frame (as
+/// grpcio and grpc-go do) fills that budget whenever a handler stops
+/// reading for a while, as an upload does while its batch is written. The
+/// budget is not configurable through hyper or tonic, so the windows are
+/// chosen so that it cannot be reached by whole messages: unread data is
+/// bounded by the stream windows (at most `max_concurrent_streams` of
+/// them), the connection window is the largest HTTP/2 allows (so it never
+/// binds before the stream windows do), and a frame carrying at least a
+/// message's 5-byte prefix costs at most 251 for 5 bytes. Only a client that
+/// splits one message into frames of fewer than 5 bytes can still exhaust
+/// the budget, and only for its own connection.
+pub fn flow_control_windows(max_concurrent_streams: u32) -> (u32, u32) {
+    const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+    // The budget h2 derives from the connection window.
+    const BUDGET: u64 = CONNECTION_WINDOW as u64 / 2;
+    // The worst cost per unread byte: a 5-byte frame costs 251.
+    const COST: u64 = 251;
+    const SMALLEST_FRAME: u64 = 5;
+    const STREAM_WINDOW: u64 = 65_535;
+    let streams = u64::from(max_concurrent_streams.max(1));
+    let fits = BUDGET * SMALLEST_FRAME / (COST * streams);
+    let stream = STREAM_WINDOW.min(fits).max(SMALLEST_FRAME);
+    (u32::try_from(stream).unwrap_or(u32::MAX), CONNECTION_WINDOW)
+}
+
 /// The prefix of tonic's status for a request message over the limit.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large";
 
@@ -145,6 +176,22 @@ mod tests {
         assert!(CLIENT_STREAMING.contains("/billing.v1.CallService/IngestCalls"));
         assert!(!CLIENT_STREAMING.contains("/billing.v1.CallService/AddCall"));
         assert!(!CLIENT_STREAMING.contains("/billing.v1.InvoiceService/WatchInvoices"));
+    }
+
+    #[test]
+    fn unread_whole_messages_never_exhaust_h2s_small_frame_budget() {
+        for streams in [1, 2, 256, 1000, 4096] {
+            let (stream, connection) = flow_control_windows(streams);
+            let budget = u64::from(connection) / 2;
+            let frames = u64::from(streams) * u64::from(stream) / 5;
+            assert!(
+                frames * 251 <= budget,
+                "{streams} streams of {stream} bytes"
+            );
+            assert!(u64::from(stream) * u64::from(streams) <= u64::from(connection));
+        }
+        assert_eq!(flow_control_windows(256).0, 65_535);
+        assert!(flow_control_windows(4096).0 >= 4096);
     }
 
     #[test]

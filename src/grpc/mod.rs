@@ -13,6 +13,7 @@ mod invoices;
 pub mod limits;
 pub mod logging;
 pub mod readiness;
+mod slots;
 pub mod status;
 
 pub use accounts::AccountApi;

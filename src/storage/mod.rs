@@ -92,9 +92,11 @@ pub fn default_sqlite_read_connections() -> u32 {
 }
 
 /// How long a request waits for a pooled connection (including opening
-/// one) before it fails with `UNAVAILABLE`, unless
-/// `--database-acquire-timeout-ms` says otherwise.
-pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// one) before it fails with `RESOURCE_EXHAUSTED`, unless
+/// `--database-acquire-timeout-ms` says otherwise: as long as a unary RPC
+/// may take by default, so that waiting for a connection under load is
+/// backpressure rather than an error.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one readiness probe ([`Store::probe`]) may take before the
 /// database counts as unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -471,6 +473,9 @@ enum DbErrorKind {
     /// Busy, locked, deadlocked, a serialization failure, or the connection
     /// is gone: nothing was done, and a retry may succeed.
     Retryable,
+    /// No pooled connection became free within the acquire timeout: the
+    /// server has more work than connections (overload, not an outage).
+    Saturated,
     /// A number left the range its column or expression holds (an
     /// overflowing sum of money).
     OutOfRange,
@@ -488,16 +493,19 @@ fn kind_of(err: &DbErr) -> DbErrorKind {
     use sea_orm::sqlx::Error as SqlxError;
     use sea_orm::{RuntimeErr, sqlx};
     let sqlx_err = match err {
+        DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout) => {
+            return DbErrorKind::Saturated;
+        }
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return DbErrorKind::Retryable,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
         _ => return DbErrorKind::Other,
     };
     let database = match sqlx_err.as_ref() {
         SqlxError::Database(database) => database,
+        SqlxError::PoolTimedOut => return DbErrorKind::Saturated,
         SqlxError::Io(_)
         | SqlxError::Tls(_)
         | SqlxError::Protocol(_)
-        | SqlxError::PoolTimedOut
         | SqlxError::PoolClosed
         | SqlxError::WorkerCrashed => return DbErrorKind::Retryable,
         _ => return DbErrorKind::Other,
@@ -545,6 +553,11 @@ impl From<DbErr> for AppError {
     fn from(err: DbErr) -> Self {
         match kind_of(&err) {
             DbErrorKind::Retryable => AppError::Unavailable(Box::new(err)),
+            DbErrorKind::Saturated => AppError::ResourceExhausted(
+                "the server is busy: no database connection became free within \
+                 --database-acquire-timeout-ms; retry with backoff"
+                    .to_owned(),
+            ),
             DbErrorKind::OutOfRange => AppError::FailedPrecondition(
                 "the amounts involved exceed the largest sum the service can hold".to_owned(),
             ),

@@ -1057,3 +1057,83 @@ async fn one_account_holds_at_most_16_invoice_watchers_and_others_still_get_thei
         .await
         .expect("another account still watches");
 }
+
+/// One switch cannot take every `IngestCalls` slot: beyond
+/// `--max-ingest-streams-per-account` (8 by default) open streams its next
+/// one is `RESOURCE_EXHAUSTED`, while another account's upload is served.
+#[tokio::test]
+async fn one_account_holds_at_most_8_ingest_streams_and_others_still_upload() {
+    let w = world().await;
+    let customer_a_id = w.customer_a_id;
+    let stored = || {
+        let mut calls = w.admin.calls.clone();
+        async move {
+            calls
+                .get_call_history(pb::GetCallHistoryRequest {
+                    customer_id: customer_a_id,
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .calls
+                .len()
+        }
+    };
+    let before = stored().await;
+    let record = move |key: String| {
+        let mut record = call(customer_a_id, 60);
+        record.call_id = key;
+        record
+    };
+    let mut open = Vec::new();
+    for n in 0..8 {
+        let (records, stream) = tokio::sync::mpsc::channel(4);
+        let mut switch = w.switch_a.calls.clone();
+        let upload = tokio::spawn(async move {
+            switch
+                .ingest_calls(tokio_stream::wrappers::ReceiverStream::new(stream))
+                .await
+        });
+        records.send(record(format!("open-{n}"))).await.unwrap();
+        open.push((records, upload));
+    }
+    // Every stream is served once its record is stored (within the flush
+    // interval).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stored().await < before + 8 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the streams were not served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let refused = w
+        .switch_a
+        .calls
+        .clone()
+        .ingest_calls(tokio_stream::iter(vec![record("ninth".into())]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("--max-ingest-streams-per-account"),
+        "{refused:?}"
+    );
+    let served = w
+        .admin
+        .calls
+        .clone()
+        .ingest_calls(tokio_stream::iter(vec![record("admin".into())]))
+        .await
+        .expect("another account still uploads")
+        .into_inner();
+    assert_eq!(served.accepted, 1);
+    for (records, upload) in open {
+        drop(records);
+        assert_eq!(upload.await.unwrap().unwrap().into_inner().accepted, 1);
+    }
+}

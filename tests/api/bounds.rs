@@ -597,11 +597,18 @@ async fn a_rapid_reset_flood_gets_the_connection_closed_and_the_server_serves_on
         .expect("the server closes the flooding connection")
         .unwrap();
     let err = ended.expect_err("the connection ends with an error");
-    assert_eq!(
-        err.reason(),
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
-        "after {sent} resets: {err}"
-    );
+    // The server sends GOAWAY and closes its socket. A client still writing
+    // then may meet the closed socket (and the kernel drops the unread
+    // GOAWAY with the connection's reset) before it reads the frame, so a
+    // broken or reset connection is the same outcome seen a moment later.
+    let closed_by_server = err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        || err.get_io().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        });
+    assert!(closed_by_server, "after {sent} resets: {err}");
     assert!(sent < 100_000, "every reset was accepted");
     // Other clients are still served.
     let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;

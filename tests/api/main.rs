@@ -18,6 +18,7 @@ mod replicas;
 mod robustness;
 mod scaling;
 mod secrets;
+mod streaming;
 mod tariffs;
 mod tenants;
 mod tls;
