@@ -178,6 +178,8 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the invoice feed's position: {}", .0.detail())]
+    FeedPosition(#[source] crate::error::AppError),
     #[error("cannot build reflection service: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
     #[error("cannot read TLS file {}: {source}", path.display())]
@@ -316,6 +318,17 @@ impl Application {
                 .clone()
                 .relay_invoices(invoice_feed_catch_up, stopping_rx.clone()),
         );
+        // Read before serving, so that no watcher can subscribe before the
+        // feed knows where it starts.
+        let feed_position = invoicing
+            .feed_position()
+            .await
+            .map_err(StartupError::FeedPosition)?;
+        let feed_task = tokio::spawn(
+            invoicing
+                .clone()
+                .serve_feed(feed_position, stopping_rx.clone()),
+        );
         let monitor_task = tokio::spawn(crate::readiness::monitor(
             store.clone(),
             readiness.clone(),
@@ -423,9 +436,10 @@ impl Application {
                 Ok(())
             }
         };
-        for task in scheduler_task
-            .into_iter()
-            .chain([monitor_task, relay_task, checkpoint_task])
+        for task in
+            scheduler_task
+                .into_iter()
+                .chain([monitor_task, relay_task, feed_task, checkpoint_task])
         {
             task.abort();
             let _ = task.await;

@@ -40,6 +40,7 @@ use billing::domain::money::cost_of;
 use billing::grpc::pb;
 use billing::grpc::pb::account_service_client::AccountServiceClient;
 use billing::grpc::pb::call_service_client::CallServiceClient;
+use billing::grpc::pb::customer_service_client::CustomerServiceClient;
 use billing::grpc::pb::invoice_service_client::InvoiceServiceClient;
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
 use clap::Parser;
@@ -128,6 +129,11 @@ struct Args {
     /// replicas.
     #[arg(long, default_value_t = 4)]
     streams: u64,
+    /// After the unary load: GenerateInvoice and AddCall latency with no
+    /// invoice watcher, then with this many open WatchInvoices streams
+    /// (each told of every invoice); implies --unary-only.
+    #[arg(long)]
+    watchers: Option<usize>,
 }
 
 /// SplitMix64: a fixed seed gives the same data on every run.
@@ -257,7 +263,7 @@ async fn main() -> Result<(), Failure> {
         month_start: this_month - Months::new(1),
         month_end: this_month,
         plan_kind: if args.prepaid { "prepaid" } else { "postpaid" },
-        operator_links: args.auth,
+        operator_links: args.auth || args.watchers.is_some(),
     };
     let scratch = Scratch::new()?;
     if args.scale_out {
@@ -284,18 +290,28 @@ async fn main() -> Result<(), Failure> {
         db.close().await?;
     }
 
-    if args.auth {
+    let auth = args.auth || args.watchers.is_some();
+    if auth {
         create_admin(&server_binary, &service_url)?;
     }
+    let watcher_flags: Vec<String> = args.watchers.map_or_else(Vec::new, |watchers| {
+        vec![
+            "--max-invoice-watchers".into(),
+            (2 * watchers).max(1024).to_string(),
+            "--max-invoice-watchers-per-account".into(),
+            watchers.to_string(),
+        ]
+    });
     let mut server = Server::start(
         &server_binary,
         &service_url,
         args.server_log.as_deref(),
-        args.auth,
+        auth,
+        &watcher_flags,
     )?;
     let url = format!("http://{}", server.addr);
     println!("server: pid {} at {}", server.child.id(), server.addr);
-    let credentials = if args.auth {
+    let credentials = if auth {
         let key = api_key(&url).await?;
         println!("authentication on: the AddCall load presents the API key of operator 1's switch");
         Some(key)
@@ -337,6 +353,11 @@ async fn main() -> Result<(), Failure> {
         login_burst(&url).await?;
         server.memory("after the login burst");
         println!();
+    }
+    if let Some(watchers) = args.watchers {
+        watcher_study(&url, data, watchers, seconds, credentials).await?;
+        server.memory(&format!("with {watchers} watchers"));
+        return Ok(());
     }
     if args.unary_only || args.prepaid || args.auth {
         return Ok(());
@@ -602,7 +623,7 @@ async fn scale_out(
         let db = connect(&url).await?;
         seed_customers(&db, data).await?;
         let servers = (0..replicas)
-            .map(|_| Server::start(binary, &url, args.server_log.as_deref(), false))
+            .map(|_| Server::start(binary, &url, args.server_log.as_deref(), false, &[]))
             .collect::<Result<Vec<_>, _>>()?;
         let endpoints: Vec<String> = servers
             .iter()
@@ -1181,6 +1202,7 @@ impl Server {
         url: &str,
         log: Option<&str>,
         auth: bool,
+        extra: &[String],
     ) -> Result<Server, Failure> {
         let mut args = vec![
             "--database-url",
@@ -1197,6 +1219,7 @@ impl Server {
         if !auth {
             args.push("--no-auth");
         }
+        args.extend(extra.iter().map(String::as_str));
         let mut child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", log.unwrap_or("warn,billing=info"))
@@ -1261,6 +1284,255 @@ impl Drop for Server {
     }
 }
 
+/// GenerateInvoice (one new invoice each, one after another) and AddCall
+/// (2 connections x 8 streams, as operator 1's switch) latency for
+/// `duration`: with no invoice watcher; with `watchers` open WatchInvoices
+/// streams of an operator none of whose customers is invoiced (idle
+/// watchers); and with `watchers` streams of the admin, each told of every
+/// invoice. Then how long until every one of those has been told.
+async fn watcher_study(
+    url: &str,
+    data: Data,
+    watchers: usize,
+    duration: Duration,
+    switch: Option<MetadataValue<Ascii>>,
+) -> Result<(), Failure> {
+    println!("## Invoice watchers ({} s each)", duration.as_secs());
+    let admin = login(url, BENCH_ADMIN).await?;
+    let idle = idle_operator(url, &admin).await?;
+    println!(
+        "{:<36} {:>8} {:>9} {:>9} {:>7}",
+        "load", "req/s", "p50 ms", "p99 ms", "ratio"
+    );
+    let period = pb::BillingPeriod {
+        year: data.month_start.year(),
+        month: i32::try_from(data.month_start.month()).unwrap_or(1),
+    };
+    let mut next_customer = 2_i64;
+    let mut run = 100;
+    let mut phase = |next_customer: &mut i64| {
+        run += 1;
+        let add = load(
+            url,
+            2,
+            8,
+            duration,
+            Rpc::AddCall {
+                customers: data.customers,
+                run,
+                credentials: switch.clone(),
+            },
+        );
+        let issue = issue_invoices(
+            url,
+            &admin,
+            period,
+            *next_customer,
+            data.customers,
+            duration,
+        );
+        async move {
+            let (issue, add) = tokio::join!(issue, add);
+            Ok::<_, Failure>((issue?, add?))
+        }
+    };
+    let ((issue_none, issued), add_none) = phase(&mut next_customer).await?;
+    next_customer += i64::try_from(issued).unwrap_or(0);
+    let print = |label: &str, issue: &Outcome, add: &Outcome| {
+        let ratio = |with: &Outcome, without: &Outcome| {
+            (label != "0").then(|| with.percentile(0.5) / without.percentile(0.5).max(1e-9))
+        };
+        issue.print36(
+            &format!("GenerateInvoice, {label} watchers"),
+            ratio(issue, &issue_none),
+        );
+        add.print36(
+            &format!("AddCall 2x8, {label} watchers"),
+            ratio(add, &add_none),
+        );
+    };
+    print("0", &issue_none, &add_none);
+    for (label, token) in [("idle", &idle), ("told-all", &admin)] {
+        let (streams, received) = open_watchers(url, token, watchers).await?;
+        let ((issue, issued), add) = phase(&mut next_customer).await?;
+        next_customer += i64::try_from(issued).unwrap_or(0);
+        let issued_at = Instant::now();
+        let expected = if label == "idle" {
+            0
+        } else {
+            issued * watchers as u64
+        };
+        while received.load(std::sync::atomic::Ordering::Relaxed) < expected {
+            if issued_at.elapsed() > Duration::from_secs(120) {
+                return Err(format!(
+                    "watchers were told of {} of {expected} invoices",
+                    received.load(std::sync::atomic::Ordering::Relaxed)
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let told = received.load(std::sync::atomic::Ordering::Relaxed);
+        print(&format!("{watchers} {label}"), &issue, &add);
+        println!(
+            "  {told} invoices told to the watchers ({issued} issued), all {:.2} s after the last was issued",
+            issued_at.elapsed().as_secs_f64()
+        );
+        for stream in streams {
+            stream.abort();
+        }
+    }
+    println!("(ratio: p50 with the watchers / p50 with none)");
+    Ok(())
+}
+
+/// The `authorization` value of `username` signed in.
+async fn login(url: &str, username: &str) -> Result<MetadataValue<Ascii>, Failure> {
+    let login = AccountServiceClient::connect(url.to_owned())
+        .await?
+        .login(pb::LoginRequest {
+            username: username.into(),
+            password: BENCH_PASSWORD.into(),
+        })
+        .await?
+        .into_inner();
+    Ok(format!("Bearer {}", login.access_token).parse()?)
+}
+
+/// Creates an operator with no customers and an account of it; its
+/// `authorization` value.
+async fn idle_operator(
+    url: &str,
+    admin: &MetadataValue<Ascii>,
+) -> Result<MetadataValue<Ascii>, Failure> {
+    let mut request = tonic::Request::new(pb::CreateOperatorRequest {
+        name: "Idle watchers".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", admin.clone());
+    let operator = CustomerServiceClient::connect(url.to_owned())
+        .await?
+        .create_operator(request)
+        .await?
+        .into_inner();
+    let mut request = tonic::Request::new(pb::CreateAccountRequest {
+        username: "bench-idle".into(),
+        password: BENCH_PASSWORD.into(),
+        role: pb::Role::Operator.into(),
+        operator_id: operator.id,
+        customer_id: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", admin.clone());
+    AccountServiceClient::connect(url.to_owned())
+        .await?
+        .create_account(request)
+        .await?;
+    login(url, "bench-idle").await
+}
+
+/// Opens `count` WatchInvoices streams as `token`, 200 per connection,
+/// each starting after the newest invoice; their tasks and the number of
+/// invoices they have been told of, together.
+async fn open_watchers(
+    url: &str,
+    token: &MetadataValue<Ascii>,
+    count: usize,
+) -> Result<
+    (
+        Vec<tokio::task::JoinHandle<()>>,
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ),
+    Failure,
+> {
+    let channels = count.div_ceil(200).max(1);
+    let mut connections = Vec::with_capacity(channels);
+    for _ in 0..channels {
+        connections.push(Endpoint::from_shared(url.to_owned())?.connect().await?);
+    }
+    // Newest first would need a filter the API does not have; the ids are
+    // read page by page instead.
+    let mut after = 0_i64;
+    let mut token_page = String::new();
+    let mut invoices = InvoiceServiceClient::new(connections[0].clone());
+    loop {
+        let mut request = tonic::Request::new(pb::ListInvoicesRequest {
+            page_size: 1000,
+            page_token: token_page,
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+        let page = invoices.list_invoices(request).await?.into_inner();
+        after = page.invoices.iter().map(|i| i.id).max().unwrap_or(after);
+        token_page = page.next_page_token;
+        if token_page.is_empty() {
+            break;
+        }
+    }
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut streams = Vec::with_capacity(count);
+    for n in 0..count {
+        let mut client = InvoiceServiceClient::new(connections[n % channels].clone());
+        let mut request = tonic::Request::new(pb::WatchInvoicesRequest {
+            after_invoice_id: after,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+        let mut stream = client.watch_invoices(request).await?.into_inner();
+        let received = received.clone();
+        streams.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = stream.next().await {
+                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    Ok((streams, received))
+}
+
+/// Issues `period`'s invoice of one customer after another from `first`
+/// on, as `admin`, for `duration` (or until the customers run out): their
+/// latencies, and how many were issued.
+async fn issue_invoices(
+    url: &str,
+    admin: &MetadataValue<Ascii>,
+    period: pb::BillingPeriod,
+    first: i64,
+    customers: u64,
+    duration: Duration,
+) -> Result<(Outcome, u64), Failure> {
+    let mut invoices = InvoiceServiceClient::connect(url.to_owned()).await?;
+    let began = Instant::now();
+    let mut latencies = Vec::new();
+    let mut customer_id = first;
+    while began.elapsed() < duration && customer_id <= i64::try_from(customers).unwrap_or(0) {
+        let sent = Instant::now();
+        let mut request = tonic::Request::new(pb::GenerateInvoiceRequest {
+            customer_id,
+            period: Some(period),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", admin.clone());
+        invoices.generate_invoice(request).await?;
+        latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+        customer_id += 1;
+    }
+    let issued = latencies.len() as u64;
+    latencies.sort_unstable();
+    Ok((
+        Outcome {
+            latencies,
+            elapsed: began.elapsed(),
+        },
+        issued,
+    ))
+}
+
 /// What a load sends.
 #[derive(Clone)]
 enum Rpc {
@@ -1293,6 +1565,17 @@ impl Outcome {
         }
         let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
         f64::from(self.latencies[index]) / 1000.0
+    }
+
+    /// As [`Outcome::print`], with a wider label.
+    fn print36(&self, label: &str, ratio: Option<f64>) {
+        let ratio = ratio.map_or(String::new(), |r| format!("{r:.2}x"));
+        println!(
+            "{label:<36} {:>8.0} {:>9.2} {:>9.2} {ratio:>7}",
+            self.rate(),
+            self.percentile(0.5),
+            self.percentile(0.99)
+        );
     }
 
     fn print(&self, label: &str, ratio: Option<f64>) {

@@ -1,9 +1,11 @@
 //! `billing.v1.InvoiceService`: invoices, previews, consolidated history,
 //! billing cycles and the live invoice feed.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -18,9 +20,13 @@ use crate::domain::validation as valid;
 use crate::error::AppError;
 use crate::service::invoicing::{Generated, Invoicing};
 use crate::shutdown::{Stopping, until_stopping};
+use crate::storage::InvoiceFilter;
 
 /// Invoices sent per database read while replaying history.
 const WATCH_BATCH: u64 = 100;
+/// Invoices the relay holds for watchers that have not taken them yet; a
+/// watcher that falls further behind reads its own way back.
+const FEED_BUFFER: usize = 1024;
 /// Messages buffered per server stream.
 const STREAM_BUFFER: usize = 16;
 /// Months of consolidated history computed per page (three queries each).
@@ -35,6 +41,87 @@ pub struct InvoiceApi {
     stopping: Stopping,
     /// The open WatchInvoices streams.
     watchers: StreamSlots,
+    /// The shared feed, converted to the contract once for every watcher.
+    feed: Feeds,
+}
+
+/// What watchers of this process receive from the shared feed.
+#[derive(Debug, Clone)]
+enum Delivery {
+    /// A newly issued invoice, converted once.
+    Invoice(Arc<pb::Invoice>),
+    /// The relay fell behind the service's feed and lost invoices: every
+    /// watcher reads its own way back.
+    Gap,
+}
+
+/// One broadcast channel per filter watched on this process, so that an
+/// invoice wakes only the watchers it is for: those of all invoices, of its
+/// customer, and of the operators its customer is linked to.
+#[derive(Debug, Clone, Default)]
+struct Feeds(Arc<std::sync::Mutex<HashMap<InvoiceFilter, broadcast::Sender<Delivery>>>>);
+
+impl Feeds {
+    /// A receiver of the invoices `filter` passes, from now on.
+    fn subscribe(&self, filter: InvoiceFilter) -> broadcast::Receiver<Delivery> {
+        let mut feeds = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        feeds
+            .entry(filter)
+            .or_insert_with(|| broadcast::channel(FEED_BUFFER).0)
+            .subscribe()
+    }
+
+    /// Passes `delivery` to the watchers of each of `filters` (all of
+    /// them: `None`), forgetting channels no watcher holds any more.
+    fn send(&self, filters: Option<&[InvoiceFilter]>, delivery: &Delivery) {
+        let mut feeds = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        feeds.retain(|_, feed| feed.receiver_count() > 0);
+        match filters {
+            None => {
+                for feed in feeds.values() {
+                    let _ = feed.send(delivery.clone());
+                }
+            }
+            Some(filters) => {
+                for filter in filters {
+                    if let Some(feed) = feeds.get(filter) {
+                        let _ = feed.send(delivery.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Converts each invoice of `invoicing`'s feed to the contract once and
+/// passes it on to the watchers it is for, until `stopping`.
+fn relay_feed(invoicing: &Invoicing, mut stopping: Stopping) -> Feeds {
+    let feeds = Feeds::default();
+    let mut issued = invoicing.subscribe_feed();
+    let relay = feeds.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                item = issued.recv() => match item {
+                    Ok(item) => {
+                        let message = Delivery::Invoice(Arc::new(pb::Invoice::from((*item.invoice).clone())));
+                        let filters = InvoiceFilter::passing(item.invoice.customer_id, &item.operators);
+                        relay.send(Some(&filters), &message);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => relay.send(None, &Delivery::Gap),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = until_stopping(&mut stopping) => return,
+            }
+        }
+    });
+    feeds
 }
 
 impl InvoiceApi {
@@ -48,6 +135,7 @@ impl InvoiceApi {
         max_per_account: usize,
     ) -> Self {
         InvoiceApi {
+            feed: relay_feed(&invoicing, stopping.clone()),
             invoicing,
             stopping,
             watchers: StreamSlots::new(
@@ -59,6 +147,37 @@ impl InvoiceApi {
                 max_watchers,
                 max_per_account,
             ),
+        }
+    }
+}
+
+/// Sends a watcher the invoices after `last_id` that `filter` passes, by
+/// its own reads (a watcher's history, or its way back after falling
+/// behind the shared feed), advancing `last_id`. False when the stream has
+/// ended (the client went away, or a read failed and was reported).
+async fn replay(
+    invoicing: &Invoicing,
+    filter: InvoiceFilter,
+    last_id: &mut i64,
+    tx: &mpsc::Sender<Result<pb::Invoice, Status>>,
+) -> bool {
+    loop {
+        let batch = match invoicing.feed_page(filter, *last_id, WATCH_BATCH).await {
+            Ok(batch) => batch,
+            Err(err) => {
+                let _ = tx.send(Err(Status::from(err))).await;
+                return false;
+            }
+        };
+        let full = batch.len() as u64 == WATCH_BATCH;
+        for invoice in batch {
+            *last_id = invoice.id;
+            if tx.send(Ok(invoice.into())).await.is_err() {
+                return false;
+            }
+        }
+        if !full {
+            return true;
         }
     }
 }
@@ -256,34 +375,35 @@ impl InvoiceService for InvoiceApi {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let invoicing = self.invoicing.clone();
         let mut stopping = self.stopping.clone();
+        // Subscribed before the replay reads, so that every invoice is in
+        // one or the other (ids seen twice are skipped).
+        let mut feed = self.feed.subscribe(filter);
         tokio::spawn(async move {
             // Held until the stream ends, however it ends.
             let _slot = slot;
-            let mut issued = invoicing.issued();
             let mut last_id = after_invoice_id;
+            if !replay(&invoicing, filter, &mut last_id, &tx).await {
+                return;
+            }
             loop {
-                // Mark the latest issue as seen before reading, so an invoice
-                // committed after this read wakes the wait below.
-                issued.borrow_and_update();
-                let batch = match invoicing.feed_page(filter, last_id, WATCH_BATCH).await {
-                    Ok(batch) => batch,
-                    Err(err) => {
-                        let _ = tx.send(Err(Status::from(err))).await;
-                        return;
-                    }
-                };
-                let full = batch.len() as u64 == WATCH_BATCH;
-                for invoice in batch {
-                    last_id = invoice.id;
-                    if tx.send(Ok(invoice.into())).await.is_err() {
-                        return;
-                    }
-                }
-                if full {
-                    continue;
-                }
                 tokio::select! {
-                    _ = issued.changed() => {}
+                    item = feed.recv() => match item {
+                        Ok(Delivery::Invoice(message)) => {
+                            if message.id > last_id {
+                                last_id = message.id;
+                                if tx.send(Ok((*message).clone())).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        // Fell behind the shared feed: read its own way back.
+                        Ok(Delivery::Gap) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            if !replay(&invoicing, filter, &mut last_id, &tx).await {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
                     () = tx.closed() => return,
                     () = until_stopping(&mut stopping) => {
                         let _ = tx.send(Err(Status::unavailable("server shutting down; reconnect with your last invoice id"))).await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use chrono_tz::Tz;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::Access;
 use crate::clock::Clock;
@@ -123,6 +123,23 @@ pub struct Invoicing {
     /// through [`Invoicing::relay_invoices`]) another replica; watchers wait
     /// on it, and a catch-up wakes them with the value unchanged.
     issued: Arc<watch::Sender<i64>>,
+    /// Newly issued invoices, read once for every watcher of this process
+    /// by [`Invoicing::serve_feed`].
+    feed: broadcast::Sender<FeedItem>,
+}
+
+/// Invoices the feed reads per query.
+const FEED_PAGE: u64 = 100;
+/// Invoices the feed holds for watchers that have not taken them yet; a
+/// watcher that falls further behind reads its own way back.
+const FEED_BUFFER: usize = 1024;
+
+/// One newly issued invoice, as every watcher of this process receives it.
+#[derive(Debug, Clone)]
+pub struct FeedItem {
+    pub invoice: Arc<Invoice>,
+    /// The operators its customer is linked to, for the watchers' filters.
+    pub operators: Arc<[i64]>,
 }
 
 impl Invoicing {
@@ -136,6 +153,7 @@ impl Invoicing {
             tz,
             grace,
             issued: Arc::new(watch::Sender::new(0)),
+            feed: broadcast::Sender::new(FEED_BUFFER),
         }
     }
 
@@ -221,6 +239,67 @@ impl Invoicing {
                     open = self.store.listens_for_invoices();
                 }
                 () = until_stopping(&mut stopping) => return,
+            }
+        }
+    }
+
+    /// The feed's current position (the highest invoice id), where
+    /// [`Invoicing::serve_feed`] starts.
+    pub async fn feed_position(&self) -> AppResult<i64> {
+        self.store.feed_position().await
+    }
+
+    /// Newly issued invoices, from the moment of subscribing.
+    pub fn subscribe_feed(&self) -> broadcast::Receiver<FeedItem> {
+        self.feed.subscribe()
+    }
+
+    /// Reads each newly issued invoice once for every watcher of this
+    /// process, from `position` on, until `stopping`: woken like the
+    /// watchers were (an issue here, another replica's notification, a
+    /// catch-up), it reads the new page (under the feed lock, see
+    /// `Store::feed_page`) and the operators of its customers, and
+    /// broadcasts them; each watcher filters in memory. A failed read is
+    /// retried at the next wake, from where it stopped.
+    pub async fn serve_feed(self, mut position: i64, mut stopping: Stopping) {
+        let mut issued = self.issued();
+        loop {
+            issued.borrow_and_update();
+            if let Err(err) = self.publish_new(&mut position).await {
+                tracing::warn!(error = %err.detail(), "invoice feed: reading new invoices failed; retrying at the next wake");
+            }
+            tokio::select! {
+                _ = issued.changed() => {}
+                () = until_stopping(&mut stopping) => return,
+            }
+        }
+    }
+
+    /// Broadcasts the invoices after `position`, advancing it.
+    async fn publish_new(&self, position: &mut i64) -> AppResult<()> {
+        loop {
+            let page = self
+                .store
+                .feed_page(InvoiceFilter::All, *position, FEED_PAGE)
+                .await?;
+            let full = page.len() as u64 == FEED_PAGE;
+            let mut customers: Vec<i64> = page.iter().map(|i| i.customer_id).collect();
+            customers.sort_unstable();
+            customers.dedup();
+            let operators = self.store.operators_of(&customers).await?;
+            for invoice in page {
+                *position = invoice.id;
+                let linked = operators
+                    .get(&invoice.customer_id)
+                    .map_or_else(|| Arc::from([]), |ids| Arc::from(ids.as_slice()));
+                // No receiver is no watcher: nothing to do.
+                let _ = self.feed.send(FeedItem {
+                    invoice: Arc::new(invoice),
+                    operators: linked,
+                });
+            }
+            if !full {
+                return Ok(());
             }
         }
     }

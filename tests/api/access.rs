@@ -1137,3 +1137,69 @@ async fn one_account_holds_at_most_8_ingest_streams_and_others_still_upload() {
         assert_eq!(upload.await.unwrap().unwrap().into_inner().accepted, 1);
     }
 }
+
+/// The next invoice of a feed, failing the test if none comes in time.
+async fn next(feed: &mut tonic::Streaming<pb::Invoice>) -> pb::Invoice {
+    tokio::time::timeout(std::time::Duration::from_secs(30), feed.message())
+        .await
+        .expect("an invoice in time")
+        .unwrap()
+        .unwrap()
+}
+
+/// Live invoices reach only the watchers allowed to see them: an operator's
+/// watcher is told of its customers' invoices only, the
+/// admin's of all, each as it is issued.
+#[tokio::test]
+async fn each_watcher_is_told_live_only_of_the_invoices_it_may_see() {
+    let w = world().await;
+    // After June's invoices: only what is issued from now on.
+    let june = w
+        .admin
+        .invoices
+        .clone()
+        .list_invoices(pb::ListInvoicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .invoices;
+    let after_invoice_id = june.iter().map(|i| i.id).max().unwrap();
+    let watch = |caller: &Caller| {
+        let mut invoices = caller.invoices.clone();
+        async move {
+            invoices
+                .watch_invoices(pb::WatchInvoicesRequest { after_invoice_id })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut admin_feed = watch(&w.admin).await;
+    let mut operator_a_feed = watch(&w.operator_a).await;
+    let mut operator_b_feed = watch(&w.operator_b).await;
+    let (a, b) = (w.customer_a_id, w.customer_b_id);
+    for (month, order) in [(7, [b, a]), (8, [a, b])] {
+        w.app
+            .clock
+            .set(at(&format!("2026-{:02}-02T00:00:00Z", month + 1)));
+        let admin = login(&w.app, "root").await;
+        for customer_id in order {
+            admin
+                .invoices
+                .clone()
+                .generate_invoice(pb::GenerateInvoiceRequest {
+                    customer_id,
+                    period: Some(pb::BillingPeriod { year: 2026, month }),
+                })
+                .await
+                .unwrap();
+        }
+        for customer_id in order {
+            assert_eq!(next(&mut admin_feed).await.customer_id, customer_id);
+        }
+        let told = next(&mut operator_a_feed).await;
+        assert_eq!((told.customer_id, told.period.unwrap().month), (a, month));
+        let told = next(&mut operator_b_feed).await;
+        assert_eq!((told.customer_id, told.period.unwrap().month), (b, month));
+    }
+}

@@ -696,6 +696,69 @@ async fn watch_invoices_delivers_history_then_live_invoices() {
     );
 }
 
+/// A watcher whose client stops reading falls behind the feed shared by
+/// every watcher of the server; once it reads again it receives every
+/// invoice, each once, in id order.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_the_shared_feed_still_receives_every_invoice_once() {
+    let app = spawn_app_at(at("2026-01-15T00:00:00Z")).await;
+    let plan = plan_with(&app, PlanKind::Fixed, 1_000_000, 0, 60, 0).await;
+    const CUSTOMERS: usize = 1500;
+    for n in 0..CUSTOMERS {
+        app.customer(plan.id, u32::try_from(n).unwrap(), vec![])
+            .await;
+    }
+    app.clock.set(at("2026-02-01T00:00:00Z"));
+    // A small window: the server cannot send far ahead of the reader, so
+    // the watcher's task waits while the shared feed moves on.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = pb::invoice_service_client::InvoiceServiceClient::new(channel)
+        .watch_invoices(pb::WatchInvoicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut keeping_up = app
+        .invoices
+        .clone()
+        .watch_invoices(pb::WatchInvoicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let cycle = app
+        .invoices
+        .clone()
+        .run_billing_cycle(pb::RunBillingCycleRequest {
+            period: period(2026, 1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cycle.issued, CUSTOMERS as i64);
+    let mut last = 0;
+    for n in 0..CUSTOMERS {
+        let invoice = within("the feed", keeping_up.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(invoice.id > last, "invoice {n} out of order");
+        last = invoice.id;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last = 0;
+    for n in 0..CUSTOMERS {
+        let invoice = within("the slow feed", slow.next()).await.unwrap().unwrap();
+        assert!(invoice.id > last, "invoice {n} out of order or repeated");
+        last = invoice.id;
+        seen.insert(invoice.customer_id);
+    }
+    assert_eq!(seen.len(), CUSTOMERS);
+}
+
 /// Guards a wait on a stream, so a missing invoice fails the test instead of
 /// hanging it.
 async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {

@@ -43,7 +43,7 @@ pub struct CustomerToInvoice {
 }
 
 /// Whose invoices a listing returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InvoiceFilter {
     /// Every invoice.
     All,
@@ -51,6 +51,17 @@ pub enum InvoiceFilter {
     Customer(i64),
     /// The invoices of every customer linked to one operator.
     Operator(i64),
+}
+
+impl InvoiceFilter {
+    /// Every filter that passes an invoice of `customer_id` whose customer
+    /// is linked to `operators`: the rule of [`invoice_page`], for routing
+    /// one feed page read for all watchers to those it is for.
+    pub fn passing(customer_id: i64, operators: &[i64]) -> Vec<InvoiceFilter> {
+        let mut filters = vec![InvoiceFilter::All, InvoiceFilter::Customer(customer_id)];
+        filters.extend(operators.iter().map(|id| InvoiceFilter::Operator(*id)));
+        filters
+    }
 }
 
 impl Store {
@@ -77,6 +88,50 @@ impl Store {
         txn.commit().await?;
         // The lines were committed with their invoices.
         self.with_lines(models).await
+    }
+
+    /// The feed's position: the highest invoice id, read as
+    /// [`Store::feed_page`] reads (no smaller id can appear later).
+    pub async fn feed_position(&self) -> AppResult<i64> {
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        if self.db.get_database_backend() == DatabaseBackend::Postgres {
+            txn.execute_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [ISSUE_LOCK_KEY.into()],
+            ))
+            .await?;
+        }
+        let newest: Option<i64> = invoice::Entity::find()
+            .select_only()
+            .column_as(invoice::Column::Id.max(), "newest")
+            .into_tuple()
+            .one(&txn)
+            .await?
+            .flatten();
+        txn.commit().await?;
+        Ok(newest.unwrap_or(0))
+    }
+
+    /// The operators each of `customer_ids` is linked to, for filtering a
+    /// feed page read for all watchers at once.
+    pub async fn operators_of(&self, customer_ids: &[i64]) -> AppResult<BTreeMap<i64, Vec<i64>>> {
+        let mut operators: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        if customer_ids.is_empty() {
+            return Ok(operators);
+        }
+        let links: Vec<(i64, i64)> = customer_operator::Entity::find()
+            .select_only()
+            .column(customer_operator::Column::CustomerId)
+            .column(customer_operator::Column::OperatorId)
+            .filter(customer_operator::Column::CustomerId.is_in(customer_ids.iter().copied()))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for (customer_id, operator_id) in links {
+            operators.entry(customer_id).or_default().push(operator_id);
+        }
+        Ok(operators)
     }
 
     /// The invoice of one customer and month, if issued.
