@@ -57,6 +57,18 @@ pub struct Account {
     /// The customer of a customer account.
     pub customer_id: Option<i64>,
     pub created_at: DateTime<Utc>,
+    /// When it was disabled: its credentials are refused from then on.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// An API key as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyInfo {
+    pub id: i64,
+    pub name: String,
+    pub account_id: i64,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// A validated request to create an account.
@@ -168,8 +180,10 @@ impl Principal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     CreateAccount,
+    ManageAccounts,
     ManageApiKeys,
     WhoAmI,
+    Logout,
     CreatePlan,
     ListPlans,
     CreateOperator,
@@ -199,8 +213,10 @@ pub fn permits(principal: &Principal, action: Action) -> AppResult<()> {
         Principal::Operator { .. } => matches!(
             action,
             CreateAccount
+                | ManageAccounts
                 | ManageApiKeys
                 | WhoAmI
+                | Logout
                 | ListPlans
                 | CreateCustomer
                 | GetCustomer
@@ -215,7 +231,9 @@ pub fn permits(principal: &Principal, action: Action) -> AppResult<()> {
                 | StreamConsolidated
                 | WatchInvoices
         ),
-        Principal::Switch { .. } => matches!(action, AddCalls | AuthorizeCall | WhoAmI),
+        Principal::Switch { .. } => {
+            matches!(action, AddCalls | AuthorizeCall | WhoAmI | Logout)
+        }
         Principal::Customer { .. } => matches!(
             action,
             GetCustomer
@@ -224,6 +242,7 @@ pub fn permits(principal: &Principal, action: Action) -> AppResult<()> {
                 | ReadInvoices
                 | StreamConsolidated
                 | WhoAmI
+                | Logout
         ),
     };
     if allowed {
@@ -290,11 +309,9 @@ pub fn may_create_account(
     permits(principal, Action::CreateAccount)?;
     let allowed = match principal {
         Principal::Admin { .. } | Principal::System(_) => true,
-        Principal::Operator { operator_id, .. } => match new.role {
-            Role::Customer => customer_linked,
-            Role::Switch => new.operator_id == Some(*operator_id),
-            Role::Admin | Role::Operator => false,
-        },
+        Principal::Operator { operator_id, .. } => {
+            operator_manages(*operator_id, new.role, new.operator_id, customer_linked)
+        }
         Principal::Switch { .. } | Principal::Customer { .. } => false,
     };
     if allowed {
@@ -305,6 +322,23 @@ pub fn may_create_account(
              accounts for itself"
                 .to_owned(),
         ))
+    }
+}
+
+/// Whether operator `operator_id` manages (creates, disables) an account of
+/// `role` that belongs to `account_operator`, or to a customer linked to it
+/// or not: customer accounts of its customers and switch accounts of its
+/// own, nothing else.
+fn operator_manages(
+    operator_id: i64,
+    role: Role,
+    account_operator: Option<i64>,
+    customer_linked: bool,
+) -> bool {
+    match role {
+        Role::Customer => customer_linked,
+        Role::Switch => account_operator == Some(operator_id),
+        Role::Admin | Role::Operator => false,
     }
 }
 
@@ -329,6 +363,88 @@ pub fn may_manage_keys_of(principal: &Principal, owner: Option<&Account>) -> App
     }
 }
 
+/// The accounts a principal may list and manage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountScope {
+    /// Every account.
+    All,
+    /// The operator's own accounts (operator and switch) and the accounts
+    /// of the customers linked to it.
+    Operator(i64),
+}
+
+/// The accounts `principal` may list; `PERMISSION_DENIED` for roles that
+/// manage none.
+pub fn account_scope(principal: &Principal) -> AppResult<AccountScope> {
+    permits(principal, Action::ManageAccounts)?;
+    match principal {
+        Principal::Operator { operator_id, .. } => Ok(AccountScope::Operator(*operator_id)),
+        _ => Ok(AccountScope::All),
+    }
+}
+
+/// Whether `principal` may disable `target`, whose customer (for a
+/// customer account) is linked to the principal's operator or not: an
+/// admin any account but its own (`FAILED_PRECONDITION`: a service must
+/// keep an admin who can sign in); an operator the switch accounts of its
+/// operator and the accounts of its customers, as it may create them.
+pub fn may_disable(
+    principal: &Principal,
+    target: &Account,
+    customer_linked: bool,
+) -> AppResult<()> {
+    permits(principal, Action::ManageAccounts)?;
+    if principal.account_id() == Some(target.id) {
+        return Err(AppError::FailedPrecondition(
+            "an account cannot disable itself; another admin can".to_owned(),
+        ));
+    }
+    let allowed = match principal {
+        Principal::Admin { .. } | Principal::System(_) => true,
+        Principal::Operator { operator_id, .. } => operator_manages(
+            *operator_id,
+            target.role,
+            target.operator_id,
+            customer_linked,
+        ),
+        Principal::Switch { .. } | Principal::Customer { .. } => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(AppError::PermissionDenied(
+            "an operator disables only its own switch accounts and its customers' accounts"
+                .to_owned(),
+        ))
+    }
+}
+
+/// The API keys a principal may list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyScope {
+    /// Every key.
+    All,
+    /// The keys of one account.
+    Account(i64),
+    /// The keys of an operator's operator and switch accounts, whose keys
+    /// [`may_manage_keys_of`] lets that operator manage.
+    OperatorAccounts(i64),
+}
+
+/// The keys `principal` may list: those of `owner` when one is named (if
+/// it may manage them), else all it may manage.
+pub fn key_scope(principal: &Principal, owner: Option<&Account>) -> AppResult<KeyScope> {
+    if let Some(owner) = owner {
+        may_manage_keys_of(principal, Some(owner))?;
+        return Ok(KeyScope::Account(owner.id));
+    }
+    permits(principal, Action::ManageApiKeys)?;
+    match principal {
+        Principal::Operator { operator_id, .. } => Ok(KeyScope::OperatorAccounts(*operator_id)),
+        _ => Ok(KeyScope::All),
+    }
+}
+
 fn role_name(principal: &Principal) -> &'static str {
     match principal {
         Principal::Admin { .. } => "an admin",
@@ -342,8 +458,10 @@ fn role_name(principal: &Principal) -> &'static str {
 fn action_name(action: Action) -> &'static str {
     match action {
         Action::CreateAccount => "create accounts",
+        Action::ManageAccounts => "manage accounts",
         Action::ManageApiKeys => "manage API keys",
         Action::WhoAmI => "ask who it is",
+        Action::Logout => "log out",
         Action::CreatePlan => "create plans",
         Action::ListPlans => "list plans",
         Action::CreateOperator => "create operators",

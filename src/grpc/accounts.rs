@@ -2,7 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::auth::caller_may;
+use super::IdPage;
+use super::auth::{caller_may, presented_bearer};
 use super::convert::{self, timestamp};
 use super::pb::{self, account_service_server::AccountService};
 use crate::domain::access::Action;
@@ -103,5 +104,79 @@ impl AccountService for AccountApi {
                 err => err.into(),
             })?;
         Ok(Response::new(account.into()))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let principal = caller_may(&request, Action::ManageAccounts)?;
+        let pb::ListAccountsRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let page = IdPage::of("accounts", Vec::new(), page_size, &page_token)?;
+        let accounts = self
+            .accounts
+            .list_accounts(&principal, page.after_id, page.fetch())
+            .await?;
+        let (accounts, next_page_token) = page.finish(accounts, |account| account.id);
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let principal = caller_may(&request, Action::ManageApiKeys)?;
+        let pb::ListApiKeysRequest {
+            account_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let account_id = valid::optional_id("account_id", account_id)?;
+        let page = IdPage::of(
+            "api_keys",
+            vec![account_id.unwrap_or(0)],
+            page_size,
+            &page_token,
+        )?;
+        let keys = self
+            .accounts
+            .list_api_keys(&principal, account_id, page.after_id, page.fetch())
+            .await?;
+        let (keys, next_page_token) = page.finish(keys, |key| key.id);
+        Ok(Response::new(pb::ListApiKeysResponse {
+            api_keys: keys.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn disable_account(
+        &self,
+        request: Request<pb::DisableAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let principal = caller_may(&request, Action::ManageAccounts)?;
+        let pb::DisableAccountRequest { account_id } = request.into_inner();
+        let account_id = valid::id("account_id", account_id)?;
+        let account = self
+            .accounts
+            .disable_account(&principal, account_id)
+            .await?;
+        Ok(Response::new(account.into()))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let principal = caller_may(&request, Action::Logout)?;
+        let bearer = presented_bearer(&request).unwrap_or_default();
+        let pb::LogoutRequest {} = request.into_inner();
+        self.accounts.logout(&principal, &bearer).await?;
+        Ok(Response::new(pb::LogoutResponse {}))
     }
 }

@@ -143,6 +143,14 @@ where
     }
 }
 
+/// The bearer token a request presented, if any.
+pub fn presented_bearer<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, value.parse().ok()?);
+    bearer(&headers).ok().map(str::to_owned)
+}
+
 /// The token of an `authorization: Bearer <token>` header.
 fn bearer(headers: &http::HeaderMap) -> Result<&str, Status> {
     let value = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {

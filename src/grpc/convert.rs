@@ -464,6 +464,7 @@ impl From<crate::domain::access::Account> for pb::Account {
             operator_id,
             customer_id,
             created_at,
+            disabled_at,
         } = account;
         pb::Account {
             id,
@@ -472,6 +473,26 @@ impl From<crate::domain::access::Account> for pb::Account {
             operator_id: operator_id.unwrap_or(0),
             customer_id: customer_id.unwrap_or(0),
             created_at: Some(timestamp(created_at)),
+            disabled_at: disabled_at.map(timestamp),
+        }
+    }
+}
+
+impl From<crate::domain::access::ApiKeyInfo> for pb::ApiKey {
+    fn from(key: crate::domain::access::ApiKeyInfo) -> Self {
+        let crate::domain::access::ApiKeyInfo {
+            id,
+            name,
+            account_id,
+            created_at,
+            revoked_at,
+        } = key;
+        pb::ApiKey {
+            id,
+            name,
+            account_id,
+            created_at: Some(timestamp(created_at)),
+            revoked_at: revoked_at.map(timestamp),
         }
     }
 }

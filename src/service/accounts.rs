@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::Access;
 use crate::clock::Clock;
-use crate::domain::access::{self, Account, Action, NewAccount, Principal};
+use crate::domain::access::{self, Account, Action, ApiKeyInfo, NewAccount, Principal};
 use crate::domain::credentials::{self, TokenKind};
 use crate::domain::throttle::LoginAttempt;
 use crate::domain::validation::shown;
@@ -233,7 +233,9 @@ impl Accounts {
             .run(move || credentials::verify_password(&attempt, &stored_hash))
             .await?;
         let account = match found {
-            Some((account, _)) if matches => account,
+            // A disabled account fails as a wrong password does: its
+            // username is not confirmed to a guesser.
+            Some((account, _)) if matches && account.disabled_at.is_none() => account,
             _ => {
                 tracing::info!(
                     username = %shown(username),
@@ -302,6 +304,9 @@ impl Accounts {
             return Err(refused("the access token has expired"));
         }
         let account = self.store.account(stored.account_id).await?;
+        if account.disabled_at.is_some() {
+            return Err(refused("the account is disabled"));
+        }
         let principal = Principal::of(&account)?;
         if let Ok(mut cache) = self.credentials.lock()
             && !cache.ttl.is_zero()
@@ -446,6 +451,97 @@ impl Accounts {
             cache.clear();
         }
         Ok(state.revoked)
+    }
+
+    /// A page of the accounts `principal` may manage: up to `limit` with
+    /// ids above `after_id`.
+    pub async fn list_accounts(
+        &self,
+        principal: &Principal,
+        after_id: i64,
+        limit: u64,
+    ) -> AppResult<Vec<Account>> {
+        let scope = access::account_scope(principal)?;
+        self.store.list_accounts(scope, after_id, limit).await
+    }
+
+    /// A page of the API keys `principal` may manage, of `account_id` only
+    /// when given: up to `limit` with ids above `after_id`.
+    pub async fn list_api_keys(
+        &self,
+        principal: &Principal,
+        account_id: Option<i64>,
+        after_id: i64,
+        limit: u64,
+    ) -> AppResult<Vec<ApiKeyInfo>> {
+        let owner = match account_id {
+            Some(account_id) => Some(self.owner_for(principal, account_id).await?),
+            None => None,
+        };
+        let scope = access::key_scope(principal, owner.as_ref())?;
+        self.store.list_api_keys(scope, after_id, limit).await
+    }
+
+    /// Disables account `account_id` (see [`access::may_disable`]) and
+    /// returns it. Its credentials are refused from now on: at once here,
+    /// within the credential cache's time on other replicas.
+    pub async fn disable_account(
+        &self,
+        principal: &Principal,
+        account_id: i64,
+    ) -> AppResult<Account> {
+        access::permits(principal, Action::ManageAccounts)?;
+        let target = match self.store.account(account_id).await {
+            Ok(target) => target,
+            // Only an admin may learn that an account does not exist.
+            Err(AppError::NotFound(_)) if !is_admin(principal) => {
+                return Err(AppError::PermissionDenied(
+                    "an operator disables only its own switch accounts and its customers' \
+                     accounts"
+                        .to_owned(),
+                ));
+            }
+            Err(err) => return Err(err),
+        };
+        let linked = match (principal, target.customer_id) {
+            (Principal::Operator { operator_id, .. }, Some(customer_id)) => {
+                self.store.is_linked(*operator_id, customer_id).await?
+            }
+            _ => false,
+        };
+        access::may_disable(principal, &target, linked)?;
+        if target.disabled_at.is_none() {
+            self.store
+                .disable_account(account_id, self.clock.now())
+                .await?;
+            tracing::info!(account_id, "account disabled");
+        }
+        if let Ok(mut cache) = self.credentials.lock() {
+            cache.clear();
+        }
+        self.store.account(account_id).await
+    }
+
+    /// Ends the session of `bearer`, the access token `principal` presented:
+    /// it is refused from now on, here at once and on other replicas within
+    /// the credential cache's time.
+    pub async fn logout(&self, principal: &Principal, bearer: &str) -> AppResult<()> {
+        access::permits(principal, Action::Logout)?;
+        let presented = credentials::parse_token(bearer).ok_or_else(|| {
+            AppError::FailedPrecondition("no access token was presented to end".to_owned())
+        })?;
+        if presented.kind != TokenKind::Access {
+            return Err(AppError::FailedPrecondition(
+                "an API key is not a session: revoke it with RevokeApiKey".to_owned(),
+            ));
+        }
+        self.store.delete_access_token(&presented.selector).await?;
+        // Emptied rather than the one entry removed, so that a read of the
+        // token in flight cannot put it back.
+        if let Ok(mut cache) = self.credentials.lock() {
+            cache.clear();
+        }
+        Ok(())
     }
 
     /// The account `account_id`, if `principal` may manage its keys. To a

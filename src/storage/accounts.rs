@@ -1,14 +1,15 @@
 //! Accounts, access tokens, API keys and the login throttle.
 
 use chrono::{DateTime, TimeDelta, Utc};
+use sea_orm::sea_query::{Condition, Query};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, EntityTrait, ExprTrait, QueryFilter, QuerySelect,
+    ColumnTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::entities::{access_token, account, api_key, customer_operator, login_failure};
 use super::{Store, instant, is_unique_violation, micros};
-use crate::domain::access::{Account, Role};
+use crate::domain::access::{Account, AccountScope, ApiKeyInfo, KeyScope, Role};
 use crate::domain::credentials::IssuedToken;
 use crate::domain::throttle::{
     FORGET_FAILURES_AFTER, LoginAttempt, LoginFailures, reserve_attempt,
@@ -59,6 +60,7 @@ impl Store {
             operator_id: Set(row.operator_id),
             customer_id: Set(row.customer_id),
             created_at: Set(micros(now)),
+            disabled_at: Set(None),
         };
         match account::Entity::insert(model)
             .exec_with_returning(&self.db)
@@ -95,8 +97,10 @@ impl Store {
                 )));
             }
             let id = existing.id;
+            // A reset admin may sign in again, even if it was disabled.
             account::Entity::update_many()
                 .col_expr(account::Column::PasswordHash, password_hash.into())
+                .col_expr(account::Column::DisabledAt, Option::<i64>::None.into())
                 .filter(account::Column::Id.eq(id))
                 .exec(&self.db)
                 .await?;
@@ -302,6 +306,108 @@ impl Store {
         Ok(())
     }
 
+    /// Up to `limit` accounts of `scope` with ids above `after_id`, in id
+    /// order.
+    pub async fn list_accounts(
+        &self,
+        scope: AccountScope,
+        after_id: i64,
+        limit: u64,
+    ) -> AppResult<Vec<Account>> {
+        let mut query = account::Entity::find()
+            .filter(account::Column::Id.gt(after_id))
+            .order_by_asc(account::Column::Id)
+            .limit(limit);
+        if let AccountScope::Operator(operator_id) = scope {
+            query = query.filter(
+                Condition::any()
+                    .add(account::Column::OperatorId.eq(operator_id))
+                    .add(
+                        account::Column::CustomerId.in_subquery(
+                            Query::select()
+                                .column(customer_operator::Column::CustomerId)
+                                .from(customer_operator::Entity)
+                                .and_where(customer_operator::Column::OperatorId.eq(operator_id))
+                                .to_owned(),
+                        ),
+                    ),
+            );
+        }
+        query
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(account_from)
+            .collect()
+    }
+
+    /// Up to `limit` API keys of `scope` with ids above `after_id`, in id
+    /// order.
+    pub async fn list_api_keys(
+        &self,
+        scope: KeyScope,
+        after_id: i64,
+        limit: u64,
+    ) -> AppResult<Vec<ApiKeyInfo>> {
+        let mut query = api_key::Entity::find()
+            .filter(api_key::Column::Id.gt(after_id))
+            .order_by_asc(api_key::Column::Id)
+            .limit(limit);
+        query = match scope {
+            KeyScope::All => query,
+            KeyScope::Account(account_id) => {
+                query.filter(api_key::Column::AccountId.eq(account_id))
+            }
+            KeyScope::OperatorAccounts(operator_id) => query.filter(
+                api_key::Column::AccountId.in_subquery(
+                    Query::select()
+                        .column(account::Column::Id)
+                        .from(account::Entity)
+                        .and_where(account::Column::OperatorId.eq(operator_id))
+                        .and_where(
+                            account::Column::Role
+                                .is_in([Role::Operator.as_str(), Role::Switch.as_str()]),
+                        )
+                        .to_owned(),
+                ),
+            ),
+        };
+        Ok(query
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|row| ApiKeyInfo {
+                id: row.id,
+                name: row.name,
+                account_id: row.account_id,
+                created_at: instant(row.created_at),
+                revoked_at: row.revoked_at.map(instant),
+            })
+            .collect())
+    }
+
+    /// Marks account `account_id` disabled (once; disabling it again keeps
+    /// the first time).
+    pub async fn disable_account(&self, account_id: i64, now: DateTime<Utc>) -> AppResult<()> {
+        account::Entity::update_many()
+            .col_expr(account::Column::DisabledAt, Some(micros(now)).into())
+            .filter(account::Column::Id.eq(account_id))
+            .filter(account::Column::DisabledAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the access token with this selector: it is refused from then
+    /// on. Whether there was one.
+    pub async fn delete_access_token(&self, selector: &str) -> AppResult<bool> {
+        let deleted = access_token::Entity::delete_many()
+            .filter(access_token::Column::Selector.eq(selector))
+            .exec(&self.db)
+            .await?;
+        Ok(deleted.rows_affected > 0)
+    }
+
     /// Whether customer `customer_id` is linked to operator `operator_id`.
     pub async fn is_linked(&self, operator_id: i64, customer_id: i64) -> AppResult<bool> {
         Ok(customer_operator::Entity::find()
@@ -330,5 +436,6 @@ fn account_from(model: account::Model) -> AppResult<Account> {
         operator_id: model.operator_id,
         customer_id: model.customer_id,
         created_at: instant(model.created_at),
+        disabled_at: model.disabled_at.map(instant),
     })
 }

@@ -534,6 +534,53 @@ async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
             account_id: w.operator_b_account,
         })
     );
+    matrix!(
+        w,
+        "ListAccounts",
+        [OK, OK, OK, DENIED, DENIED, DENIED],
+        |c| c.accounts.list_accounts(pb::ListAccountsRequest::default())
+    );
+    matrix!(
+        w,
+        "ListApiKeys",
+        [OK, OK, OK, DENIED, DENIED, DENIED],
+        |c| c.accounts.list_api_keys(pb::ListApiKeysRequest::default())
+    );
+    matrix!(
+        w,
+        "ListApiKeys (switch of A)",
+        [OK, OK, DENIED, DENIED, DENIED, DENIED],
+        |c| c.accounts.list_api_keys(pb::ListApiKeysRequest {
+            account_id: w.switch_a_account,
+            ..Default::default()
+        })
+    );
+    let spare = account(&w.admin, "spare-switch-a", Role::Switch, w.operator_a_id, 0).await;
+    matrix!(
+        w,
+        "DisableAccount (a switch of A)",
+        [OK, OK, DENIED, DENIED, DENIED, DENIED],
+        |c| c
+            .accounts
+            .disable_account(pb::DisableAccountRequest { account_id: spare })
+    );
+    // Last: every caller's session ends.
+    matrix!(w, "Logout", [OK, OK, OK, OK, OK, OK], |c| c
+        .accounts
+        .logout(pb::LogoutRequest {}));
+    matrix!(
+        w,
+        "WhoAmI after Logout",
+        [
+            Some(Code::Unauthenticated),
+            Some(Code::Unauthenticated),
+            Some(Code::Unauthenticated),
+            Some(Code::Unauthenticated),
+            Some(Code::Unauthenticated),
+            Some(Code::Unauthenticated)
+        ],
+        |c| c.accounts.who_am_i(pb::WhoAmIRequest {})
+    );
 }
 
 fn ids<T>(rows: &[T], id: impl Fn(&T) -> i64) -> BTreeSet<i64> {
@@ -1202,4 +1249,182 @@ async fn each_watcher_is_told_live_only_of_the_invoices_it_may_see() {
         let told = next(&mut operator_b_feed).await;
         assert_eq!((told.customer_id, told.period.unwrap().month), (b, month));
     }
+}
+
+/// An operator's account housekeeping: it lists its own accounts and its
+/// customers' (no one else's), lists its keys without their secrets,
+/// disables its switch (whose token and key are refused at once and which
+/// can no longer sign in), and no admin can disable itself.
+#[tokio::test]
+async fn a_disabled_account_is_refused_at_once_and_lists_show_only_ones_own() {
+    let w = world().await;
+    let key = w
+        .operator_a
+        .accounts
+        .clone()
+        .create_api_key(pb::CreateApiKeyRequest {
+            name: "rack 7".into(),
+            account_id: w.switch_a_account,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let switch_key = Caller::new("switch key", &w.app.channel, Bearer::new(&key.secret));
+    switch_key
+        .accounts
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap();
+    // Operator A sees its own accounts and its customer's, paged.
+    let mut names = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = w
+            .operator_a
+            .accounts
+            .clone()
+            .list_accounts(pb::ListAccountsRequest {
+                page_size: 1,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        names.extend(page.accounts.into_iter().map(|a| a.username));
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(names, ["op-a", "switch-a", "cust-a"]);
+    let keys = w
+        .operator_a
+        .accounts
+        .clone()
+        .list_api_keys(pb::ListApiKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
+    assert_eq!(keys.len(), 1);
+    assert_eq!((keys[0].id, keys[0].name.as_str()), (key.key_id, "rack 7"));
+    assert!(keys[0].revoked_at.is_none());
+    assert!(
+        !format!("{keys:?}").contains(&key.secret),
+        "a listed key shows its secret"
+    );
+    let none = w
+        .operator_b
+        .accounts
+        .clone()
+        .list_api_keys(pb::ListApiKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
+    assert!(none.is_empty(), "{none:?}");
+
+    let disabled = w
+        .operator_a
+        .accounts
+        .clone()
+        .disable_account(pb::DisableAccountRequest {
+            account_id: w.switch_a_account,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(disabled.disabled_at.is_some());
+    for (what, caller) in [("token", &w.switch_a), ("API key", &switch_key)] {
+        let refused = caller
+            .calls
+            .clone()
+            .add_call(call(w.customer_a_id, 60))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{what}: {refused:?}");
+    }
+    let login = AccountServiceClient::new(w.app.channel.clone())
+        .login(pb::LoginRequest {
+            username: "switch-a".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(login.code(), Code::Unauthenticated, "{login:?}");
+    // Another operator's account is not operator A's to disable.
+    let denied = w
+        .operator_a
+        .accounts
+        .clone()
+        .disable_account(pb::DisableAccountRequest {
+            account_id: w.operator_b_account,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let me = w
+        .admin
+        .accounts
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let myself = w
+        .admin
+        .accounts
+        .clone()
+        .disable_account(pb::DisableAccountRequest { account_id: me.id })
+        .await
+        .unwrap_err();
+    assert_eq!(myself.code(), Code::FailedPrecondition, "{myself:?}");
+}
+
+/// Logout ends the session of the token presented, and only that one; an
+/// API key is not a session.
+#[tokio::test]
+async fn logout_ends_the_presented_session_only() {
+    let w = world().await;
+    let second = login(&w.app, "op-a").await;
+    w.operator_a
+        .accounts
+        .clone()
+        .logout(pb::LogoutRequest {})
+        .await
+        .unwrap();
+    let ended = w
+        .operator_a
+        .accounts
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    second
+        .accounts
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect("the other session goes on");
+    let key = second
+        .accounts
+        .clone()
+        .create_api_key(pb::CreateApiKeyRequest {
+            name: "ops".into(),
+            account_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let by_key = Caller::new("key", &w.app.channel, Bearer::new(&key.secret));
+    let refused = by_key
+        .accounts
+        .clone()
+        .logout(pb::LogoutRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("RevokeApiKey"), "{refused:?}");
 }

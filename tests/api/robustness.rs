@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::{Rng, TestApp, call, spawn_app};
+use crate::helpers::{AppOptions, Rng, TestApp, call, spawn_app, spawn_app_with};
 
 /// Random messages per RPC, and random byte strings per RPC.
 const MESSAGES_PER_RPC: usize = 60;
@@ -234,16 +234,33 @@ fn put_bytes(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// A request of `message`, carrying `authorization` if given.
+fn authorized<T>(message: T, authorization: Option<&Authorization>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(authorization) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", authorization.clone());
+    }
+    request
+}
+
 /// Sends one request (one message, or a stream of them) and returns the
 /// status it ended with, reading a few messages of a server stream.
-async fn send(channel: &Channel, rpc: &Rpc, messages: Vec<Bytes>) -> Result<(), Status> {
+async fn send(
+    channel: &Channel,
+    authorization: Option<&Authorization>,
+    rpc: &Rpc,
+    messages: Vec<Bytes>,
+) -> Result<(), Status> {
+    let request = |message| authorized(message, authorization);
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready()
         .await
         .map_err(|err| Status::unavailable(err.to_string()))?;
     let path: http::uri::PathAndQuery = rpc.path.parse().expect("path");
     if rpc.client_streaming {
-        let request = tonic::Request::new(tokio_stream::iter(messages));
+        let request = authorized(tokio_stream::iter(messages), authorization);
         if rpc.server_streaming {
             let mut stream = grpc.streaming(request, path, RawCodec).await?.into_inner();
             return drain(&mut stream).await;
@@ -256,12 +273,12 @@ async fn send(channel: &Channel, rpc: &Rpc, messages: Vec<Bytes>) -> Result<(), 
     let message = messages.into_iter().next().unwrap_or_default();
     if rpc.server_streaming {
         let mut stream = grpc
-            .server_streaming(tonic::Request::new(message), path, RawCodec)
+            .server_streaming(request(message), path, RawCodec)
             .await?
             .into_inner();
         return drain(&mut stream).await;
     }
-    grpc.unary(tonic::Request::new(message), path, RawCodec)
+    grpc.unary(request(message), path, RawCodec)
         .await
         .map(|_| ())
 }
@@ -296,14 +313,73 @@ async fn seed(app: &TestApp) {
     }
 }
 
-#[tokio::test]
-async fn every_rpc_survives_random_bytes_and_random_messages_without_internal() {
-    let seed_value = std::env::var("FUZZ_SEED")
+/// The `authorization` metadata value of a caller.
+type Authorization = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+fn fuzz_seed() -> u64 {
+    std::env::var("FUZZ_SEED")
         .ok()
         .and_then(|text| text.parse().ok())
-        .unwrap_or(0x0062_696c_6c69_6e67_u64);
+        .unwrap_or(0x0062_696c_6c69_6e67_u64)
+}
+
+#[tokio::test]
+async fn every_rpc_survives_random_bytes_and_random_messages_without_internal() {
     let app = spawn_app().await;
     seed(&app).await;
+    fuzz(&app, None, fuzz_seed()).await;
+}
+
+/// The same with authentication on, as an admin (through an API key, so
+/// that a random `Logout` does not end the session): what the policy lets
+/// through is validated and answered like any other request.
+#[tokio::test]
+async fn every_rpc_survives_random_messages_from_an_authenticated_admin_without_internal() {
+    let open = spawn_app().await;
+    seed(&open).await;
+    let app = spawn_app_with(AppOptions {
+        clock: open.clock.clone(),
+        database: Some(open.database.clone()),
+        auth: true,
+        ..AppOptions::default()
+    })
+    .await;
+    crate::access::bootstrap_admin(&app).await;
+    let session = pb::account_service_client::AccountServiceClient::new(app.channel.clone())
+        .login(pb::LoginRequest {
+            username: "root".into(),
+            password: crate::access::PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Random ids are often small: the first keys are decoys for a random
+    // RevokeApiKey, so the fuzzing key (the fifth) stays valid.
+    let mut key = pb::CreateApiKeyResponse::default();
+    for n in 0..5 {
+        let mut request = tonic::Request::new(pb::CreateApiKeyRequest {
+            name: format!("fuzz {n}"),
+            account_id: 0,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", session.access_token).parse().unwrap(),
+        );
+        key = pb::account_service_client::AccountServiceClient::new(app.channel.clone())
+            .create_api_key(request)
+            .await
+            .unwrap()
+            .into_inner();
+    }
+    let authorization: Authorization = format!("Bearer {}", key.secret).parse().unwrap();
+    fuzz(&app, Some(authorization), fuzz_seed() ^ 0x5eed).await;
+}
+
+/// Feeds every RPC of the contract random messages and random bytes as
+/// `authorization` (none: an unauthenticated caller) and fails on any
+/// `INTERNAL` or `UNKNOWN`, an answer that never comes, or a server that
+/// stops serving.
+async fn fuzz(app: &TestApp, authorization: Option<Authorization>, seed_value: u64) {
     let contract = Contract::load();
     assert!(
         contract.rpcs.len() >= 19,
@@ -331,9 +407,11 @@ async fn every_rpc_survives_random_bytes_and_random_messages_without_internal() 
                 })
                 .collect();
             let description = format!("{} case {case} ({messages:02x?})", rpc.path);
-            let result =
-                tokio::time::timeout(Duration::from_secs(30), send(&app.channel, rpc, messages))
-                    .await;
+            let result = tokio::time::timeout(
+                Duration::from_secs(30),
+                send(&app.channel, authorization.as_ref(), rpc, messages),
+            )
+            .await;
             if std::env::var_os("FUZZ_DEBUG").is_some() {
                 let code = match &result {
                     Ok(Ok(())) => Code::Ok,
@@ -403,7 +481,7 @@ async fn bytes_that_do_not_decode_are_invalid_argument_naming_the_message() {
         (&add_call, truncated, "AddCallRequest"),
         (&add_call, group, "AddCallRequest"),
     ] {
-        let status = send(&app.channel, rpc, vec![Bytes::from(bytes.clone())])
+        let status = send(&app.channel, None, rpc, vec![Bytes::from(bytes.clone())])
             .await
             .expect_err("not a message");
         assert_eq!(

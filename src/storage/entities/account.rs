@@ -14,6 +14,7 @@ pub struct Model {
     pub operator_id: Option<i64>,
     pub customer_id: Option<i64>,
     pub created_at: i64,
+    pub disabled_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
