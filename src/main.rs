@@ -144,8 +144,10 @@ enum Command {
         billing_timezone: Tz,
     },
     /// Create an admin account, or reset the password of the admin account
-    /// of that name. The password is read from the first line of standard
-    /// input (at least 12 characters); migrations run first.
+    /// of that name (enabling it again if it was disabled). At a terminal
+    /// the password is asked for twice and not shown; otherwise it is the
+    /// first line of standard input. At least 12 characters; migrations
+    /// run first.
     CreateAdmin {
         /// The admin's username.
         username: String,
@@ -465,9 +467,7 @@ async fn demo_data(database_url: &str, tz: Tz) -> CliResult {
 }
 
 async fn create_admin(database_url: &str, username: String) -> CliResult {
-    let mut password = String::new();
-    std::io::stdin().read_line(&mut password)?;
-    let password = password.trim_end_matches(['\n', '\r']).to_owned();
+    let password = read_password(&username)?;
     let store = Store::connect(database_url).await?;
     store.migrate().await?;
     let accounts = Accounts::new(store.clone(), Clock::system(), DEFAULT_TOKEN_TTL);
@@ -485,6 +485,83 @@ async fn create_admin(database_url: &str, username: String) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// The new admin's password: at a terminal asked for twice, without echo;
+/// otherwise the first line of standard input.
+fn read_password(username: &str) -> std::io::Result<String> {
+    use std::io::{IsTerminal, Write};
+    let read_line = || -> std::io::Result<String> {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    if !std::io::stdin().is_terminal() {
+        return read_line();
+    }
+    let ask = |prompt: &str| -> std::io::Result<String> {
+        let mut stderr = std::io::stderr();
+        write!(stderr, "{prompt}")?;
+        stderr.flush()?;
+        let password = {
+            let _quiet = EchoOff::on_stdin();
+            read_line()?
+        };
+        writeln!(stderr)?;
+        Ok(password)
+    };
+    let password = ask(&format!(
+        "Password for admin {username} (at least 12 characters, not shown): "
+    ))?;
+    if ask("Repeat it: ")? != password {
+        return Err(std::io::Error::other(
+            "the two passwords differ; nothing was changed",
+        ));
+    }
+    Ok(password)
+}
+
+/// Turns the terminal's echo off on standard input until dropped.
+struct EchoOff {
+    #[cfg(target_os = "linux")]
+    saved: Option<libc::termios>,
+}
+
+impl EchoOff {
+    #[cfg(target_os = "linux")]
+    fn on_stdin() -> Self {
+        // SAFETY: tcgetattr and tcsetattr only read and write the termios
+        // value given, for file descriptor 0.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut saved) != 0 {
+                return EchoOff { saved: None };
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(0, libc::TCSANOW, &quiet) != 0 {
+                return EchoOff { saved: None };
+            }
+            EchoOff { saved: Some(saved) }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn on_stdin() -> Self {
+        EchoOff {}
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(saved) = self.saved {
+            // SAFETY: restores the termios read by `on_stdin`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, &saved);
+            }
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

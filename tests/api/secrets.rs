@@ -80,3 +80,66 @@ fn no_subcommand_prints_a_database_password() {
         }
     });
 }
+
+/// At a terminal, `create-admin` asks for the password (twice) and does
+/// not echo it; `script` gives it a pseudo-terminal, with echo on as a
+/// terminal has it, and the test types each line once the prompt is shown.
+#[test]
+fn create_admin_at_a_terminal_prompts_without_echoing_the_password() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let command = format!(
+        "{} --database-url sqlite://{}/billing.db create-admin root",
+        env!("CARGO_BIN_EXE_billing"),
+        dir.path().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs");
+    let shown = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let shown = shown.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 1024];
+            while let Ok(read) = stdout.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                shown
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..read]));
+            }
+        })
+    };
+    let wait_for = |text: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !shown.lock().unwrap().contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{text}` at the terminal: {:?}",
+                shown.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    const TYPED: &str = "typed at a terminal 12345";
+    let mut stdin = child.stdin.take().unwrap();
+    wait_for("Password for admin root");
+    stdin.write_all(format!("{TYPED}\n").as_bytes()).unwrap();
+    wait_for("Repeat it");
+    stdin.write_all(format!("{TYPED}\n").as_bytes()).unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let shown = shown.lock().unwrap().clone();
+    assert!(status.success(), "{shown}");
+    assert!(shown.contains("admin account root created"), "{shown}");
+    assert!(!shown.contains(TYPED), "the password was echoed: {shown}");
+}
