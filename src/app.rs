@@ -6,14 +6,15 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
 use chrono_tz::Tz;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::clock::Clock;
 use crate::domain::validation::DEFAULT_MAX_CALL_AGE_DAYS;
@@ -78,20 +79,10 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// Reads the files into tonic's TLS configuration.
-    fn load(&self) -> Result<ServerTlsConfig, StartupError> {
-        let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|source| StartupError::Tls {
-                path: path.clone(),
-                source,
-            })
-        };
-        let identity = Identity::from_pem(read(&self.cert)?, read(&self.key)?);
-        let mut config = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
-        }
-        Ok(config)
+    /// Reads the files into the server's TLS configuration.
+    fn load(&self) -> Result<Arc<ServerConfig>, StartupError> {
+        crate::tls::server_config(&self.cert, &self.key, self.client_ca.as_deref())
+            .map_err(StartupError::Tls)
     }
 }
 
@@ -182,14 +173,8 @@ pub enum StartupError {
     FeedPosition(#[source] crate::error::AppError),
     #[error("cannot build reflection service: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
-    #[error("cannot read TLS file {}: {source}", path.display())]
-    Tls {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("invalid TLS setup: {0}")]
-    TlsSetup(#[source] tonic::transport::Error),
+    Tls(String),
     #[error("server failed: {0}")]
     Serve(#[source] tonic::transport::Error),
 }
@@ -208,7 +193,7 @@ pub struct Application {
     auth: bool,
     token_ttl: TimeDelta,
     credential_cache: Duration,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<ServerConfig>>,
 }
 
 impl Application {
@@ -367,14 +352,9 @@ impl Application {
         // watchers) instead of holding their tasks forever. The reset-stream
         // limits keep hyper's protection against rapid-reset floods on, at
         // its defaults, explicitly.
-        let incoming = accepted_connections(listener);
-        let mut builder = Server::builder();
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls).map_err(StartupError::TlsSetup)?;
-        }
         let (stream_window, connection_window) =
             crate::grpc::limits::flow_control_windows(limits.max_concurrent_streams);
-        let server = builder
+        let router = Server::builder()
             .initial_stream_window_size(stream_window)
             .initial_connection_window_size(connection_window)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -423,8 +403,18 @@ impl Application {
                     limits.max_invoice_watchers_per_account,
                 ))
                 .max_decoding_message_size(max_bytes),
-            )
-            .serve_with_incoming_shutdown(incoming, drain);
+            );
+        // TLS handshakes are done by `crate::tls`, which logs refusals.
+        let server: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match tls {
+            Some(config) => Box::pin(
+                router.serve_with_incoming_shutdown(crate::tls::incoming(listener, config), drain),
+            ),
+            None => {
+                Box::pin(router.serve_with_incoming_shutdown(accepted_connections(listener), drain))
+            }
+        };
         let grace_over = async {
             until_stopping(&mut draining).await;
             tokio::time::sleep(shutdown_grace).await;

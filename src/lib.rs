@@ -12,3 +12,4 @@ pub mod scheduler;
 pub mod service;
 pub mod shutdown;
 pub mod storage;
+pub mod tls;

@@ -66,13 +66,18 @@ async fn serve_tls(files: TlsFiles) -> TestApp {
 /// A health check over TLS, trusting `ca`, optionally with a client
 /// identity; the status, or the error.
 async fn check(app: &TestApp, ca: &str, identity: Option<Identity>) -> Result<i32, String> {
+    check_at(app.addr.port(), ca, identity).await
+}
+
+/// [`check`] against the server on `port`.
+async fn check_at(port: u16, ca: &str, identity: Option<Identity>) -> Result<i32, String> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name("localhost");
     if let Some(identity) = identity {
         tls = tls.identity(identity);
     }
-    let channel = Channel::from_shared(format!("https://localhost:{}", app.addr.port()))
+    let channel = Channel::from_shared(format!("https://localhost:{port}"))
         .unwrap()
         .tls_config(tls)
         .map_err(|err| err.to_string())?
@@ -139,4 +144,54 @@ async fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_in() {
     .expect("admitted with a certificate the CA signed");
     assert_eq!(with, 1, "SERVING");
     app.stop().await;
+}
+
+/// A refused handshake is not silent: the server logs it with the peer's
+/// address and the reason (here a client without a certificate, where one
+/// is required), and serves the next client.
+#[tokio::test]
+async fn a_refused_handshake_is_logged_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), true);
+    let files = &pki.files;
+    let url = format!("sqlite://{}/billing.db", dir.path().display());
+    let (server, addr) = crate::process::serve(
+        &url,
+        &[
+            "--no-auth",
+            "--tls-cert",
+            files.cert.to_str().unwrap(),
+            "--tls-key",
+            files.key.to_str().unwrap(),
+            "--tls-client-ca",
+            files.client_ca.as_ref().unwrap().to_str().unwrap(),
+        ],
+    );
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let refused = check_at(port, &pki.ca_pem, None).await;
+    assert!(
+        refused.is_err(),
+        "admitted without a certificate: {refused:?}"
+    );
+    let logged = loop {
+        let line = server
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the refusal is logged");
+        if line.contains("TLS handshake refused") {
+            break line;
+        }
+    };
+    assert!(logged.contains("peer=127.0.0.1:"), "{logged}");
+    assert!(logged.to_lowercase().contains("certificate"), "{logged}");
+    let admitted = check_at(
+        port,
+        &pki.ca_pem,
+        Some(Identity::from_pem(&pki.client_cert, &pki.client_key)),
+    )
+    .await;
+    assert_eq!(admitted, Ok(1), "SERVING");
+    let mut child = server.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
