@@ -14,6 +14,7 @@ mod operations;
 mod paging;
 mod process;
 mod property;
+mod readme;
 mod replicas;
 mod robustness;
 mod scaling;
