@@ -1428,3 +1428,66 @@ async fn logout_ends_the_presented_session_only() {
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("RevokeApiKey"), "{refused:?}");
 }
+
+/// A disabled account is refused by the other replicas too, within their
+/// `--credential-cache-seconds`: here a replica that trusts a verified
+/// credential for one second.
+#[tokio::test]
+async fn another_replica_refuses_a_disabled_account_within_its_credential_cache_time() {
+    let w = world().await;
+    let other = spawn_app_with(AppOptions {
+        clock: w.app.clock.clone(),
+        database: Some(w.app.database.clone()),
+        auth: true,
+        credential_cache: std::time::Duration::from_secs(1),
+        ..AppOptions::default()
+    })
+    .await;
+    let session = AccountServiceClient::new(other.channel.clone())
+        .login(pb::LoginRequest {
+            username: "switch-a".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let switch_there = Caller::new(
+        "switch on the other replica",
+        &other.channel,
+        Bearer::new(&session.access_token),
+    );
+    // Verified, and so trusted by the other replica's cache for a second.
+    switch_there
+        .accounts
+        .clone()
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap();
+    w.admin
+        .accounts
+        .clone()
+        .disable_account(pb::DisableAccountRequest {
+            account_id: w.switch_a_account,
+        })
+        .await
+        .unwrap();
+    let disabled_at = std::time::Instant::now();
+    loop {
+        match switch_there
+            .accounts
+            .clone()
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+        {
+            Err(status) if status.code() == Code::Unauthenticated => break,
+            Err(status) => panic!("{status:?}"),
+            Ok(_) => {
+                assert!(
+                    disabled_at.elapsed() < std::time::Duration::from_secs(10),
+                    "still accepted long after the credential cache's second"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
