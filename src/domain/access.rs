@@ -241,6 +241,7 @@ pub fn permits(principal: &Principal, action: Action) -> AppResult<()> {
                 | GenerateInvoice
                 | ReadInvoices
                 | StreamConsolidated
+                | WatchInvoices
                 | WhoAmI
                 | Logout
         ),
