@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use crate::clock::Clock;
 use crate::domain::access::{NewAccount, Principal, Role};
 use crate::domain::credentials;
-use crate::domain::model::{CallRecord, NewCall, NewCustomer, TopUpRequest};
+use crate::domain::model::{CallRecord, Language, NewCall, NewCustomer, TopUpRequest};
 use crate::domain::period::BillingPeriod;
 use crate::domain::plan::{NewPlan, PlanKind, PlanTerms};
 use crate::domain::rating;
@@ -98,6 +98,8 @@ pub async fn fill(store: &Store, clock: Clock, tz: Tz) -> AppResult<DemoSummary>
             phone_number: phone.into(),
             plan_id,
             operator_ids,
+            email: None,
+            language: Language::En,
         };
         customers.push(store.create_customer(new, since).await?);
     }

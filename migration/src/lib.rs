@@ -16,6 +16,7 @@ mod m20261125_000008_calls_by_customer;
 mod m20261202_000009_billing_periods;
 mod m20261202_000010_keys_per_customer;
 mod m20261202_000011_disabled_accounts;
+mod m20261202_000012_contacts_and_issuers;
 
 /// The service's migrations, oldest first.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_billing_periods::Migration),
             Box::new(m20261202_000010_keys_per_customer::Migration),
             Box::new(m20261202_000011_disabled_accounts::Migration),
+            Box::new(m20261202_000012_contacts_and_issuers::Migration),
         ]
     }
 }

@@ -192,6 +192,8 @@ pub enum Action {
     GetCustomer,
     ListCustomers,
     LinkOperator,
+    UpdateCustomer,
+    UpdateOperator,
     TopUp,
     AddCalls,
     AuthorizeCall,
@@ -221,6 +223,8 @@ pub fn permits(principal: &Principal, action: Action) -> AppResult<()> {
                 | CreateCustomer
                 | GetCustomer
                 | ListCustomers
+                | UpdateCustomer
+                | UpdateOperator
                 | TopUp
                 | AddCalls
                 | AuthorizeCall
@@ -364,6 +368,20 @@ pub fn may_manage_keys_of(principal: &Principal, owner: Option<&Account>) -> App
     }
 }
 
+/// Whether `principal` may update operator `operator_id`'s issuer details:
+/// an admin any operator's, an operator its own.
+pub fn may_update_operator(principal: &Principal, operator_id: i64) -> AppResult<()> {
+    permits(principal, Action::UpdateOperator)?;
+    match principal {
+        Principal::Operator {
+            operator_id: own, ..
+        } if *own != operator_id => Err(AppError::PermissionDenied(
+            "an operator updates only its own issuer details".to_owned(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The accounts a principal may list and manage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountScope {
@@ -471,6 +489,8 @@ fn action_name(action: Action) -> &'static str {
         Action::GetCustomer => "read customers",
         Action::ListCustomers => "list customers",
         Action::LinkOperator => "link operators",
+        Action::UpdateCustomer => "update customers",
+        Action::UpdateOperator => "update operators",
         Action::TopUp => "top up balances",
         Action::AddCalls => "add calls",
         Action::AuthorizeCall => "authorize calls",

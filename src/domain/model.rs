@@ -11,6 +11,64 @@ use chrono::{DateTime, Utc};
 pub struct Operator {
     pub id: i64,
     pub name: String,
+    /// What its customers' invoices carry as their issuer.
+    pub issuer: Issuer,
+}
+
+/// The issuer details an operator's invoices carry; each empty until set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Issuer {
+    pub legal_name: String,
+    /// Lines separated by `\n`.
+    pub address: String,
+    pub tax_id: String,
+    pub support_email: String,
+}
+
+/// The language a customer is written to in: its invoices and emails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Language {
+    #[default]
+    En,
+    De,
+}
+
+impl Language {
+    /// The stored and shown code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Language::En => "en",
+            Language::De => "de",
+        }
+    }
+
+    /// The language of `code`, if supported.
+    pub fn parse(code: &str) -> Option<Language> {
+        match code {
+            "en" => Some(Language::En),
+            "de" => Some(Language::De),
+            _ => None,
+        }
+    }
+}
+
+/// A validated change of a customer's contact fields: `None` leaves a
+/// field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactUpdate {
+    /// `Some(None)` removes the email address.
+    pub email: Option<Option<String>>,
+    pub language: Option<Language>,
+}
+
+/// A validated change of an operator's issuer details: `None` leaves a
+/// field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IssuerUpdate {
+    pub legal_name: Option<String>,
+    pub address: Option<String>,
+    pub tax_id: Option<String>,
+    pub support_email: Option<String>,
 }
 
 /// A validated request to create a customer.
@@ -21,6 +79,8 @@ pub struct NewCustomer {
     pub plan_id: i64,
     /// Distinct operator ids, ascending.
     pub operator_ids: Vec<i64>,
+    pub email: Option<String>,
+    pub language: Language,
 }
 
 /// A stored customer.
@@ -34,6 +94,9 @@ pub struct Customer {
     pub operator_ids: Vec<i64>,
     pub balance_micros: i64,
     pub created_at: DateTime<Utc>,
+    /// Where its invoices are sent, if anywhere.
+    pub email: Option<String>,
+    pub language: Language,
 }
 
 /// A validated prepaid credit.

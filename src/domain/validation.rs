@@ -45,6 +45,95 @@ pub fn name(field: &str, value: &str) -> AppResult<String> {
     Ok(trimmed.to_owned())
 }
 
+/// Characters of an email address, at most (RFC 5321's path limit).
+const MAX_EMAIL_LEN: usize = 254;
+/// Characters of an operator's address, at most (all lines).
+const MAX_ADDRESS_LEN: usize = 1000;
+/// Lines of an operator's address, at most.
+const MAX_ADDRESS_LINES: usize = 8;
+/// Characters of a tax id, at most.
+const MAX_TAX_ID_LEN: usize = 64;
+
+/// An email address (empty: none): one `@` between a non-empty local part
+/// and a domain with a dot, no spaces or control characters, at most 254
+/// characters. Deliverability is the mail server's to judge.
+pub fn email(field: &str, value: &str) -> AppResult<Option<String>> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.chars().count() > MAX_EMAIL_LEN {
+        return Err(AppError::invalid(field, "is longer than 254 characters"));
+    }
+    let well_formed = value.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && !domain.contains('@')
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+    }) && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !well_formed {
+        return Err(AppError::invalid(
+            field,
+            format!("{} is not an email address", shown(value)),
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// A language code: `en` or `de` (empty: `en`).
+pub fn language(field: &str, value: &str) -> AppResult<crate::domain::model::Language> {
+    if value.is_empty() {
+        return Ok(crate::domain::model::Language::default());
+    }
+    crate::domain::model::Language::parse(value).ok_or_else(|| {
+        AppError::invalid(field, format!("must be `en` or `de`, got {}", shown(value)))
+    })
+}
+
+/// Optional one-line text (empty allowed) of at most `max` characters,
+/// trimmed, without control characters.
+pub fn optional_line(field: &str, value: &str, max: usize) -> AppResult<String> {
+    let value = value.trim();
+    if value.chars().count() > max {
+        return Err(AppError::invalid(
+            field,
+            format!("is longer than {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(AppError::invalid(field, "contains control characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// An operator's legal name (empty allowed), as [`optional_line`] with 200.
+pub fn legal_name(field: &str, value: &str) -> AppResult<String> {
+    optional_line(field, value, MAX_NAME_LEN)
+}
+
+/// A tax id (empty allowed), as [`optional_line`] with 64.
+pub fn tax_id(field: &str, value: &str) -> AppResult<String> {
+    optional_line(field, value, MAX_TAX_ID_LEN)
+}
+
+/// A postal address (empty allowed): at most 8 lines and 1,000 characters,
+/// each line trimmed and without control characters; `\r\n` counts as a
+/// line break.
+pub fn address(field: &str, value: &str) -> AppResult<String> {
+    if value.chars().count() > MAX_ADDRESS_LEN {
+        return Err(AppError::invalid(field, "is longer than 1000 characters"));
+    }
+    let lines: Vec<&str> = value.trim().lines().map(str::trim).collect();
+    if lines.len() > MAX_ADDRESS_LINES {
+        return Err(AppError::invalid(field, "has more than 8 lines"));
+    }
+    if lines.iter().any(|line| line.chars().any(char::is_control)) {
+        return Err(AppError::invalid(field, "contains control characters"));
+    }
+    Ok(lines.join("\n"))
+}
+
 /// An ISO 4217 code: three ASCII letters, upper-cased; empty means `USD`.
 pub fn currency_code(value: &str) -> AppResult<String> {
     if value.is_empty() {
@@ -264,6 +353,51 @@ pub fn start_within(
         ));
     }
     Ok(at)
+}
+
+#[cfg(test)]
+mod contact_tests {
+    use super::*;
+
+    #[test]
+    fn email_addresses_are_checked_for_shape_only() {
+        assert_eq!(email("email", "").unwrap(), None);
+        assert_eq!(
+            email("email", " ada@example.org ").unwrap().as_deref(),
+            Some("ada@example.org")
+        );
+        for bad in [
+            "ada",
+            "ada@",
+            "@example.org",
+            "ada@example",
+            "a b@example.org",
+            "a@b@c.org",
+            "ada@.org",
+        ] {
+            let err = email("email", bad).unwrap_err().to_string();
+            assert!(err.starts_with("email"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn languages_are_en_or_de_and_default_to_en() {
+        use crate::domain::model::Language;
+        assert_eq!(language("language", "").unwrap(), Language::En);
+        assert_eq!(language("language", "de").unwrap(), Language::De);
+        assert!(language("language", "fr").is_err());
+        assert!(language("language", "DE").is_err());
+    }
+
+    #[test]
+    fn an_address_keeps_its_lines_and_refuses_control_characters() {
+        assert_eq!(
+            address("address", " Main St 1 \r\n 10115 Berlin \n").unwrap(),
+            "Main St 1\n10115 Berlin"
+        );
+        assert!(address("address", "a\tb").is_err());
+        assert!(address("address", &"line\n".repeat(9)).is_err());
+    }
 }
 
 #[cfg(test)]

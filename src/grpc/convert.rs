@@ -10,7 +10,8 @@ use crate::domain::invoice::{
     ConsolidatedMonth, Invoice, InvoiceLine, InvoiceLineKind, UsagePreview,
 };
 use crate::domain::model::{
-    Call, CallRecord, Customer, NewCustomer, Operator, TimeRange, TopUpRequest,
+    Call, CallRecord, ContactUpdate, Customer, IssuerUpdate, NewCustomer, Operator, TimeRange,
+    TopUpRequest,
 };
 use crate::domain::period::BillingPeriod;
 use crate::domain::plan::{NewPlan, Plan, PlanKind, PlanTerms};
@@ -184,6 +185,8 @@ impl TryFrom<pb::CreateCustomerRequest> for NewCustomer {
             phone_number,
             plan_id,
             operator_ids,
+            email,
+            language,
         } = req;
         if operator_ids.len() > valid::MAX_OPERATORS_PER_CUSTOMER {
             return Err(AppError::invalid(
@@ -205,8 +208,118 @@ impl TryFrom<pb::CreateCustomerRequest> for NewCustomer {
             phone_number: valid::phone_number("phone_number", &phone_number)?,
             plan_id: valid::id("plan_id", plan_id)?,
             operator_ids,
+            email: valid::email("email", &email)?,
+            language: valid::language("language", &language)?,
         })
     }
+}
+
+/// The fields an update changes (AIP-134): those `mask` names, each one
+/// of `updatable`; `*` names them all; no mask (or an empty one) names
+/// those `is_set` says the request sets. An unknown or immutable path is
+/// `INVALID_ARGUMENT` on `update_mask`.
+pub fn update_paths(
+    mask: Option<prost_types::FieldMask>,
+    updatable: &[&'static str],
+    is_set: impl Fn(&str) -> bool,
+) -> AppResult<Vec<&'static str>> {
+    let paths = mask.map(|mask| mask.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Ok(updatable
+            .iter()
+            .copied()
+            .filter(|path| is_set(path))
+            .collect());
+    }
+    if paths.iter().any(|path| path == "*") {
+        if paths.len() > 1 {
+            return Err(AppError::invalid("update_mask", "`*` stands alone"));
+        }
+        return Ok(updatable.to_vec());
+    }
+    let mut chosen = Vec::new();
+    for path in &paths {
+        let Some(known) = updatable.iter().find(|known| **known == path.as_str()) else {
+            return Err(AppError::invalid(
+                "update_mask",
+                format!(
+                    "{} cannot be updated; updatable: {}",
+                    valid::shown(path),
+                    updatable.join(", ")
+                ),
+            ));
+        };
+        if !chosen.contains(known) {
+            chosen.push(*known);
+        }
+    }
+    Ok(chosen)
+}
+
+/// The contact fields of an UpdateCustomer request, validated: the
+/// customer's id and what changes.
+pub fn contact_update(req: pb::UpdateCustomerRequest) -> AppResult<(i64, ContactUpdate)> {
+    let pb::UpdateCustomerRequest {
+        customer,
+        update_mask,
+    } = req;
+    let customer = customer.ok_or_else(|| AppError::invalid("customer", "is required"))?;
+    let id = valid::id("customer.id", customer.id)?;
+    let paths = update_paths(update_mask, &["email", "language"], |path| match path {
+        "email" => !customer.email.is_empty(),
+        _ => !customer.language.is_empty(),
+    })?;
+    let mut update = ContactUpdate::default();
+    for path in paths {
+        match path {
+            "email" => update.email = Some(valid::email("customer.email", &customer.email)?),
+            _ => update.language = Some(valid::language("customer.language", &customer.language)?),
+        }
+    }
+    Ok((id, update))
+}
+
+/// The issuer details of an UpdateOperator request, validated: the
+/// operator's id and what changes.
+pub fn issuer_update(req: pb::UpdateOperatorRequest) -> AppResult<(i64, IssuerUpdate)> {
+    let pb::UpdateOperatorRequest {
+        operator,
+        update_mask,
+    } = req;
+    let operator = operator.ok_or_else(|| AppError::invalid("operator", "is required"))?;
+    let id = valid::id("operator.id", operator.id)?;
+    let paths = update_paths(
+        update_mask,
+        &["legal_name", "address", "tax_id", "support_email"],
+        |path| match path {
+            "legal_name" => !operator.legal_name.is_empty(),
+            "address" => !operator.address.is_empty(),
+            "tax_id" => !operator.tax_id.is_empty(),
+            _ => !operator.support_email.is_empty(),
+        },
+    )?;
+    let mut update = IssuerUpdate::default();
+    for path in paths {
+        match path {
+            "legal_name" => {
+                update.legal_name = Some(valid::legal_name(
+                    "operator.legal_name",
+                    &operator.legal_name,
+                )?)
+            }
+            "address" => {
+                update.address = Some(valid::address("operator.address", &operator.address)?)
+            }
+            "tax_id" => update.tax_id = Some(valid::tax_id("operator.tax_id", &operator.tax_id)?),
+            _ => {
+                update.support_email = Some(
+                    valid::email("operator.support_email", &operator.support_email)?
+                        .unwrap_or_default(),
+                )
+            }
+        }
+    }
+    Ok((id, update))
 }
 
 impl TryFrom<pb::TopUpRequest> for TopUpRequest {
@@ -292,9 +405,14 @@ impl From<Plan> for pb::Plan {
 
 impl From<Operator> for pb::Operator {
     fn from(operator: Operator) -> Self {
+        let Operator { id, name, issuer } = operator;
         pb::Operator {
-            id: operator.id,
-            name: operator.name,
+            id,
+            name,
+            legal_name: issuer.legal_name,
+            address: issuer.address,
+            tax_id: issuer.tax_id,
+            support_email: issuer.support_email,
         }
     }
 }
@@ -309,6 +427,8 @@ impl From<Customer> for pb::Customer {
             operator_ids: customer.operator_ids,
             balance_micros: customer.balance_micros,
             created_at: Some(timestamp(customer.created_at)),
+            email: customer.email.unwrap_or_default(),
+            language: customer.language.code().to_owned(),
         }
     }
 }

@@ -159,6 +159,32 @@ impl CustomerService for CustomerApi {
         Ok(Response::new(customer.into()))
     }
 
+    async fn update_customer(
+        &self,
+        request: Request<pb::UpdateCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let principal = caller_may(&request, Action::UpdateCustomer)?;
+        let (customer_id, update) = super::convert::contact_update(request.into_inner())?;
+        let customer = self
+            .customers
+            .update_customer(&principal, customer_id, update)
+            .await?;
+        Ok(Response::new(customer.into()))
+    }
+
+    async fn update_operator(
+        &self,
+        request: Request<pb::UpdateOperatorRequest>,
+    ) -> Result<Response<pb::Operator>, Status> {
+        let principal = caller_may(&request, Action::UpdateOperator)?;
+        let (operator_id, update) = super::convert::issuer_update(request.into_inner())?;
+        let operator = self
+            .customers
+            .update_operator(&principal, operator_id, update)
+            .await?;
+        Ok(Response::new(operator.into()))
+    }
+
     async fn top_up(
         &self,
         request: Request<pb::TopUpRequest>,

@@ -6,7 +6,9 @@ use chrono_tz::Tz;
 use super::Access;
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
-use crate::domain::model::{Customer, NewCustomer, Operator, TopUpOutcome, TopUpRequest};
+use crate::domain::model::{
+    ContactUpdate, Customer, IssuerUpdate, NewCustomer, Operator, TopUpOutcome, TopUpRequest,
+};
 use crate::domain::period::BillingPeriod;
 use crate::domain::plan::{NewPlan, Plan};
 use crate::domain::validation as valid;
@@ -56,6 +58,34 @@ impl Customers {
     ) -> AppResult<Operator> {
         access::permits(principal, Action::CreateOperator)?;
         self.store.create_operator(name, self.clock.now()).await
+    }
+
+    /// Changes operator `operator_id`'s issuer details (see
+    /// [`access::may_update_operator`]) and returns it.
+    pub async fn update_operator(
+        &self,
+        principal: &Principal,
+        operator_id: i64,
+        update: IssuerUpdate,
+    ) -> AppResult<Operator> {
+        access::may_update_operator(principal, operator_id)?;
+        self.store.operator(operator_id).await?;
+        self.store.update_issuer(operator_id, update).await
+    }
+
+    /// Changes customer `customer_id`'s contact fields, if `principal` may
+    /// (an operator: its customers; others are `NOT_FOUND`).
+    pub async fn update_customer(
+        &self,
+        principal: &Principal,
+        customer_id: i64,
+        update: ContactUpdate,
+    ) -> AppResult<Customer> {
+        let pass = self
+            .access
+            .customer(principal, Action::UpdateCustomer, customer_id)
+            .await?;
+        self.store.update_contact(pass.customer_id(), update).await
     }
 
     /// Up to `limit` operators after `after_id`.

@@ -14,7 +14,10 @@ use super::entities::{
 };
 use super::{CustomerLock, Store, instant, is_unique_violation, lock_invoiced_through, micros};
 use crate::domain::invoice::billing_period_of;
-use crate::domain::model::{Customer, NewCustomer, Operator, TopUpOutcome, TopUpRequest};
+use crate::domain::model::{
+    ContactUpdate, Customer, Issuer, IssuerUpdate, Language, NewCustomer, Operator, TopUpOutcome,
+    TopUpRequest,
+};
 use crate::domain::period::BillingPeriod;
 use crate::domain::plan::{NewPlan, Plan, PlanKind};
 use crate::domain::tariff::{DaySet, Tariff, Window};
@@ -169,15 +172,16 @@ impl Store {
             id: NotSet,
             name: Set(name.clone()),
             created_at: Set(micros(now)),
+            legal_name: Set(String::new()),
+            address: Set(String::new()),
+            tax_id: Set(String::new()),
+            support_email: Set(String::new()),
         };
         match operator::Entity::insert(row)
             .exec_with_returning(&self.db)
             .await
         {
-            Ok(model) => Ok(Operator {
-                id: model.id,
-                name: model.name,
-            }),
+            Ok(model) => Ok(operator_from(model)),
             Err(err) if is_unique_violation(&err) => Err(AppError::AlreadyExists(format!(
                 "operator name {} is already in use",
                 shown(&name)
@@ -195,11 +199,73 @@ impl Store {
             .all(&self.db)
             .await?
             .into_iter()
-            .map(|m| Operator {
-                id: m.id,
-                name: m.name,
-            })
+            .map(operator_from)
             .collect())
+    }
+
+    /// Operator `operator_id`, or `NOT_FOUND`.
+    pub async fn operator(&self, operator_id: i64) -> AppResult<Operator> {
+        operator::Entity::find_by_id(operator_id)
+            .one(&self.db)
+            .await?
+            .map(operator_from)
+            .ok_or_else(|| AppError::not_found("operator", operator_id))
+    }
+
+    /// Applies `update` to operator `operator_id` and returns it.
+    pub async fn update_issuer(
+        &self,
+        operator_id: i64,
+        update: IssuerUpdate,
+    ) -> AppResult<Operator> {
+        let IssuerUpdate {
+            legal_name,
+            address,
+            tax_id,
+            support_email,
+        } = update;
+        let mut query =
+            operator::Entity::update_many().filter(operator::Column::Id.eq(operator_id));
+        let mut changes = 0;
+        for (column, value) in [
+            (operator::Column::LegalName, legal_name),
+            (operator::Column::Address, address),
+            (operator::Column::TaxId, tax_id),
+            (operator::Column::SupportEmail, support_email),
+        ] {
+            if let Some(value) = value {
+                query = query.col_expr(column, value.into());
+                changes += 1;
+            }
+        }
+        if changes > 0 {
+            query.exec(&self.db).await?;
+        }
+        self.operator(operator_id).await
+    }
+
+    /// Applies `update` to customer `customer_id`'s contact fields and
+    /// returns the customer.
+    pub async fn update_contact(
+        &self,
+        customer_id: i64,
+        update: ContactUpdate,
+    ) -> AppResult<Customer> {
+        let mut query =
+            customer::Entity::update_many().filter(customer::Column::Id.eq(customer_id));
+        let mut changes = 0;
+        if let Some(email) = update.email {
+            query = query.col_expr(customer::Column::Email, email.into());
+            changes += 1;
+        }
+        if let Some(language) = update.language {
+            query = query.col_expr(customer::Column::Language, language.code().into());
+            changes += 1;
+        }
+        if changes > 0 {
+            query.exec(&self.db).await?;
+        }
+        self.customer(customer_id).await
     }
 
     /// `NOT_FOUND` unless the operator exists.
@@ -232,6 +298,8 @@ impl Store {
             balance_micros: Set(0),
             created_at: Set(micros(now)),
             invoiced_through: Set(None),
+            email: Set(new.email.clone()),
+            language: Set(new.language.code().to_owned()),
         };
         let model = match customer::Entity::insert(row)
             .exec_with_returning(&txn)
@@ -544,5 +612,21 @@ fn customer_from(model: customer::Model, operator_ids: Vec<i64>) -> Customer {
         operator_ids,
         balance_micros: model.balance_micros,
         created_at: instant(model.created_at),
+        email: model.email,
+        // A code this version does not know reads as the default.
+        language: Language::parse(&model.language).unwrap_or_default(),
+    }
+}
+
+fn operator_from(model: operator::Model) -> Operator {
+    Operator {
+        id: model.id,
+        name: model.name,
+        issuer: Issuer {
+            legal_name: model.legal_name,
+            address: model.address,
+            tax_id: model.tax_id,
+            support_email: model.support_email,
+        },
     }
 }

@@ -168,6 +168,7 @@ async fn world() -> World {
                     phone_number: phone.into(),
                     plan_id: plan.id,
                     operator_ids: vec![operator_id],
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -331,6 +332,7 @@ async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
                 phone_number: format!("+1415555{n:04}"),
                 plan_id: 1,
                 operator_ids: vec![],
+                ..Default::default()
             })
         }
     );
@@ -357,6 +359,32 @@ async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
         |c| c.customers.link_operator(pb::LinkOperatorRequest {
             customer_id: b,
             operator_id: w.operator_b_id,
+        })
+    );
+    matrix!(
+        w,
+        "UpdateCustomer (of A)",
+        [OK, OK, HIDDEN, DENIED, DENIED, DENIED],
+        |c| c.customers.update_customer(pb::UpdateCustomerRequest {
+            customer: Some(pb::Customer {
+                id: a,
+                language: "de".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+    );
+    matrix!(
+        w,
+        "UpdateOperator (A)",
+        [OK, OK, DENIED, DENIED, DENIED, DENIED],
+        |c| c.customers.update_operator(pb::UpdateOperatorRequest {
+            operator: Some(pb::Operator {
+                id: w.operator_a_id,
+                tax_id: "DE123".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
         })
     );
     matrix!(w, "TopUp", [OK, OK, HIDDEN, DENIED, DENIED, DENIED], |c| {
@@ -662,6 +690,7 @@ async fn lists_show_each_caller_exactly_the_rows_it_may_see() {
             phone_number: "+14155559999".into(),
             plan_id: 1,
             operator_ids: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -155,6 +155,7 @@ async fn a_customer_is_created_with_its_operators_and_read_back() {
             phone_number: "+14155550100".into(),
             plan_id: plan.id,
             operator_ids: vec![b.id, a.id, b.id],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -179,6 +180,7 @@ async fn create_customer_errors_name_the_problem_and_write_nothing() {
         phone_number: phone.into(),
         plan_id,
         operator_ids,
+        ..Default::default()
     };
     assert_status(
         client

@@ -311,6 +311,7 @@ impl TestApp {
                 phone_number: format!("+1415555{n:04}"),
                 plan_id,
                 operator_ids,
+                ..Default::default()
             })
             .await
             .expect("customer created")

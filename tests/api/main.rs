@@ -4,6 +4,7 @@
 mod access;
 mod bounds;
 mod calls;
+mod contacts;
 mod correctness;
 mod customers;
 mod engine;

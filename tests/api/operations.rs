@@ -277,6 +277,7 @@ async fn a_server_killed_mid_load_loses_no_acknowledged_call() {
             phone_number: "+14155550199".into(),
             plan_id: plan.id,
             operator_ids: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

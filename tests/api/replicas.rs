@@ -335,6 +335,7 @@ async fn two_replicas_racing_with_one_killed_keep_every_guarantee() {
                 phone_number: format!("+1415666{n:04}"),
                 plan_id: plan.id,
                 operator_ids: Vec::new(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -90,6 +90,7 @@ async fn customer_on_tariffs(app: &TestApp) -> (pb::Plan, i64) {
             phone_number: "+4930555000".into(),
             plan_id: plan.id,
             operator_ids: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

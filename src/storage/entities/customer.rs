@@ -16,6 +16,8 @@ pub struct Model {
     /// The last month invoiced, `year * 100 + month`; `None` before the
     /// first invoice.
     pub invoiced_through: Option<i32>,
+    pub email: Option<String>,
+    pub language: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,6 +10,10 @@ pub struct Model {
     #[sea_orm(unique)]
     pub name: String,
     pub created_at: i64,
+    pub legal_name: String,
+    pub address: String,
+    pub tax_id: String,
+    pub support_email: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
