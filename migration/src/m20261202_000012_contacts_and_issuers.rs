@@ -29,12 +29,7 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
-        for column in [
-            Operators::LegalName,
-            Operators::Address,
-            Operators::TaxId,
-            Operators::SupportEmail,
-        ] {
+        for column in ISSUER_COLUMNS {
             manager
                 .alter_table(
                     Table::alter()
@@ -58,12 +53,7 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
-        for column in [
-            Operators::LegalName,
-            Operators::Address,
-            Operators::TaxId,
-            Operators::SupportEmail,
-        ] {
+        for column in ISSUER_COLUMNS {
             manager
                 .alter_table(
                     Table::alter()
@@ -83,6 +73,14 @@ enum Customers {
     Email,
     Language,
 }
+
+/// The operator's issuer details, each text, empty until set.
+const ISSUER_COLUMNS: [Operators; 4] = [
+    Operators::LegalName,
+    Operators::Address,
+    Operators::TaxId,
+    Operators::SupportEmail,
+];
 
 #[derive(DeriveIden, Clone, Copy)]
 enum Operators {
