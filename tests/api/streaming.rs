@@ -101,11 +101,18 @@ async fn a_client_framing_each_record_separately_completes_while_the_writer_stal
     // window the server gives it.
     let lock = app.hold_lock(customer.id).await;
     let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
+    // Released once the client waits on its window; if it never does, the
+    // test has not exercised a stalled writer and fails below.
     let release = tokio::spawn(async move {
-        let _ = stalled_rx.await;
+        let stalled = tokio::time::timeout(Duration::from_secs(30), stalled_rx)
+            .await
+            .is_ok_and(|signal| signal.is_ok());
         lock.release().await;
+        stalled
     });
-    const RECORDS: usize = 25_000;
+    // More than the server reads ahead (a batch being written, one and a
+    // half read), so that the client fills its window and waits.
+    const RECORDS: usize = 40_000;
     let records = (0..RECORDS).map(|n| {
         let mut record = call(customer.id, 60);
         record.call_id = format!("f-{n}");
@@ -114,7 +121,10 @@ async fn a_client_framing_each_record_separately_completes_while_the_writer_stal
     let report = ingest_frame_by_frame(app.addr, records, Some(stalled_tx))
         .await
         .expect("the stream completes");
-    release.await.unwrap();
+    assert!(
+        release.await.unwrap(),
+        "the client never waited on its window: send more records"
+    );
     assert_eq!(report.accepted, RECORDS as i64, "{report:?}");
     assert_eq!(report.rejected, 0, "{report:?}");
     let count = app.history(customer.id).await.len();
