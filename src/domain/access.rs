@@ -406,27 +406,28 @@ pub fn account_scope(principal: &Principal) -> AppResult<AccountScope> {
 /// customer account) is linked to the principal's operator or not: an
 /// admin any account but its own (`FAILED_PRECONDITION`: a service must
 /// keep an admin who can sign in); an operator the switch accounts of its
-/// operator and the accounts of its customers, as it may create them.
+/// operator and the accounts of its customers, as it may create them. An
+/// unknown account (`None`) is one no operator may disable.
 pub fn may_disable(
     principal: &Principal,
-    target: &Account,
+    target: Option<&Account>,
     customer_linked: bool,
 ) -> AppResult<()> {
     permits(principal, Action::ManageAccounts)?;
-    if principal.account_id() == Some(target.id) {
+    if target.is_some_and(|target| principal.account_id() == Some(target.id)) {
         return Err(AppError::FailedPrecondition(
             "an account cannot disable itself; another admin can".to_owned(),
         ));
     }
-    let allowed = match principal {
-        Principal::Admin { .. } | Principal::System(_) => true,
-        Principal::Operator { operator_id, .. } => operator_manages(
+    let allowed = match (principal, target) {
+        (Principal::Admin { .. } | Principal::System(_), _) => true,
+        (Principal::Operator { operator_id, .. }, Some(target)) => operator_manages(
             *operator_id,
             target.role,
             target.operator_id,
             customer_linked,
         ),
-        Principal::Switch { .. } | Principal::Customer { .. } => false,
+        _ => false,
     };
     if allowed {
         Ok(())

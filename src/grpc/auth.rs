@@ -146,9 +146,7 @@ where
 /// The bearer token a request presented, if any.
 pub fn presented_bearer<T>(request: &Request<T>) -> Option<String> {
     let value = request.metadata().get("authorization")?.to_str().ok()?;
-    let mut headers = http::HeaderMap::new();
-    headers.insert(http::header::AUTHORIZATION, value.parse().ok()?);
-    bearer(&headers).ok().map(str::to_owned)
+    bearer_in(value).ok().map(str::to_owned)
 }
 
 /// The token of an `authorization: Bearer <token>` header.
@@ -158,8 +156,16 @@ fn bearer(headers: &http::HeaderMap) -> Result<&str, Status> {
             "missing metadata `authorization: Bearer <token>`; sign in with AccountService/Login",
         )
     })?;
-    let malformed = || Status::unauthenticated("`authorization` must be `Bearer <token>`");
     let value = value.to_str().map_err(|_| malformed())?;
+    bearer_in(value)
+}
+
+fn malformed() -> Status {
+    Status::unauthenticated("`authorization` must be `Bearer <token>`")
+}
+
+/// The token of an `authorization` value `Bearer <token>`.
+fn bearer_in(value: &str) -> Result<&str, Status> {
     let (scheme, token) = value.split_once(' ').ok_or_else(malformed)?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {

@@ -26,8 +26,8 @@ use crate::service::calls::CustomerCache;
 /// transaction, at most: large enough to amortise the commit (each batch
 /// rewrites the index pages it touches, and a batch of 2,000 calls reached
 /// only 0.4x of a raw bulk insert against 0.67x for 10,000; see
-/// BENCHMARKS.md), small enough to bound memory (two batches per stream:
-/// one being written, one being read) and how long a batch holds SQLite's
+/// BENCHMARKS.md), small enough to bound memory (one batch being written,
+/// one being read, and `INGEST_READ_AHEAD_ROWS` more) and how long a batch holds SQLite's
 /// write lock (about half a second on the benchmark machine). Counted in
 /// rows, not records, so that calls a plan cuts into many segments make
 /// smaller batches rather than longer locks.

@@ -492,24 +492,20 @@ impl Accounts {
     ) -> AppResult<Account> {
         access::permits(principal, Action::ManageAccounts)?;
         let target = match self.store.account(account_id).await {
-            Ok(target) => target,
-            // Only an admin may learn that an account does not exist.
-            Err(AppError::NotFound(_)) if !is_admin(principal) => {
-                return Err(AppError::PermissionDenied(
-                    "an operator disables only its own switch accounts and its customers' \
-                     accounts"
-                        .to_owned(),
-                ));
-            }
+            Ok(target) => Some(target),
+            // Only an admin may learn that an account does not exist: to
+            // anyone else it is an account it may not disable.
+            Err(AppError::NotFound(_)) if !is_admin(principal) => None,
             Err(err) => return Err(err),
         };
-        let linked = match (principal, target.customer_id) {
+        let linked = match (principal, target.as_ref().and_then(|t| t.customer_id)) {
             (Principal::Operator { operator_id, .. }, Some(customer_id)) => {
                 self.store.is_linked(*operator_id, customer_id).await?
             }
             _ => false,
         };
-        access::may_disable(principal, &target, linked)?;
+        access::may_disable(principal, target.as_ref(), linked)?;
+        let target = target.ok_or_else(|| AppError::not_found("account", account_id))?;
         if target.disabled_at.is_none() {
             self.store
                 .disable_account(account_id, self.clock.now())
