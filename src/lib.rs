@@ -4,6 +4,7 @@
 pub mod app;
 pub mod clock;
 pub mod demo;
+pub mod document;
 pub mod domain;
 pub mod error;
 pub mod grpc;

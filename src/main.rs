@@ -1,14 +1,16 @@
 //! The `billing` command: `serve`, `migrate`, `demo-data` and `create-admin`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use billing::app::{Application, Config, DEFAULT_TOKEN_TTL, Limits, TlsFiles};
 use billing::clock::Clock;
-use billing::service::Accounts;
+use billing::document::DocumentFormat;
+use billing::domain::access::Principal;
+use billing::service::{Accounts, Invoicing};
 use billing::storage::GroupCommit;
 use billing::storage::{DatabaseConfig, Store};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -152,6 +154,28 @@ enum Command {
         /// The admin's username.
         username: String,
     },
+    /// Render an issued invoice as a PDF or HTML document, read from the
+    /// database directly (as `GetInvoiceDocument` renders it).
+    InvoiceDocument {
+        /// The invoice's id.
+        invoice_id: i64,
+        /// `pdf` or `html`.
+        #[arg(long, default_value = "pdf")]
+        format: DocumentFormatArg,
+        /// The file to write; `-` writes to standard output.
+        #[arg(long)]
+        output: PathBuf,
+        /// The billing time zone the service runs with (dates are shown in it).
+        #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC")]
+        billing_timezone: Tz,
+    },
+}
+
+/// `invoice-document --format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DocumentFormatArg {
+    Pdf,
+    Html,
 }
 
 /// Parses a token lifetime such as `12h`, `90m`, `3600s` or `1d`.
@@ -420,6 +444,21 @@ async fn main() -> ExitCode {
             demo_data(&cli.database_url, billing_timezone).await
         }
         Command::CreateAdmin { username } => create_admin(&cli.database_url, username).await,
+        Command::InvoiceDocument {
+            invoice_id,
+            format,
+            output,
+            billing_timezone,
+        } => {
+            invoice_document(
+                &cli.database_url,
+                invoice_id,
+                format,
+                &output,
+                billing_timezone,
+            )
+            .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -462,6 +501,39 @@ async fn demo_data(database_url: &str, tz: Tz) -> CliResult {
     println!("accounts (sign in with AccountService/Login):");
     for (role, username, password) in &summary.accounts {
         println!("  {role:<8}  username {username:<16}  password {password}");
+    }
+    Ok(())
+}
+
+async fn invoice_document(
+    database_url: &str,
+    invoice_id: i64,
+    format: DocumentFormatArg,
+    output: &Path,
+    tz: Tz,
+) -> CliResult {
+    let store = Store::connect(database_url).await?;
+    let invoicing = Invoicing::new(store.clone(), Clock::system(), tz, TimeDelta::zero());
+    let format = match format {
+        DocumentFormatArg::Pdf => DocumentFormat::Pdf,
+        DocumentFormatArg::Html => DocumentFormat::Html,
+    };
+    let principal = Principal::System("invoice-document is run by the operator of the service");
+    let document = invoicing
+        .invoice_document(&principal, invoice_id, format)
+        .await;
+    store.close().await?;
+    let document = document?;
+    if output == Path::new("-") {
+        std::io::stdout().write_all(&document.content)?;
+    } else {
+        std::fs::write(output, &document.content)?;
+        eprintln!(
+            "{}: {} bytes ({})",
+            output.display(),
+            document.content.len(),
+            document.file_name
+        );
     }
     Ok(())
 }

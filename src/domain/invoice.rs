@@ -56,9 +56,16 @@ impl InvoiceLineKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvoiceLine {
     pub kind: InvoiceLineKind,
+    /// The line in English, as the API shows it.
     pub description: String,
     pub quantity: i64,
     pub amount_micros: i64,
+    /// Calls the line bills (usage, late usage, connect fees); else 0.
+    pub call_count: i64,
+    /// What the line is about, for documents written in other languages:
+    /// the plan's name (monthly fee), the tariff (usage by tariff), the
+    /// month `YYYY-MM` (late usage), the instant in RFC 3339 (top-up).
+    pub subject: String,
 }
 
 /// Calls summed up.
@@ -628,6 +635,8 @@ pub fn compose(plan: &Plan, period: BillingPeriod, usage: &MonthUsage) -> AppRes
                     ),
                     quantity: credited_seconds,
                     amount_micros: -credit,
+                    call_count: 0,
+                    subject: String::new(),
                 });
             }
             for (month, late) in &usage.late {
@@ -640,6 +649,8 @@ pub fn compose(plan: &Plan, period: BillingPeriod, usage: &MonthUsage) -> AppRes
                     ),
                     quantity: late.billed_seconds,
                     amount_micros: late.usage_micros,
+                    call_count: late.call_count,
+                    subject: month.to_string(),
                 });
             }
         }
@@ -654,6 +665,10 @@ pub fn compose(plan: &Plan, period: BillingPeriod, usage: &MonthUsage) -> AppRes
                     ),
                     quantity: 1,
                     amount_micros: top_up.amount_micros,
+                    call_count: 0,
+                    subject: top_up
+                        .created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 });
             }
         }
@@ -689,6 +704,8 @@ fn usage_lines(
             ),
             quantity: current.billed_seconds,
             amount_micros: current.usage_micros,
+            call_count: current.call_count,
+            subject: String::new(),
         }]);
     }
     let mut by_tariff: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
@@ -738,6 +755,8 @@ fn usage_lines(
             ),
             quantity: seconds,
             amount_micros: micros,
+            call_count: 0,
+            subject: name.to_owned(),
         })
         .collect();
     if breakdown.connect_fee_calls > 0 {
@@ -749,6 +768,8 @@ fn usage_lines(
             ),
             quantity: breakdown.connect_fee_calls,
             amount_micros: breakdown.connect_fees_micros,
+            call_count: breakdown.connect_fee_calls,
+            subject: String::new(),
         });
     }
     Ok(lines)
@@ -760,6 +781,8 @@ fn fee_line(plan: &Plan, period: BillingPeriod) -> InvoiceLine {
         description: format!("Monthly fee {period}: {}", plan.name),
         quantity: 1,
         amount_micros: plan.monthly_fee_micros,
+        call_count: 0,
+        subject: plan.name.clone(),
     }
 }
 

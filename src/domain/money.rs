@@ -84,13 +84,7 @@ pub fn format_amount(minor_units: i64, currency: &str, language: Language) -> St
     let magnitude = minor_units.unsigned_abs().to_string();
     let padded = format!("{magnitude:0>width$}", width = digits + 1);
     let (whole, fraction) = padded.split_at(padded.len() - digits);
-    let mut grouped = String::with_capacity(whole.len() * 4 / 3 + 1);
-    for (i, digit) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push(group);
-        }
-        grouped.push(digit);
-    }
+    let grouped = grouped_by_thousands(whole, group);
     let sign = if minor_units < 0 { "-" } else { "" };
     let number = if digits == 0 {
         format!("{sign}{grouped}")
@@ -101,6 +95,32 @@ pub fn format_amount(minor_units: i64, currency: &str, language: Language) -> St
         Language::En => format!("{currency} {number}"),
         Language::De => format!("{number} {currency}"),
     }
+}
+
+/// A count (of calls, say) as written in `language`: `1,234` in English,
+/// `1.234` in German.
+pub fn format_count(count: i64, language: Language) -> String {
+    let group = match language {
+        Language::En => ',',
+        Language::De => '.',
+    };
+    let grouped = grouped_by_thousands(&count.unsigned_abs().to_string(), group);
+    if count < 0 {
+        format!("-{grouped}")
+    } else {
+        grouped
+    }
+}
+
+fn grouped_by_thousands(digits: &str, group: char) -> String {
+    let mut grouped = String::with_capacity(digits.len() * 4 / 3 + 1);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(group);
+        }
+        grouped.push(digit);
+    }
+    grouped
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use super::auth::caller_may;
 use super::convert::period;
 use super::pb::{self, invoice_service_server::InvoiceService};
 use super::slots::StreamSlots;
+use crate::document::DocumentFormat;
 use crate::domain::access::Action;
 use crate::domain::validation as valid;
 use crate::error::AppError;
@@ -230,6 +231,35 @@ impl InvoiceService for InvoiceApi {
             .month_invoice(&principal, customer_id, year, month)
             .await?;
         Ok(Response::new(invoice.into()))
+    }
+
+    async fn get_invoice_document(
+        &self,
+        request: Request<pb::GetInvoiceDocumentRequest>,
+    ) -> Result<Response<pb::InvoiceDocument>, Status> {
+        let principal = caller_may(&request, Action::ReadInvoices)?;
+        let pb::GetInvoiceDocumentRequest { invoice_id, format } = request.into_inner();
+        let invoice_id = valid::id("invoice_id", invoice_id)?;
+        let format = match pb::DocumentFormat::try_from(format) {
+            Ok(pb::DocumentFormat::Pdf) => DocumentFormat::Pdf,
+            Ok(pb::DocumentFormat::Html) => DocumentFormat::Html,
+            Ok(pb::DocumentFormat::Unspecified) | Err(_) => {
+                return Err(AppError::invalid(
+                    "format",
+                    "must be DOCUMENT_FORMAT_PDF or DOCUMENT_FORMAT_HTML",
+                )
+                .into());
+            }
+        };
+        let document = self
+            .invoicing
+            .invoice_document(&principal, invoice_id, format)
+            .await?;
+        Ok(Response::new(pb::InvoiceDocument {
+            file_name: document.file_name,
+            content_type: document.content_type.to_owned(),
+            content: document.content,
+        }))
     }
 
     async fn list_invoices(

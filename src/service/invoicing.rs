@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::Access;
 use crate::clock::Clock;
+use crate::document::{self, DocumentFormat, DocumentSource, RenderedDocument};
 use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::invoice::{
     self, ConsolidatedMonth, IncludedBasis, Invoice, InvoiceDraft, MonthRows, UsageDetail,
@@ -537,6 +538,46 @@ impl Invoicing {
                     "customer {customer_id} has no invoice for {period}"
                 ))
             })
+    }
+
+    /// Invoice `invoice_id` rendered as `format`, for whoever may read the
+    /// customer's invoices; `NOT_FOUND` alike whether it does not exist or
+    /// is outside what `principal` may see.
+    pub async fn invoice_document(
+        &self,
+        principal: &Principal,
+        invoice_id: i64,
+        format: DocumentFormat,
+    ) -> AppResult<RenderedDocument> {
+        access::permits(principal, Action::ReadInvoices)?;
+        let replica = self.store.replica();
+        let invoice = match replica.invoice(invoice_id).await? {
+            Some(invoice) if self.access.sees(principal, invoice.customer_id).await? => invoice,
+            _ => return Err(AppError::not_found("invoice", invoice_id)),
+        };
+        let customer = replica.customer(invoice.customer_id).await?;
+        let plan = replica.plan(customer.plan_id).await?;
+        let issuer = match customer.operator_ids.first() {
+            Some(&operator_id) => Some(replica.operator(operator_id).await?),
+            None => None,
+        };
+        let tz = self.tz;
+        // Rendering a long invoice takes milliseconds of CPU: off the
+        // request threads.
+        tokio::task::spawn_blocking(move || {
+            document::render(
+                DocumentSource {
+                    invoice: &invoice,
+                    customer: &customer,
+                    plan_kind: plan.kind,
+                    issuer: issuer.as_ref(),
+                    tz,
+                },
+                format,
+            )
+        })
+        .await
+        .map_err(AppError::internal)
     }
 
     /// Issues every missing invoice of a closed period (default: the

@@ -441,6 +441,29 @@ async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
             period: june,
         })
     );
+    let june_invoice_id = w
+        .admin
+        .clone()
+        .invoices
+        .get_month_invoice(pb::GetMonthInvoiceRequest {
+            customer_id: a,
+            period: june,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    matrix!(
+        w,
+        "GetInvoiceDocument",
+        [OK, OK, HIDDEN, DENIED, OK, HIDDEN],
+        |c| c
+            .invoices
+            .get_invoice_document(pb::GetInvoiceDocumentRequest {
+                invoice_id: june_invoice_id,
+                format: pb::DocumentFormat::Html.into(),
+            })
+    );
     matrix!(w, "ListInvoices", [OK, OK, OK, DENIED, OK, OK], |c| c
         .invoices
         .list_invoices(pb::ListInvoicesRequest::default()));

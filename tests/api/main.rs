@@ -7,6 +7,7 @@ mod calls;
 mod contacts;
 mod correctness;
 mod customers;
+mod documents;
 mod engine;
 mod helpers;
 mod ingest;

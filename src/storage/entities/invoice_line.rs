@@ -13,6 +13,8 @@ pub struct Model {
     pub description: String,
     pub quantity: i64,
     pub amount_micros: i64,
+    pub call_count: i64,
+    pub subject: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

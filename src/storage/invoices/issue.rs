@@ -178,7 +178,7 @@ impl IssueTransaction {
             })
             .collect();
         for chunk in lines.chunks(LINES_PER_INSERT) {
-            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 8);
             for (invoice_id, position, line) in chunk {
                 values.extend([
                     (*invoice_id).into(),
@@ -187,12 +187,14 @@ impl IssueTransaction {
                     line.description.clone().into(),
                     line.quantity.into(),
                     line.amount_micros.into(),
+                    line.call_count.into(),
+                    line.subject.clone().into(),
                 ]);
             }
             let sql = format!(
                 "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, \
-                   amount_micros) VALUES {}",
-                value_rows(chunk.len(), 6)
+                   amount_micros, call_count, subject) VALUES {}",
+                value_rows(chunk.len(), 8)
             );
             self.txn
                 .execute_raw(statement(backend, &sql, values))
@@ -401,5 +403,5 @@ async fn place_rows(
 
 /// Invoice rows inserted per statement (14 bound values each).
 const INVOICES_PER_STATEMENT: usize = 1000;
-/// Invoice lines inserted per statement (6 bound values each).
+/// Invoice lines inserted per statement (8 bound values each).
 const LINES_PER_INSERT: usize = 2000;

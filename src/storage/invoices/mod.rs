@@ -134,6 +134,17 @@ impl Store {
         Ok(operators)
     }
 
+    /// The invoice `invoice_id`, if issued.
+    pub async fn invoice(&self, invoice_id: i64) -> AppResult<Option<Invoice>> {
+        match invoice::Entity::find_by_id(invoice_id)
+            .one(&self.db)
+            .await?
+        {
+            None => Ok(None),
+            Some(model) => Ok(self.with_lines(vec![model]).await?.pop()),
+        }
+    }
+
     /// The invoice of one customer and month, if issued.
     pub async fn invoice_for(
         &self,
@@ -284,6 +295,8 @@ impl Store {
                 description: row.description,
                 quantity: row.quantity,
                 amount_micros: row.amount_micros,
+                call_count: row.call_count,
+                subject: row.subject,
             });
         }
         models
