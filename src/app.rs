@@ -25,10 +25,11 @@ use crate::grpc::pb::account_service_server::AccountServiceServer;
 use crate::grpc::pb::call_service_server::CallServiceServer;
 use crate::grpc::pb::customer_service_server::CustomerServiceServer;
 use crate::grpc::pb::invoice_service_server::InvoiceServiceServer;
+use crate::grpc::pb::notification_service_server::NotificationServiceServer;
 use crate::grpc::readiness::ReadinessLayer;
-use crate::grpc::{AccountApi, CallApi, CustomerApi, InvoiceApi, pb};
+use crate::grpc::{AccountApi, CallApi, CustomerApi, InvoiceApi, NotificationApi, pb};
 use crate::readiness::Readiness;
-use crate::service::{Accounts, Calls, Customers, Invoicing};
+use crate::service::{Accounts, Calls, Customers, Deliveries, DeliveryConfig, Invoicing};
 use crate::shutdown::{self, until_stopping};
 use crate::storage::{DatabaseConfig, GroupCommit, Store};
 
@@ -65,6 +66,8 @@ pub struct Config {
     pub credential_cache: Duration,
     /// Serve gRPC over TLS with these PEM files; `None`: plaintext h2c.
     pub tls: Option<TlsFiles>,
+    /// How invoices and alerts are delivered (email, webhooks, retries).
+    pub delivery: DeliveryConfig,
 }
 
 /// The PEM files of the server's TLS setup.
@@ -194,6 +197,7 @@ pub struct Application {
     token_ttl: TimeDelta,
     credential_cache: Duration,
     tls: Option<Arc<ServerConfig>>,
+    delivery: DeliveryConfig,
 }
 
 impl Application {
@@ -229,6 +233,7 @@ impl Application {
             token_ttl: config.token_ttl,
             credential_cache: config.credential_cache,
             tls,
+            delivery: config.delivery,
         })
     }
 
@@ -270,13 +275,16 @@ impl Application {
             token_ttl,
             credential_cache,
             tls,
+            delivery,
         } = self;
+        let deliveries = Deliveries::new(store.clone(), clock.clone(), billing_tz, delivery);
         let invoicing = Invoicing::new(
             store.clone(),
             clock.clone(),
             billing_tz,
             invoice_grace_period,
-        );
+        )
+        .delivering(deliveries.email_on(), deliveries.wake());
         let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl)
             .trusting_verified_credentials_for(credential_cache)
             .hashing_at_most(limits.password_hash_concurrency);
@@ -320,6 +328,7 @@ impl Application {
             stopping_rx.clone(),
         ));
         let checkpoint_task = tokio::spawn(checkpoint_wal(store.clone(), stopping_rx.clone()));
+        let delivery_task = tokio::spawn(deliveries.clone().run(stopping_rx.clone()));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -396,6 +405,10 @@ impl Application {
                 .max_decoding_message_size(max_bytes),
             )
             .add_service(
+                NotificationServiceServer::new(NotificationApi::new(deliveries))
+                    .max_decoding_message_size(max_bytes),
+            )
+            .add_service(
                 InvoiceServiceServer::new(InvoiceApi::new(
                     invoicing,
                     stopping_rx,
@@ -426,11 +439,13 @@ impl Application {
                 Ok(())
             }
         };
-        for task in
-            scheduler_task
-                .into_iter()
-                .chain([monitor_task, relay_task, feed_task, checkpoint_task])
-        {
+        for task in scheduler_task.into_iter().chain([
+            monitor_task,
+            relay_task,
+            feed_task,
+            checkpoint_task,
+            delivery_task,
+        ]) {
             task.abort();
             let _ = task.await;
         }
@@ -478,5 +493,6 @@ fn health_names() -> Vec<&'static str> {
         <CustomerServiceServer<CustomerApi> as tonic::server::NamedService>::NAME,
         <CallServiceServer<CallApi> as tonic::server::NamedService>::NAME,
         <InvoiceServiceServer<InvoiceApi> as tonic::server::NamedService>::NAME,
+        <NotificationServiceServer<NotificationApi> as tonic::server::NamedService>::NAME,
     ]
 }

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod clock;
+pub mod delivery;
 pub mod demo;
 pub mod document;
 pub mod domain;

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use billing::app::{Application, Config, DEFAULT_TOKEN_TTL, Limits, TlsFiles};
 use billing::clock::Clock;
+use billing::delivery::email::Mailer;
 use billing::document::DocumentFormat;
 use billing::domain::access::Principal;
-use billing::service::{Accounts, Invoicing};
+use billing::domain::delivery::RetrySchedule;
+use billing::service::{Accounts, DeliveryConfig, Invoicing};
 use billing::storage::GroupCommit;
 use billing::storage::{DatabaseConfig, Store};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -130,6 +132,8 @@ enum Command {
         database: DatabaseFlags,
         #[command(flatten)]
         limits: LimitFlags,
+        #[command(flatten)]
+        delivery: DeliveryFlags,
     },
     /// Apply pending database migrations and exit.
     Migrate {
@@ -169,6 +173,54 @@ enum Command {
         #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC")]
         billing_timezone: Tz,
     },
+}
+
+/// How invoices and alerts are delivered.
+#[derive(Debug, clap::Args)]
+struct DeliveryFlags {
+    /// Email issued invoices (PDF attached) and balance alerts to customers
+    /// with an address through this SMTP server: `smtps://HOST:465`
+    /// (TLS), or `smtp://HOST:587` (STARTTLS required; add
+    /// `?tls=opportunistic` for a local relay without TLS), optionally with
+    /// `USER:PASSWORD@` before the host. Never printed. Unset: no email.
+    #[arg(
+        long,
+        env = "BILLING_SMTP_URL",
+        hide_env_values = true,
+        requires = "smtp_from"
+    )]
+    smtp_url: Option<String>,
+    /// The sender of those emails, e.g. `Billing <billing@example.com>`.
+    #[arg(long, env = "BILLING_SMTP_FROM")]
+    smtp_from: Option<String>,
+    /// Delays between attempts of a delivery that failed (not a 2xx answer,
+    /// a 10 s time-out, a refused connection, an SMTP error), comma
+    /// separated; after the last, the delivery is FAILED.
+    #[arg(
+        long,
+        env = "BILLING_DELIVERY_RETRY_SCHEDULE",
+        default_value = billing::domain::delivery::DEFAULT_RETRY_SCHEDULE,
+        value_parser = RetrySchedule::parse
+    )]
+    delivery_retry_schedule: RetrySchedule,
+    /// Allow `http://` webhooks and webhooks to loopback, private and
+    /// link-local addresses: for development and tests only.
+    #[arg(long, env = "BILLING_ALLOW_INSECURE_WEBHOOKS")]
+    allow_insecure_webhooks: bool,
+}
+
+impl DeliveryFlags {
+    fn config(self) -> Result<DeliveryConfig, String> {
+        let mailer = match (self.smtp_url, self.smtp_from) {
+            (Some(url), Some(from)) => Some(Mailer::new(&url, &from)?),
+            _ => None,
+        };
+        Ok(DeliveryConfig {
+            mailer,
+            retry_schedule: self.delivery_retry_schedule,
+            allow_insecure_webhooks: self.allow_insecure_webhooks,
+        })
+    }
 }
 
 /// `invoice-document --format`.
@@ -388,8 +440,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Whatever fails, nothing printed shows a database password.
     let mut urls = vec![cli.database_url.clone()];
-    if let Command::Serve { database, .. } = &cli.command {
+    if let Command::Serve {
+        database, delivery, ..
+    } = &cli.command
+    {
         urls.extend(database.database_read_url.clone());
+        urls.extend(delivery.smtp_url.clone());
     }
     let result = match cli.command {
         Command::Serve {
@@ -408,8 +464,16 @@ async fn main() -> ExitCode {
             tls_client_ca,
             database,
             limits,
+            delivery,
         } => {
             let clock = clock_start.map_or_else(Clock::system, Clock::starting_at);
+            let delivery = match delivery.config() {
+                Ok(delivery) => delivery,
+                Err(err) => {
+                    eprintln!("billing: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let config = Config {
                 listen,
                 database: DatabaseConfig {
@@ -436,6 +500,7 @@ async fn main() -> ExitCode {
                     key,
                     client_ca: tls_client_ca,
                 }),
+                delivery,
             };
             serve(config).await
         }

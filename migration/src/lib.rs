@@ -18,6 +18,7 @@ mod m20261202_000010_keys_per_customer;
 mod m20261202_000011_disabled_accounts;
 mod m20261202_000012_contacts_and_issuers;
 mod m20261202_000013_line_subjects;
+mod m20261202_000014_deliveries;
 
 /// The service's migrations, oldest first.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000011_disabled_accounts::Migration),
             Box::new(m20261202_000012_contacts_and_issuers::Migration),
             Box::new(m20261202_000013_line_subjects::Migration),
+            Box::new(m20261202_000014_deliveries::Migration),
         ]
     }
 }

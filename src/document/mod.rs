@@ -639,6 +639,10 @@ mod tests {
                 format!("INV-2026-11-000042.{}", format.extension())
             );
         }
-        assert!(render(source, DocumentFormat::Pdf).content.starts_with(b"%PDF-"));
+        assert!(
+            render(source, DocumentFormat::Pdf)
+                .content
+                .starts_with(b"%PDF-")
+        );
     }
 }

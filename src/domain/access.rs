@@ -204,6 +204,8 @@ pub enum Action {
     StreamConsolidated,
     RunBillingCycle,
     WatchInvoices,
+    ManageWebhooks,
+    ReadDeliveries,
 }
 
 /// Whether `principal` may perform `action` at all; `PERMISSION_DENIED`
@@ -234,6 +236,8 @@ pub fn permits(principal: &Principal, action: Action) -> AppResult<()> {
                 | ReadInvoices
                 | StreamConsolidated
                 | WatchInvoices
+                | ManageWebhooks
+                | ReadDeliveries
         ),
         Principal::Switch { .. } => {
             matches!(action, AddCalls | AuthorizeCall | WhoAmI | Logout)
@@ -382,6 +386,20 @@ pub fn may_update_operator(principal: &Principal, operator_id: i64) -> AppResult
     }
 }
 
+/// Whether `principal` may manage the webhooks of operator `operator_id`:
+/// an admin any operator's, an operator its own.
+pub fn may_manage_webhooks_of(principal: &Principal, operator_id: i64) -> AppResult<()> {
+    permits(principal, Action::ManageWebhooks)?;
+    match principal {
+        Principal::Operator {
+            operator_id: own, ..
+        } if *own != operator_id => Err(AppError::PermissionDenied(
+            "an operator manages only its own webhooks".to_owned(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The accounts a principal may list and manage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountScope {
@@ -502,6 +520,8 @@ fn action_name(action: Action) -> &'static str {
         Action::StreamConsolidated => "stream consolidated months",
         Action::RunBillingCycle => "run billing cycles",
         Action::WatchInvoices => "watch invoices",
+        Action::ManageWebhooks => "manage webhooks",
+        Action::ReadDeliveries => "read deliveries",
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod credentials;
+pub mod delivery;
 pub mod invoice;
 pub mod model;
 pub mod money;

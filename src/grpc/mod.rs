@@ -12,6 +12,7 @@ mod customers;
 mod invoices;
 pub mod limits;
 pub mod logging;
+mod notifications;
 pub mod readiness;
 mod slots;
 pub mod status;
@@ -20,6 +21,7 @@ pub use accounts::AccountApi;
 pub use calls::CallApi;
 pub use customers::CustomerApi;
 pub use invoices::InvoiceApi;
+pub use notifications::NotificationApi;
 
 /// Code generated from `proto/`: `billing.v1` and the vendored
 /// `google.type` it imports, nested as their packages are so the generated

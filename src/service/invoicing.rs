@@ -13,22 +13,24 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use chrono_tz::Tz;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use super::Access;
+use super::deliveries::new_delivery_id;
 use crate::clock::Clock;
 use crate::document::{self, DocumentFormat, DocumentSource, RenderedDocument};
 use crate::domain::access::{self, Action, CustomerScope, Principal};
+use crate::domain::delivery::{self, Event};
 use crate::domain::invoice::{
     self, ConsolidatedMonth, IncludedBasis, Invoice, InvoiceDraft, MonthRows, UsageDetail,
     UsagePreview,
 };
-use crate::domain::model::Customer;
+use crate::domain::model::{Customer, Operator};
 use crate::domain::period::BillingPeriod;
-use crate::domain::plan::Plan;
+use crate::domain::plan::{Plan, PlanKind};
 use crate::error::{AppError, AppResult};
 use crate::shutdown::{Stopping, until_stopping};
-use crate::storage::{FeedEvent, InvoiceFilter, MonthQuery, NewInvoice, Store};
+use crate::storage::{FeedEvent, InvoiceFilter, MonthQuery, NewDelivery, NewInvoice, Store};
 
 /// Customers fetched per page while running a billing cycle.
 const CYCLE_PAGE: u64 = 10_000;
@@ -110,6 +112,21 @@ impl CycleSummary {
     }
 }
 
+/// What an invoice document of `customer_id` shows besides the invoice:
+/// the customer, its plan's kind and its issuer (its first operator).
+pub(crate) async fn document_parties(
+    store: &Store,
+    customer_id: i64,
+) -> AppResult<(Customer, PlanKind, Option<Operator>)> {
+    let customer = store.customer(customer_id).await?;
+    let plan = store.plan(customer.plan_id).await?;
+    let issuer = match customer.operator_ids.first() {
+        Some(&operator_id) => Some(store.operator(operator_id).await?),
+        None => None,
+    };
+    Ok((customer, plan.kind, issuer))
+}
+
 /// The invoicing service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Invoicing {
@@ -127,6 +144,10 @@ pub struct Invoicing {
     /// Newly issued invoices, read once for every watcher of this process
     /// by [`Invoicing::serve_feed`].
     feed: broadcast::Sender<FeedItem>,
+    /// Whether issued invoices are emailed, and what wakes this process's
+    /// delivery worker once an issue has written deliveries.
+    email_on: bool,
+    deliveries_written: Arc<Notify>,
 }
 
 /// Invoices the feed reads per query.
@@ -155,7 +176,17 @@ impl Invoicing {
             grace,
             issued: Arc::new(watch::Sender::new(0)),
             feed: broadcast::Sender::new(FEED_BUFFER),
+            email_on: false,
+            deliveries_written: Arc::new(Notify::new()),
         }
+    }
+
+    /// Invoicing whose issued invoices are also emailed when `email_on`,
+    /// waking `worker` once their deliveries are written.
+    pub fn delivering(mut self, email_on: bool, worker: Arc<Notify>) -> Self {
+        self.email_on = email_on;
+        self.deliveries_written = worker;
+        self
     }
 
     /// The billing time zone.
@@ -438,6 +469,28 @@ impl Invoicing {
                 issued[index].push(invoice);
             }
         }
+        let recipients = txn.recipients(&ids, self.email_on).await?;
+        let mut deliveries = Vec::new();
+        for (b, invoices) in billed.iter().zip(&issued) {
+            let Some(recipients) = recipients.get(&b.customer_id) else {
+                continue;
+            };
+            for invoice in invoices {
+                for plan in delivery::deliveries_of(
+                    Event::InvoiceIssued,
+                    b.customer_id,
+                    Some(invoice.id),
+                    recipients,
+                ) {
+                    deliveries.push(NewDelivery {
+                        public_id: new_delivery_id()?,
+                        plan,
+                        payload: String::new(),
+                    });
+                }
+            }
+        }
+        txn.insert_deliveries(&deliveries, now).await?;
         let through: Vec<(i64, BillingPeriod)> = billed
             .iter()
             .zip(&issued)
@@ -446,6 +499,9 @@ impl Invoicing {
         txn.advance_invoiced_through(&through).await?;
         let newest = issued.iter().flatten().map(|invoice| invoice.id).max();
         txn.commit(newest).await?;
+        if !deliveries.is_empty() {
+            self.deliveries_written.notify_one();
+        }
         let mut reports = Vec::with_capacity(billed.len());
         for (b, mut invoices) in billed.iter().zip(issued) {
             for invoice in &invoices {
@@ -555,12 +611,7 @@ impl Invoicing {
             Some(invoice) if self.access.sees(principal, invoice.customer_id).await? => invoice,
             _ => return Err(AppError::not_found("invoice", invoice_id)),
         };
-        let customer = replica.customer(invoice.customer_id).await?;
-        let plan = replica.plan(customer.plan_id).await?;
-        let issuer = match customer.operator_ids.first() {
-            Some(&operator_id) => Some(replica.operator(operator_id).await?),
-            None => None,
-        };
+        let (customer, plan_kind, issuer) = document_parties(&replica, invoice.customer_id).await?;
         let tz = self.tz;
         // Rendering a long invoice takes milliseconds of CPU: off the
         // request threads.
@@ -569,7 +620,7 @@ impl Invoicing {
                 DocumentSource {
                     invoice: &invoice,
                     customer: &customer,
-                    plan_kind: plan.kind,
+                    plan_kind,
                     issuer: issuer.as_ref(),
                     tz,
                 },

@@ -9,6 +9,7 @@ pub mod access;
 pub mod accounts;
 pub mod calls;
 pub mod customers;
+pub mod deliveries;
 pub mod invoicing;
 pub mod plans;
 
@@ -16,5 +17,6 @@ pub use access::{Access, CustomerPass};
 pub use accounts::{Accounts, PasswordHashing, default_password_hash_concurrency};
 pub use calls::Calls;
 pub use customers::Customers;
+pub use deliveries::{Deliveries, DeliveryConfig};
 pub use invoicing::Invoicing;
 pub use plans::Plans;

@@ -5,6 +5,7 @@
 mod accounts;
 mod calls;
 mod customers;
+mod deliveries;
 pub mod entities;
 mod feed;
 mod group_commit;
@@ -29,6 +30,7 @@ use crate::error::AppError;
 
 pub use accounts::{AccountRow, ApiKeyState, StoredCredential};
 pub use calls::CallFilter;
+pub use deliveries::{AttemptOutcome, Delivery, DeliveryFilter, NewDelivery};
 pub use feed::{FeedEvent, InvoiceListener};
 pub use group_commit::{CallWriter, GroupCommit};
 pub use invoices::{CustomerToInvoice, InvoiceFilter, IssueTransaction, MonthQuery, NewInvoice};

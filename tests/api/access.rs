@@ -8,6 +8,7 @@ use billing::grpc::pb::account_service_client::AccountServiceClient;
 use billing::grpc::pb::call_service_client::CallServiceClient;
 use billing::grpc::pb::customer_service_client::CustomerServiceClient;
 use billing::grpc::pb::invoice_service_client::InvoiceServiceClient;
+use billing::grpc::pb::notification_service_client::NotificationServiceClient;
 use billing::grpc::pb::{self, PlanKind, Role};
 use billing::service::Accounts;
 use billing::storage::Store;
@@ -28,6 +29,7 @@ struct Caller {
     customers: CustomerServiceClient<Intercepted>,
     calls: CallServiceClient<Intercepted>,
     invoices: InvoiceServiceClient<Intercepted>,
+    notifications: NotificationServiceClient<Intercepted>,
 }
 
 impl Caller {
@@ -37,7 +39,8 @@ impl Caller {
             accounts: AccountServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             customers: CustomerServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             calls: CallServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            invoices: InvoiceServiceClient::with_interceptor(channel.clone(), bearer),
+            invoices: InvoiceServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            notifications: NotificationServiceClient::with_interceptor(channel.clone(), bearer),
         }
     }
 }
@@ -463,6 +466,48 @@ async fn every_rpc_answers_every_kind_of_caller_exactly_as_the_policy_says() {
                 invoice_id: june_invoice_id,
                 format: pb::DocumentFormat::Html.into(),
             })
+    );
+    matrix!(
+        w,
+        "CreateWebhook",
+        [OK, OK, DENIED, DENIED, DENIED, DENIED],
+        |c| c.notifications.create_webhook(pb::CreateWebhookRequest {
+            operator_id: w.operator_a_id,
+            url: "https://hooks.example.com/billing".into(),
+            events: Vec::new(),
+        })
+    );
+    matrix!(
+        w,
+        "ListWebhooks",
+        [OK, OK, OK, DENIED, DENIED, DENIED],
+        |c| c
+            .notifications
+            .list_webhooks(pb::ListWebhooksRequest::default())
+    );
+    matrix!(
+        w,
+        "DeleteWebhook",
+        [HIDDEN, HIDDEN, HIDDEN, DENIED, DENIED, DENIED],
+        |c| c.notifications.delete_webhook(pb::DeleteWebhookRequest {
+            webhook_id: 999_999
+        })
+    );
+    matrix!(
+        w,
+        "ListDeliveries",
+        [OK, OK, OK, DENIED, DENIED, DENIED],
+        |c| c
+            .notifications
+            .list_deliveries(pb::ListDeliveriesRequest::default())
+    );
+    matrix!(
+        w,
+        "RetryDelivery",
+        [HIDDEN, HIDDEN, HIDDEN, DENIED, DENIED, DENIED],
+        |c| c.notifications.retry_delivery(pb::RetryDeliveryRequest {
+            delivery_id: "dlv_unknown".into()
+        })
     );
     matrix!(w, "ListInvoices", [OK, OK, OK, DENIED, OK, OK], |c| c
         .invoices

@@ -113,6 +113,8 @@ pub struct AppOptions {
     /// `--invoice-grace-period`: none unless a test is about it, so a month
     /// closes at its end.
     pub invoice_grace_period: chrono::TimeDelta,
+    /// Email, webhooks and retries.
+    pub delivery: billing::service::DeliveryConfig,
 }
 
 impl Default for AppOptions {
@@ -130,6 +132,7 @@ impl Default for AppOptions {
             read_url: None,
             feed_catch_up: billing::app::DEFAULT_FEED_CATCH_UP,
             invoice_grace_period: chrono::TimeDelta::zero(),
+            delivery: billing::service::DeliveryConfig::default(),
         }
     }
 }
@@ -185,6 +188,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         token_ttl: options.token_ttl,
         credential_cache: options.credential_cache,
         tls: options.tls,
+        delivery: options.delivery,
     })
     .await
     .expect("application starts");

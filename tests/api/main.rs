@@ -12,6 +12,7 @@ mod engine;
 mod helpers;
 mod ingest;
 mod invoices;
+mod notifications;
 mod operations;
 mod paging;
 mod process;

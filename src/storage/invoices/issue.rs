@@ -8,11 +8,13 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, Statement};
 
+use super::super::deliveries::{NewDelivery, insert_deliveries_on, recipients_on};
 use super::super::{
     CustomerLock, Store, instant, lock_invoiced_through, micros, statement, value_rows,
 };
 use super::ISSUE_LOCK_KEY;
 use super::read::{MonthQuery, month_rows};
+use crate::domain::delivery::Recipients;
 use crate::domain::invoice::{
     Invoice, InvoiceDraft, InvoiceLine, MonthRows, billing_period_of, invoice_number,
 };
@@ -267,6 +269,25 @@ impl IssueTransaction {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Who hears of each of `customer_ids`' events, as this transaction
+    /// sees it.
+    pub async fn recipients(
+        &self,
+        customer_ids: &[i64],
+        email_on: bool,
+    ) -> AppResult<HashMap<i64, Recipients>> {
+        recipients_on(&self.txn, customer_ids, email_on).await
+    }
+
+    /// Inserts the deliveries the invoices issued on this transaction cause.
+    pub async fn insert_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> AppResult<()> {
+        insert_deliveries_on(&self.txn, deliveries, now).await
     }
 
     /// Commits, first telling invoice watchers on other replicas (on

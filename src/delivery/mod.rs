@@ -1,0 +1,7 @@
+//! Sending, I/O only: webhook POSTs over HTTP(S) (`webhook`) and emails
+//! over SMTP (`email`). What is sent, to whom and when is decided by
+//! `domain::delivery` and sequenced by `service::deliveries`.
+
+pub mod email;
+pub mod events;
+pub mod webhook;

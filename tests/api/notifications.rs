@@ -1,0 +1,383 @@
+//! Delivery through the outbox: signed webhooks received by a real HTTP
+//! server in the test (verifying signatures as the README tells receivers
+//! to), retries on the schedule, FAILED and RetryDelivery, and email to a
+//! real SMTP server (Python's aiosmtpd, writing a maildir the test reads).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use billing::grpc::pb::notification_service_client::NotificationServiceClient;
+use billing::grpc::pb::{self, PlanKind};
+use billing::service::DeliveryConfig;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::helpers::{AppOptions, TestApp, assert_status, at, spawn_app_with};
+use crate::invoices::{add_call_at, invoice_of, plan_with};
+
+/// A request the receiver got.
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub delivery_id: String,
+    pub event: String,
+    pub signature: String,
+    pub body: Vec<u8>,
+}
+
+/// A webhook receiver: answers each request with the next status of
+/// `answers` (then 200), and reports every request on a channel.
+pub(crate) struct Receiver {
+    pub addr: SocketAddr,
+    pub requests: mpsc::UnboundedReceiver<Received>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(crate) async fn receiver_on(listener: TcpListener, answers: Vec<u16>) -> Receiver {
+    let addr = listener.local_addr().unwrap();
+    let (tx, requests) = mpsc::unbounded_channel();
+    let answers = Arc::new(Mutex::new(answers.into_iter()));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (tx, answers) = (tx.clone(), answers.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (tx, answers) = (tx.clone(), answers.clone());
+                        async move {
+                            let header = |name: &str| {
+                                request
+                                    .headers()
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            let received = Received {
+                                delivery_id: header("billing-delivery-id"),
+                                event: header("billing-event"),
+                                signature: header("billing-signature"),
+                                body: Vec::new(),
+                            };
+                            let body = request.into_body().collect().await?.to_bytes().to_vec();
+                            let status = answers.lock().unwrap().next().unwrap_or(200);
+                            let _ = tx.send(Received { body, ..received });
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from_static(b"ok")))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Receiver {
+        addr,
+        requests,
+        task,
+    }
+}
+
+pub(crate) async fn receiver(answers: Vec<u16>) -> Receiver {
+    receiver_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), answers).await
+}
+
+impl Receiver {
+    pub(crate) async fn next(&mut self) -> Received {
+        tokio::time::timeout(Duration::from_secs(30), self.requests.recv())
+            .await
+            .expect("a delivery within 30 s")
+            .expect("receiver running")
+    }
+}
+
+/// Verifies a `Billing-Signature` exactly as the README tells receivers
+/// to: parse `t` and `v1`, recompute the HMAC of "<t>.<body>", compare in
+/// constant time, and reject timestamps more than 5 minutes from now.
+pub(crate) fn verify(secret: &str, header: &str, body: &[u8], now_unix: i64) -> bool {
+    let mut t = None;
+    let mut v1 = None;
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", value)) => t = value.parse::<i64>().ok(),
+            Some(("v1", value)) => v1 = hex::decode(value).ok(),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else {
+        return false;
+    };
+    if (now_unix - t).abs() > 300 {
+        return false;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    mac.verify_slice(&v1).is_ok()
+}
+
+fn notifications(app: &TestApp) -> NotificationServiceClient<Channel> {
+    NotificationServiceClient::new(app.channel.clone())
+}
+
+fn insecure(schedule: &str) -> DeliveryConfig {
+    DeliveryConfig {
+        retry_schedule: billing::domain::delivery::RetrySchedule::parse(schedule).unwrap(),
+        allow_insecure_webhooks: true,
+        ..DeliveryConfig::default()
+    }
+}
+
+async fn app_delivering(delivery: DeliveryConfig) -> TestApp {
+    spawn_app_with(AppOptions {
+        clock: billing::clock::Clock::starting_at(at("2026-10-01T00:00:00Z")),
+        delivery,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// An operator with a webhook at `url`, a customer of it with one October
+/// call, and the clock at 1 November: `(operator id, customer id, secret)`.
+async fn october_customer(app: &TestApp, url: &str) -> (i64, pb::Customer, String) {
+    let operator = app.operator("acme").await;
+    let webhook = notifications(app)
+        .create_webhook(pb::CreateWebhookRequest {
+            operator_id: operator.id,
+            url: url.to_owned(),
+            events: vec!["invoice.issued".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(webhook.secret.starts_with("whsec_"), "{webhook:?}");
+    let plan = plan_with(app, PlanKind::Postpaid, 1_000_000, 60_000, 1, 0).await;
+    let customer = app.customer(plan.id, 1, vec![operator.id]).await;
+    app.clock.set(at("2026-10-31T23:00:00Z"));
+    add_call_at(app, customer.id, 60, "2026-10-15T10:00:00Z").await;
+    app.clock.set(at("2026-11-01T00:00:01Z"));
+    (operator.id, customer, webhook.secret)
+}
+
+async fn deliveries_of(app: &TestApp, invoice_id: i64) -> Vec<pb::Delivery> {
+    notifications(app)
+        .list_deliveries(pb::ListDeliveriesRequest {
+            invoice_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries
+}
+
+/// Waits (up to 30 s, polling) until `invoice_id`'s only delivery has
+/// `status`.
+async fn delivery_reaching(
+    app: &TestApp,
+    invoice_id: i64,
+    status: pb::DeliveryStatus,
+) -> pb::Delivery {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let deliveries = deliveries_of(app, invoice_id).await;
+        assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+        if deliveries[0].status == i32::from(status) {
+            return deliveries[0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{deliveries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_issued_invoice_is_posted_signed_and_retried_until_the_receiver_accepts_it() {
+    let app = app_delivering(insecure("100ms,100ms,100ms")).await;
+    let mut receiver = receiver(vec![500, 500]).await;
+    let url = format!("http://{}/billing-hook", receiver.addr);
+    let (_, customer, secret) = october_customer(&app, &url).await;
+    let invoice = invoice_of(&app, customer.id, 2026, 10).await;
+
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        attempts.push(receiver.next().await);
+    }
+    let first = &attempts[0];
+    assert!(first.delivery_id.starts_with("dlv_"), "{first:?}");
+    assert!(attempts.iter().all(|a| a.delivery_id == first.delivery_id));
+    assert!(attempts.iter().all(|a| a.event == "invoice.issued"));
+    for attempt in &attempts {
+        // Signed by the app's clock, which runs from 1 November 2026.
+        let t: i64 = attempt.signature[2..12].parse().unwrap();
+        assert!(
+            verify(&secret, &attempt.signature, &attempt.body, t),
+            "{attempt:?}"
+        );
+        assert!(!verify("whsec_wrong", &attempt.signature, &attempt.body, t));
+        assert!(!verify(&secret, &attempt.signature, b"{}", t));
+        assert!(
+            !verify(&secret, &attempt.signature, &attempt.body, t + 301),
+            "old timestamps are rejected"
+        );
+    }
+    let body: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(body["id"], first.delivery_id.as_str());
+    assert_eq!(body["type"], "invoice.issued");
+    assert_eq!(body["data"]["invoice"]["number"], invoice.number.as_str());
+    assert_eq!(
+        body["data"]["invoice"]["totalMicros"],
+        invoice.total_micros.to_string()
+    );
+    assert_eq!(
+        body["data"]["document"]["invoiceId"],
+        invoice.id.to_string()
+    );
+
+    let delivery = delivery_reaching(&app, invoice.id, pb::DeliveryStatus::Delivered).await;
+    assert_eq!(delivery.id, first.delivery_id);
+    assert_eq!(delivery.attempts, 3);
+    assert_eq!(delivery.channel, i32::from(pb::DeliveryChannel::Webhook));
+    assert!(delivery.deliver_time.is_some() && delivery.next_attempt_time.is_none());
+    // Nothing more arrives once delivered.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), receiver.requests.recv())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_down_for_the_whole_schedule_fails_and_retry_delivery_delivers_once_it_is_back()
+{
+    let app = app_delivering(insecure("50ms,50ms")).await;
+    // A port that refuses connections until the receiver binds it again.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let (_, customer, _) = october_customer(&app, &format!("http://{addr}/hook")).await;
+    let invoice = invoice_of(&app, customer.id, 2026, 10).await;
+    let failed = delivery_reaching(&app, invoice.id, pb::DeliveryStatus::Failed).await;
+    assert_eq!(failed.attempts, 3, "one attempt and one per delay");
+    assert!(failed.last_error.contains("connect"), "{failed:?}");
+
+    let mut receiver = receiver_on(TcpListener::bind(addr).await.unwrap(), Vec::new()).await;
+    let mut notifications = notifications(&app);
+    let rearmed = notifications
+        .retry_delivery(pb::RetryDeliveryRequest {
+            delivery_id: failed.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rearmed.status, i32::from(pb::DeliveryStatus::Pending));
+    assert_eq!(receiver.next().await.delivery_id, failed.id);
+    let delivered = delivery_reaching(&app, invoice.id, pb::DeliveryStatus::Delivered).await;
+    assert_eq!(delivered.attempts, 1);
+    assert_status(
+        notifications
+            .retry_delivery(pb::RetryDeliveryRequest {
+                delivery_id: failed.id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "only a FAILED delivery",
+    );
+    assert_status(
+        notifications
+            .retry_delivery(pb::RetryDeliveryRequest {
+                delivery_id: "dlv_nope".into(),
+            })
+            .await,
+        Code::NotFound,
+        "dlv_nope",
+    );
+}
+
+#[tokio::test]
+async fn webhooks_must_be_https_to_public_addresses_unless_insecure_webhooks_are_allowed() {
+    let app = app_delivering(DeliveryConfig::default()).await;
+    let operator = app.operator("acme").await;
+    let mut notifications = notifications(&app);
+    let create = |url: &str, events: &[&str]| pb::CreateWebhookRequest {
+        operator_id: operator.id,
+        url: url.to_owned(),
+        events: events.iter().map(|e| (*e).to_owned()).collect(),
+    };
+    for url in [
+        "http://hooks.example.com/billing",
+        "https://127.0.0.1/hook",
+        "https://10.0.0.8/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/hook",
+        "https://localhost/hook",
+        "not a url",
+        "",
+    ] {
+        assert_status(
+            notifications.create_webhook(create(url, &[])).await,
+            Code::InvalidArgument,
+            "url",
+        );
+    }
+    assert_status(
+        notifications
+            .create_webhook(create("https://hooks.example.com/", &["invoice.paid"]))
+            .await,
+        Code::InvalidArgument,
+        "events",
+    );
+    let created = notifications
+        .create_webhook(create("https://hooks.example.com/billing", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        created.events,
+        ["invoice.issued", "balance.low", "balance.recovered"]
+    );
+    let listed = notifications
+        .list_webhooks(pb::ListWebhooksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .webhooks;
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].secret.is_empty(), "secrets are shown once");
+    notifications
+        .delete_webhook(pb::DeleteWebhookRequest {
+            webhook_id: created.id,
+        })
+        .await
+        .unwrap();
+    assert_status(
+        notifications
+            .delete_webhook(pb::DeleteWebhookRequest {
+                webhook_id: created.id,
+            })
+            .await,
+        Code::NotFound,
+        "webhook",
+    );
+}
