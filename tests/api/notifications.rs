@@ -381,3 +381,167 @@ async fn webhooks_must_be_https_to_public_addresses_unless_insecure_webhooks_are
         "webhook",
     );
 }
+
+/// A real SMTP server: Python's aiosmtpd, storing what it receives in a
+/// maildir. `.ci/run` installs it (`pip install aiosmtpd`).
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn smtp_server() -> SmtpServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let maildir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new("python3")
+        .args(["-m", "aiosmtpd", "-n", "-l"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(maildir.path().join("mail"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m aiosmtpd runs (pip install aiosmtpd; .ci/run installs it)");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "aiosmtpd listens");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    SmtpServer {
+        child,
+        port,
+        maildir,
+    }
+}
+
+/// The messages of a maildir, each parsed by Python's `email` package into
+/// its recipient, subject, text and HTML parts and attachments.
+fn received_mail(maildir: &std::path::Path) -> Vec<serde_json::Value> {
+    let script = r#"
+import base64, json, mailbox, sys
+out = []
+for message in mailbox.Maildir(sys.argv[1], create=False):
+    parts = {"to": message["To"], "from": message["From"], "subject": str(message["Subject"]),
+             "text": None, "html": None, "attachments": []}
+    for part in message.walk():
+        if part.get_content_maintype() == "multipart":
+            continue
+        if part.get_filename():
+            parts["attachments"].append({"name": part.get_filename(),
+                "type": part.get_content_type(),
+                "content": base64.b64encode(part.get_payload(decode=True)).decode()})
+        elif part.get_content_type() == "text/plain":
+            parts["text"] = part.get_payload(decode=True).decode(part.get_content_charset() or "utf-8")
+        elif part.get_content_type() == "text/html":
+            parts["html"] = part.get_payload(decode=True).decode(part.get_content_charset() or "utf-8")
+    out.append(parts)
+print(json.dumps(out))
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(maildir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_customer_with_an_email_receives_its_invoice_with_the_pdf_attached_in_its_language() {
+    let smtp = smtp_server().await;
+    let url = format!("smtp://127.0.0.1:{}?tls=opportunistic", smtp.port);
+    let mailer =
+        billing::delivery::email::Mailer::new(&url, "ACME Billing <billing@acme.example>").unwrap();
+    let app = app_delivering(DeliveryConfig {
+        mailer: Some(mailer),
+        ..insecure("100ms")
+    })
+    .await;
+    let operator = app.operator("acme").await;
+    let plan = plan_with(&app, PlanKind::Postpaid, 1_000_000, 60_000, 1, 0).await;
+    let customer = app
+        .customers
+        .clone()
+        .create_customer(pb::CreateCustomerRequest {
+            name: "Jürgen Müller".into(),
+            phone_number: "+49301234567".into(),
+            plan_id: plan.id,
+            operator_ids: vec![operator.id],
+            email: "juergen@example.com".into(),
+            language: "de".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    app.clock.set(at("2026-10-31T23:00:00Z"));
+    add_call_at(&app, customer.id, 90, "2026-10-15T10:00:00Z").await;
+    app.clock.set(at("2026-11-01T00:00:01Z"));
+    let invoice = invoice_of(&app, customer.id, 2026, 10).await;
+    let delivery = delivery_reaching(&app, invoice.id, pb::DeliveryStatus::Delivered).await;
+    assert_eq!(delivery.channel, i32::from(pb::DeliveryChannel::Email));
+
+    let mail = received_mail(&smtp.maildir.path().join("mail"));
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    let message = &mail[0];
+    assert_eq!(message["to"], "juergen@example.com");
+    let subject = message["subject"].as_str().unwrap();
+    assert!(
+        subject.contains("Rechnung") && subject.contains(&invoice.number),
+        "{subject}"
+    );
+    let text = message["text"].as_str().unwrap();
+    assert!(
+        text.contains("Guten Tag Jürgen Müller") && text.contains("1,09 EUR"),
+        "{text}"
+    );
+    let html = message["html"].as_str().unwrap();
+    assert!(
+        html.contains("<html lang=\"de\">") && html.contains("1,09 EUR"),
+        "{html}"
+    );
+    let attachments = message["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 1);
+    assert_eq!(attachments[0]["name"], format!("{}.pdf", invoice.number));
+    assert_eq!(attachments[0]["type"], "application/pdf");
+    let pdf = base64_decode(attachments[0]["content"].as_str().unwrap());
+    let served = crate::documents::document(&app, invoice.id, pb::DocumentFormat::Pdf).await;
+    assert_eq!(
+        pdf, served.content,
+        "the attachment is the invoice's document"
+    );
+    let pdf_text = crate::documents::pdf_text(&pdf);
+    assert!(
+        pdf_text.contains(&invoice.number) && pdf_text.contains("1,09 EUR"),
+        "{pdf_text}"
+    );
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import base64,sys; sys.stdout.buffer.write(base64.b64decode(sys.argv[1]))",
+        ])
+        .arg(text)
+        .output()
+        .unwrap();
+    output.stdout
+}
