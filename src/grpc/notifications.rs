@@ -239,8 +239,19 @@ impl NotificationService for NotificationApi {
         let principal = caller_may(&request, Action::ReadDeliveries)?;
         let pb::RetryDeliveryRequest { delivery_id } = request.into_inner();
         let delivery_id = delivery_id.trim();
-        if delivery_id.is_empty() || delivery_id.len() > 64 {
-            return Err(AppError::invalid("delivery_id", "is required (a Delivery.id)").into());
+        // Ids are `dlv_` and hex digits; anything else (a NUL byte, which
+        // PostgreSQL text refuses, included) cannot name a delivery.
+        if delivery_id.is_empty()
+            || delivery_id.len() > 64
+            || !delivery_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(AppError::invalid(
+                "delivery_id",
+                "must be a Delivery.id (dlv_ and hex digits)",
+            )
+            .into());
         }
         let delivery = self
             .deliveries
