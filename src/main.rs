@@ -12,6 +12,7 @@ use billing::delivery::email::Mailer;
 use billing::document::DocumentFormat;
 use billing::domain::access::Principal;
 use billing::domain::delivery::RetrySchedule;
+use billing::domain::validation::parse_duration;
 use billing::service::{Accounts, DeliveryConfig, Invoicing};
 use billing::storage::GroupCommit;
 use billing::storage::{DatabaseConfig, Store};
@@ -232,56 +233,34 @@ enum DocumentFormatArg {
 
 /// Parses a token lifetime such as `12h`, `90m`, `3600s` or `1d`.
 fn parse_ttl(text: &str) -> Result<TimeDelta, String> {
-    parse_duration(text, 60, 30 * 86_400, "1 minute and 30 days")
+    flag_delta(text, 60, 30 * 86_400, "1 minute and 30 days")
 }
 
 /// Parses `--invoice-grace-period`: like `--token-ttl`, `0s` to `24h`.
 fn parse_grace(text: &str) -> Result<TimeDelta, String> {
-    parse_duration(text, 0, 86_400, "0s and 24h")
+    flag_delta(text, 0, 86_400, "0s and 24h")
 }
 
-/// Parses `--ingest-flush-interval`: `ms`, or a duration as `--token-ttl`
-/// takes it, between 10ms and 1h.
+/// Parses `--ingest-flush-interval`: a duration as `--token-ttl` takes it
+/// (`ms` too), between 10ms and 1h.
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    const RANGE: &str = "10ms and 1h";
-    let millis = match text.trim().strip_suffix("ms") {
-        Some(number) => number
-            .parse::<u64>()
-            .map_err(|_| format!("`{text}` is not a number followed by ms, s, m or h"))?,
-        None => {
-            let seconds = parse_duration(text, 0, 3600, RANGE)?.num_seconds();
-            u64::try_from(seconds).unwrap_or(0).saturating_mul(1000)
-        }
-    };
-    if !(10..=3_600_000).contains(&millis) {
-        return Err(format!("`{text}` must be between {RANGE}"));
-    }
-    Ok(Duration::from_millis(millis))
+    parse_duration(
+        text,
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+        "10ms and 1h",
+    )
 }
 
-/// A number with a unit `s`, `m`, `h` or `d` (none: seconds) between
-/// `min` and `max` seconds, which `range` states for the error.
-fn parse_duration(text: &str, min: i64, max: i64, range: &str) -> Result<TimeDelta, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: i64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number followed by s, m, h or d"))?;
-    let seconds = match unit {
-        "" | "s" => Some(number),
-        "m" => number.checked_mul(60),
-        "h" => number.checked_mul(3600),
-        "d" => number.checked_mul(86_400),
-        _ => None,
-    }
-    .ok_or_else(|| format!("`{text}`: the unit must be s, m, h or d"))?;
-    if !(min..=max).contains(&seconds) {
-        return Err(format!("`{text}` must be between {range}"));
-    }
-    Ok(TimeDelta::seconds(seconds))
+/// [`parse_duration`] between `min` and `max` seconds, as a `TimeDelta`.
+fn flag_delta(text: &str, min: u64, max: u64, range: &str) -> Result<TimeDelta, String> {
+    let duration = parse_duration(
+        text,
+        Duration::from_secs(min),
+        Duration::from_secs(max),
+        range,
+    )?;
+    TimeDelta::from_std(duration).map_err(|_| format!("`{text}` is too long"))
 }
 
 /// The read replica and the connection pools.

@@ -7,7 +7,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use crate::document::{DocumentSource, InvoiceStatement};
+use crate::document::{DocumentSource, InvoiceStatement, escape_html};
 use crate::domain::delivery::Event;
 use crate::domain::invoice::Invoice;
 use crate::domain::model::{Customer, Language};
@@ -101,17 +101,10 @@ pub struct EmailText {
     pub html: String,
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 fn html_of(paragraphs: &[String], language: Language) -> String {
     let body: String = paragraphs
         .iter()
-        .map(|p| format!("<p>{}</p>\n", escape(p).replace('\n', "<br>\n")))
+        .map(|p| format!("<p>{}</p>\n", escape_html(p).replace('\n', "<br>\n")))
         .collect();
     format!(
         "<!DOCTYPE html>\n<html lang=\"{}\">\n<head><meta charset=\"utf-8\"></head>\n\
@@ -129,11 +122,7 @@ pub fn invoice_email(source: DocumentSource<'_>) -> EmailText {
     } else {
         statement.issuer.name.clone()
     };
-    let period = statement
-        .facts
-        .get(2)
-        .map(|(_, value)| value.clone())
-        .unwrap_or_default();
+    let period = &statement.period;
     let (subject, paragraphs) = match customer.language {
         Language::En => (
             format!("{} {} from {issuer}", statement.title, statement.number),

@@ -73,7 +73,7 @@ fn party(out: &mut String, party: &Party) {
 }
 
 /// Escapes text for element content and quoted attribute values.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

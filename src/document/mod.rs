@@ -11,10 +11,12 @@
 mod html;
 mod pdf;
 
+pub(crate) use html::escape as escape_html;
+
 use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::Tz;
 
-use crate::domain::invoice::{Invoice, InvoiceLine, InvoiceLineKind};
+use crate::domain::invoice::{Invoice, InvoiceLine, InvoiceLineKind, minutes_text};
 use crate::domain::model::{Customer, Language, Operator};
 use crate::domain::money::{displayed_parts, format_amount, format_count, to_minor_units};
 use crate::domain::period::BillingPeriod;
@@ -105,6 +107,8 @@ pub struct InvoiceStatement {
     pub number: String,
     /// Labelled facts: number, customer number, period, issue date.
     pub facts: Vec<(String, String)>,
+    /// The invoiced month as written, e.g. `Oktober 2026`.
+    pub period: String,
     pub issuer: Party,
     pub customer: Party,
     /// Column headings: description, quantity, amount.
@@ -181,6 +185,7 @@ impl InvoiceStatement {
         if let Some(email) = &customer.email {
             customer_lines.push(email.clone());
         }
+        let period = month_text(invoice.period, language);
         InvoiceStatement {
             language,
             title: if prepaid {
@@ -205,6 +210,7 @@ impl InvoiceStatement {
                     date_text(invoice.issued_at, tz, language),
                 ),
             ],
+            period,
             issuer: issuer_party,
             customer: Party {
                 heading: words.bill_to.to_owned(),
@@ -356,11 +362,6 @@ fn calls_text(count: i64, language: Language) -> String {
         (Language::De, _) => "Anrufe",
     };
     format!("{} {word}", format_count(count, language))
-}
-
-/// Billed time as minutes and seconds, `75:30 min`.
-fn minutes_text(seconds: i64) -> String {
-    format!("{}:{:02} min", seconds / 60, (seconds % 60).abs())
 }
 
 const MONTHS_EN: [&str; 12] = [

@@ -562,6 +562,7 @@ mod tests {
             title: "Invoice".into(),
             number: "INV-1".into(),
             facts: vec![("Invoice number".into(), "INV-1".into())],
+            period: "November 2026".into(),
             issuer: party("Issuer"),
             customer: party("Customer"),
             columns: ["Description".into(), "Quantity".into(), "Amount".into()],

@@ -185,7 +185,8 @@ pub fn random_password() -> AppResult<String> {
     random_bytes::<12>().map(hex::encode)
 }
 
-fn random_bytes<const N: usize>() -> AppResult<[u8; N]> {
+/// `N` bytes from the operating system's random source.
+pub fn random_bytes<const N: usize>() -> AppResult<[u8; N]> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|err| AppError::internal(err.to_string()))?;
     Ok(bytes)

@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::validation::parse_duration;
 use crate::error::{AppError, AppResult};
 
 /// What happened, as receivers see it.
@@ -191,7 +192,14 @@ impl RetrySchedule {
     pub fn parse(text: &str) -> Result<RetrySchedule, String> {
         let delays = text
             .split(',')
-            .map(|part| parse_delay(part.trim()))
+            .map(|part| {
+                parse_duration(
+                    part,
+                    Duration::from_millis(10),
+                    Duration::from_secs(7 * 86_400),
+                    "10ms and 7d",
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if delays.len() > MAX_RETRIES {
             return Err(format!("at most {MAX_RETRIES} delays"));
@@ -205,33 +213,6 @@ impl RetrySchedule {
         let index = usize::try_from(attempts).ok()?.checked_sub(1)?;
         self.0.get(index).copied()
     }
-}
-
-fn parse_delay(text: &str) -> Result<Duration, String> {
-    let (number, unit_millis) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1_000)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3_600_000)
-    } else if let Some(n) = text.strip_suffix('d') {
-        (n, 86_400_000)
-    } else {
-        return Err(format!(
-            "`{text}` is not a number followed by ms, s, m, h or d"
-        ));
-    };
-    let millis = number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit_millis))
-        .ok_or_else(|| format!("`{text}` is not a number followed by ms, s, m, h or d"))?;
-    if !(10..=7 * 86_400_000).contains(&millis) {
-        return Err(format!("`{text}` is not between 10ms and 7d"));
-    }
-    Ok(Duration::from_millis(millis))
 }
 
 /// The `Billing-Signature` header of `body` sent at `unix_seconds` (rule 4).
@@ -343,7 +324,12 @@ mod tests {
         assert_eq!(schedule.after_failures(3), Some(Duration::from_millis(250)));
         assert_eq!(schedule.after_failures(4), None);
         assert!(RetrySchedule::parse(DEFAULT_RETRY_SCHEDULE).is_ok());
-        for bad in ["", "10", "5ms", "8d", "1x", "1s,,2s"] {
+        // A bare number is seconds, as in every duration flag.
+        assert_eq!(
+            RetrySchedule::parse("10").unwrap().after_failures(1),
+            Some(Duration::from_secs(10))
+        );
+        for bad in ["", "5ms", "8d", "1x", "1s,,2s"] {
             assert!(RetrySchedule::parse(bad).is_err(), "{bad}");
         }
     }

@@ -786,8 +786,10 @@ fn fee_line(plan: &Plan, period: BillingPeriod) -> InvoiceLine {
     }
 }
 
-fn minutes_text(seconds: i64) -> String {
-    format!("{}:{:02} min", seconds / 60, seconds % 60)
+/// Billed time as minutes and seconds, `75:30 min`: how invoices and their
+/// documents write it.
+pub fn minutes_text(seconds: i64) -> String {
+    format!("{}:{:02} min", seconds / 60, (seconds % 60).abs())
 }
 
 /// An issued, immutable invoice.

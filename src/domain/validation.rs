@@ -1,6 +1,8 @@
 //! Input rules shared by every entry point. Each check names the proto field
 //! it guards, so a client learns exactly what to fix.
 
+use std::time::Duration;
+
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::error::{AppError, AppResult};
@@ -353,6 +355,40 @@ pub fn start_within(
         ));
     }
     Ok(at)
+}
+
+/// A duration as the command line takes it: a number with a unit `ms`,
+/// `s`, `m`, `h` or `d` (none: seconds), between `min` and `max`, which
+/// `range` states for the error. Every duration flag and the retry schedule
+/// are read by it.
+pub fn parse_duration(
+    text: &str,
+    min: Duration,
+    max: Duration,
+    range: &str,
+) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number followed by ms, s, m, h or d"))?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "" | "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        "d" => number.checked_mul(86_400_000),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`{text}`: the unit must be ms, s, m, h or d"))?;
+    let duration = Duration::from_millis(millis);
+    if !(min..=max).contains(&duration) {
+        return Err(format!("`{text}` must be between {range}"));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]

@@ -191,6 +191,7 @@ impl NotificationService for NotificationApi {
         } = request.into_inner();
         let invoice_id = valid::optional_id("invoice_id", invoice_id)?;
         let customer_id = valid::optional_id("customer_id", customer_id)?;
+        let status_code = status;
         let status = match pb::DeliveryStatus::try_from(status) {
             Ok(pb::DeliveryStatus::Unspecified) => None,
             Ok(pb::DeliveryStatus::Pending) => Some(DeliveryStatus::Pending),
@@ -200,17 +201,12 @@ impl NotificationService for NotificationApi {
                 return Err(AppError::invalid("status", "is not a DeliveryStatus").into());
             }
         };
-        let status_key = status.map_or(0, |s| match s {
-            DeliveryStatus::Pending => 1,
-            DeliveryStatus::Delivered => 2,
-            DeliveryStatus::Failed => 3,
-        });
         let page = IdPage::of(
             "deliveries",
             vec![
                 invoice_id.unwrap_or(0),
                 customer_id.unwrap_or(0),
-                status_key,
+                i64::from(status_code),
             ],
             page_size,
             &page_token,

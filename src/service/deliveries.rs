@@ -23,6 +23,7 @@ use crate::delivery::events::{self, BalanceAlert};
 use crate::delivery::webhook::{WebhookClient, WebhookPost};
 use crate::document::{self, DocumentFormat, DocumentSource};
 use crate::domain::access::{self, Action, CustomerScope, Principal};
+use crate::domain::credentials::random_bytes;
 use crate::domain::delivery::{
     Channel, DEFAULT_RETRY_SCHEDULE, DeliveryStatus, Event, RetrySchedule, Webhook,
     check_webhook_url, signature,
@@ -447,7 +448,5 @@ pub fn new_delivery_id() -> AppResult<String> {
 }
 
 fn random_hex<const N: usize>() -> AppResult<String> {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|err| AppError::internal(err.to_string()))?;
-    Ok(hex::encode(bytes))
+    random_bytes::<N>().map(hex::encode)
 }

@@ -348,11 +348,12 @@ impl Store {
     }
 
     /// When the earliest pending delivery can be claimed (due, and any
-    /// lease on it lapsed), if any is pending.
+    /// lease on it lapsed), if any is pending. Read on the read pool, so an
+    /// idle worker's look does not take SQLite's one writing connection.
     pub async fn next_delivery_due(&self) -> AppResult<Option<DateTime<Utc>>> {
-        let backend = self.writer.get_database_backend();
+        let backend = self.db.get_database_backend();
         let row = self
-            .writer
+            .db
             .query_one_raw(statement(
                 backend,
                 "SELECT MIN(CASE WHEN claimed_until IS NOT NULL AND claimed_until > next_attempt_at \
