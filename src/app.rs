@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use chrono_tz::Tz;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_rustls::rustls::ServerConfig;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -31,7 +32,7 @@ use crate::grpc::{AccountApi, CallApi, CustomerApi, InvoiceApi, NotificationApi,
 use crate::readiness::Readiness;
 use crate::service::{Accounts, Calls, Customers, Deliveries, DeliveryConfig, Invoicing};
 use crate::shutdown::{self, until_stopping};
-use crate::storage::{DatabaseConfig, GroupCommit, Store};
+use crate::storage::{DatabaseConfig, GroupCommit, Outbox, Store};
 
 /// Everything `serve` needs to start.
 #[derive(Debug, Clone)]
@@ -277,7 +278,13 @@ impl Application {
             tls,
             delivery,
         } = self;
-        let deliveries = Deliveries::new(store.clone(), clock.clone(), billing_tz, delivery);
+        let wake = Arc::new(Notify::new());
+        let store = store.with_outbox(Outbox {
+            email_on: delivery.mailer.is_some(),
+            clock: clock.clone(),
+            wake: wake.clone(),
+        });
+        let deliveries = Deliveries::new(store.clone(), clock.clone(), billing_tz, delivery, wake);
         let invoicing = Invoicing::new(
             store.clone(),
             clock.clone(),

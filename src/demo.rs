@@ -100,6 +100,7 @@ pub async fn fill(store: &Store, clock: Clock, tz: Tz) -> AppResult<DemoSummary>
             operator_ids,
             email: None,
             language: Language::En,
+            low_balance_threshold_micros: None,
         };
         customers.push(store.create_customer(new, since).await?);
     }

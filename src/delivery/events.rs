@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::document::{DocumentSource, InvoiceStatement, escape_html};
-use crate::domain::delivery::Event;
+use crate::domain::delivery::{BalanceAlert, Event};
 use crate::domain::invoice::Invoice;
 use crate::domain::model::{Customer, Language};
 use crate::domain::money::{format_amount, to_minor_units};
@@ -70,26 +70,6 @@ pub fn invoice_issued_data(invoice: &Invoice) -> Value {
             "invoiceId": invoice.id.to_string(),
             "formats": ["DOCUMENT_FORMAT_PDF", "DOCUMENT_FORMAT_HTML"],
         },
-    })
-}
-
-/// A balance alert as stored when it happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BalanceAlert {
-    pub customer_id: i64,
-    pub balance_micros: i64,
-    pub threshold_micros: i64,
-    pub at: DateTime<Utc>,
-}
-
-/// The data of `balance.low` and `balance.recovered`.
-pub fn balance_data(alert: &BalanceAlert, currency_code: &str) -> Value {
-    json!({
-        "customerId": alert.customer_id.to_string(),
-        "balanceMicros": alert.balance_micros.to_string(),
-        "thresholdMicros": alert.threshold_micros.to_string(),
-        "currencyCode": currency_code,
-        "at": timestamp(alert.at),
     })
 }
 
@@ -157,13 +137,9 @@ pub fn invoice_email(source: DocumentSource<'_>) -> EmailText {
 }
 
 /// The email of a balance alert.
-pub fn balance_email(
-    event: Event,
-    customer: &Customer,
-    alert: &BalanceAlert,
-    currency_code: &str,
-) -> EmailText {
+pub fn balance_email(event: Event, customer: &Customer, alert: &BalanceAlert) -> EmailText {
     let language = customer.language;
+    let currency_code = alert.currency_code.as_str();
     let amount = |micros| {
         format_amount(
             to_minor_units(micros, currency_code),

@@ -539,6 +539,7 @@ mod tests {
             created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
             email: Some("juergen@example.com".into()),
             language,
+            low_balance_threshold_micros: None,
         }
     }
 

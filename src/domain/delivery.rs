@@ -12,6 +12,14 @@
 //!    (`--delivery-retry-schedule` of n delays: n + 1 attempts).
 //! 4. A webhook body is signed as `t=<unix seconds>,v1=<hex HMAC-SHA256 of
 //!    "<t>.<body>" with the webhook's secret>`.
+//! 6. A prepaid balance is low while it is below the customer's threshold.
+//!    A write (a batch of stored calls, a top-up) that takes a balance
+//!    from at or above the threshold to below it sends one `balance.low`,
+//!    however many calls it stored; one that lifts a balance alerted low
+//!    back to at or above sends one `balance.recovered`. Each customer
+//!    remembers whether a low alert is open; setting or removing the
+//!    threshold closes it, without an alert, and a balance that starts
+//!    below a threshold is not alerted until it first crosses it.
 //! 5. A webhook URL is `https://` to a host that is not, and never resolves
 //!    to, a loopback, private, link-local or otherwise non-public address,
 //!    unless insecure webhooks are allowed (development and tests).
@@ -176,6 +184,80 @@ pub fn deliveries_of(
     plans
 }
 
+/// A balance changed by one write, and whether its customer's low alert
+/// was open before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalanceChange {
+    pub before_micros: i64,
+    pub after_micros: i64,
+    pub threshold_micros: Option<i64>,
+    pub alerted_low: bool,
+}
+
+impl BalanceChange {
+    /// The alert the change sends (rule 6); the low alert is open after it
+    /// exactly when that is `balance.low`, or it was open and is not
+    /// closed by `balance.recovered`.
+    pub fn alert(&self) -> Option<Event> {
+        let threshold = self.threshold_micros?;
+        if self.before_micros >= threshold && self.after_micros < threshold {
+            Some(Event::BalanceLow)
+        } else if self.alerted_low && self.after_micros >= threshold {
+            Some(Event::BalanceRecovered)
+        } else {
+            None
+        }
+    }
+}
+
+/// A balance alert as it happened: the data of its `balance.low` or
+/// `balance.recovered` event, stored with its deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceAlert {
+    pub customer_id: i64,
+    pub balance_micros: i64,
+    pub threshold_micros: i64,
+    pub currency_code: String,
+    pub at: DateTime<Utc>,
+}
+
+impl BalanceAlert {
+    /// The event's `data`, as webhooks receive it (64-bit integers as
+    /// strings, as in the API's JSON).
+    pub fn data(&self) -> serde_json::Value {
+        serde_json::json!({
+            "customerId": self.customer_id.to_string(),
+            "balanceMicros": self.balance_micros.to_string(),
+            "thresholdMicros": self.threshold_micros.to_string(),
+            "currencyCode": self.currency_code,
+            "at": self.at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        })
+    }
+
+    /// The alert whose [`BalanceAlert::data`] is `text`.
+    pub fn from_data(text: &str) -> Option<BalanceAlert> {
+        let data: serde_json::Value = serde_json::from_str(text).ok()?;
+        let number = |field: &str| data[field].as_str()?.parse::<i64>().ok();
+        Some(BalanceAlert {
+            customer_id: number("customerId")?,
+            balance_micros: number("balanceMicros")?,
+            threshold_micros: number("thresholdMicros")?,
+            currency_code: data["currencyCode"].as_str()?.to_owned(),
+            at: DateTime::parse_from_rfc3339(data["at"].as_str()?)
+                .ok()?
+                .with_timezone(&Utc),
+        })
+    }
+}
+
+/// A new delivery's public id: `dlv_` and 32 random hex digits.
+pub fn new_delivery_id() -> AppResult<String> {
+    Ok(format!(
+        "dlv_{}",
+        hex::encode(super::credentials::random_bytes::<16>()?)
+    ))
+}
+
 /// The default `--delivery-retry-schedule`.
 pub const DEFAULT_RETRY_SCHEDULE: &str = "10s,1m,5m,30m,2h,6h,12h";
 
@@ -332,6 +414,59 @@ mod tests {
         for bad in ["", "5ms", "8d", "1x", "1s,,2s"] {
             assert!(RetrySchedule::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_balance_alerts_once_per_crossing_of_its_threshold() {
+        let change = |before_micros, after_micros, alerted_low| BalanceChange {
+            before_micros,
+            after_micros,
+            threshold_micros: Some(1_000),
+            alerted_low,
+        };
+        // Crossing down (to just below), staying down, lifted back to
+        // exactly the threshold, staying up.
+        assert_eq!(change(1_000, 999, false).alert(), Some(Event::BalanceLow));
+        assert_eq!(change(999, 10, true).alert(), None);
+        assert_eq!(
+            change(10, 1_000, true).alert(),
+            Some(Event::BalanceRecovered)
+        );
+        assert_eq!(change(5_000, 1_000, false).alert(), None);
+        // A balance that started below was never alerted: rising above
+        // recovers nothing, and falling again within it alerts nothing.
+        assert_eq!(change(0, 5_000, false).alert(), None);
+        assert_eq!(change(500, 400, false).alert(), None);
+        // No threshold, no alerts.
+        let untracked = BalanceChange {
+            threshold_micros: None,
+            ..change(5_000, -5_000, false)
+        };
+        assert_eq!(untracked.alert(), None);
+    }
+
+    #[test]
+    fn a_balance_alert_reads_back_from_its_data() {
+        let alert = BalanceAlert {
+            customer_id: 42,
+            balance_micros: -1_500_000,
+            threshold_micros: 5_000_000,
+            currency_code: "EUR".into(),
+            at: DateTime::from_timestamp(1_800_000_000, 123_000_000).unwrap(),
+        };
+        let text = alert.data().to_string();
+        assert!(text.contains(r#""balanceMicros":"-1500000""#), "{text}");
+        assert_eq!(BalanceAlert::from_data(&text), Some(alert));
+        assert_eq!(BalanceAlert::from_data("{}"), None);
+    }
+
+    #[test]
+    fn delivery_ids_are_dlv_and_32_hex_digits() {
+        let id = new_delivery_id().unwrap();
+        assert_eq!(id.len(), 36);
+        assert!(id.starts_with("dlv_"));
+        assert!(id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(id, new_delivery_id().unwrap());
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct ContactUpdate {
     /// `Some(None)` removes the email address.
     pub email: Option<Option<String>>,
     pub language: Option<Language>,
+    /// `Some(None)` turns low-balance alerts off.
+    pub low_balance_threshold_micros: Option<Option<i64>>,
 }
 
 /// A validated change of an operator's issuer details: `None` leaves a
@@ -81,6 +83,7 @@ pub struct NewCustomer {
     pub operator_ids: Vec<i64>,
     pub email: Option<String>,
     pub language: Language,
+    pub low_balance_threshold_micros: Option<i64>,
 }
 
 /// A stored customer.
@@ -97,6 +100,8 @@ pub struct Customer {
     /// Where its invoices are sent, if anywhere.
     pub email: Option<String>,
     pub language: Language,
+    /// Prepaid: the balance below which it is alerted, if at all.
+    pub low_balance_threshold_micros: Option<i64>,
 }
 
 /// A validated prepaid credit.

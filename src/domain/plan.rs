@@ -246,6 +246,21 @@ impl Plan {
         }
     }
 
+    /// Whether a customer of this plan may have a low-balance threshold:
+    /// prepaid only (no other plan has a balance that falls).
+    pub fn check_low_balance_threshold(&self, threshold: Option<i64>) -> AppResult<()> {
+        if threshold.is_none() || self.kind == PlanKind::Prepaid {
+            Ok(())
+        } else {
+            Err(AppError::FailedPrecondition(format!(
+                "low_balance_threshold_micros: plan {} is {}; only prepaid customers have \
+                 low-balance alerts",
+                self.id,
+                self.kind.as_str()
+            )))
+        }
+    }
+
     /// Billed seconds of each month's own calls the plan includes: its
     /// included minutes on a postpaid plan, none on others.
     pub fn included_seconds(&self) -> i64 {

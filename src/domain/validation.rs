@@ -22,6 +22,8 @@ pub const MAX_PER_MINUTE_MICROS: i64 = 1_000_000_000;
 pub const MAX_MONTHLY_FEE_MICROS: i64 = 1_000_000_000_000;
 /// The largest single top-up: 10^6 currency units.
 pub const MAX_TOP_UP_MICROS: i64 = 1_000_000_000_000;
+/// The highest low-balance threshold: 10^9 currency units.
+pub const MAX_LOW_BALANCE_THRESHOLD_MICROS: i64 = 1_000_000_000_000_000;
 /// How far back a call may have started, by default (`--max-call-age-days`).
 pub const DEFAULT_MAX_CALL_AGE_DAYS: u32 = 365;
 /// The most characters of an offending value an error message repeats.
@@ -91,6 +93,20 @@ pub fn language(field: &str, value: &str) -> AppResult<crate::domain::model::Lan
     crate::domain::model::Language::parse(value).ok_or_else(|| {
         AppError::invalid(field, format!("must be `en` or `de`, got {}", shown(value)))
     })
+}
+
+/// A low-balance threshold (`None`: no alerts): 0 to
+/// [`MAX_LOW_BALANCE_THRESHOLD_MICROS`].
+pub fn low_balance_threshold(field: &str, value: Option<i64>) -> AppResult<Option<i64>> {
+    match value {
+        Some(micros) if !(0..=MAX_LOW_BALANCE_THRESHOLD_MICROS).contains(&micros) => {
+            Err(AppError::invalid(
+                field,
+                format!("must be 0 to {MAX_LOW_BALANCE_THRESHOLD_MICROS} micros, got {micros}"),
+            ))
+        }
+        value => Ok(value),
+    }
 }
 
 /// Optional one-line text (empty allowed) of at most `max` characters,

@@ -187,6 +187,7 @@ impl TryFrom<pb::CreateCustomerRequest> for NewCustomer {
             operator_ids,
             email,
             language,
+            low_balance_threshold_micros,
         } = req;
         if operator_ids.len() > valid::MAX_OPERATORS_PER_CUSTOMER {
             return Err(AppError::invalid(
@@ -210,6 +211,10 @@ impl TryFrom<pb::CreateCustomerRequest> for NewCustomer {
             operator_ids,
             email: valid::email("email", &email)?,
             language: valid::language("language", &language)?,
+            low_balance_threshold_micros: valid::low_balance_threshold(
+                "low_balance_threshold_micros",
+                low_balance_threshold_micros,
+            )?,
         })
     }
 }
@@ -265,15 +270,28 @@ pub fn contact_update(req: pb::UpdateCustomerRequest) -> AppResult<(i64, Contact
     } = req;
     let customer = customer.ok_or_else(|| AppError::invalid("customer", "is required"))?;
     let id = valid::id("customer.id", customer.id)?;
-    let paths = update_paths(update_mask, &["email", "language"], |path| match path {
-        "email" => !customer.email.is_empty(),
-        _ => !customer.language.is_empty(),
-    })?;
+    let paths = update_paths(
+        update_mask,
+        &["email", "language", "low_balance_threshold_micros"],
+        |path| match path {
+            "email" => !customer.email.is_empty(),
+            "language" => !customer.language.is_empty(),
+            _ => customer.low_balance_threshold_micros.is_some(),
+        },
+    )?;
     let mut update = ContactUpdate::default();
     for path in paths {
         match path {
             "email" => update.email = Some(valid::email("customer.email", &customer.email)?),
-            _ => update.language = Some(valid::language("customer.language", &customer.language)?),
+            "language" => {
+                update.language = Some(valid::language("customer.language", &customer.language)?)
+            }
+            _ => {
+                update.low_balance_threshold_micros = Some(valid::low_balance_threshold(
+                    "customer.low_balance_threshold_micros",
+                    customer.low_balance_threshold_micros,
+                )?)
+            }
         }
     }
     Ok((id, update))
@@ -429,6 +447,7 @@ impl From<Customer> for pb::Customer {
             created_at: Some(timestamp(customer.created_at)),
             email: customer.email.unwrap_or_default(),
             language: customer.language.code().to_owned(),
+            low_balance_threshold_micros: customer.low_balance_threshold_micros,
         }
     }
 }

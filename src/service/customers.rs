@@ -85,6 +85,12 @@ impl Customers {
             .access
             .customer(principal, Action::UpdateCustomer, customer_id)
             .await?;
+        if let Some(threshold) = update.low_balance_threshold_micros {
+            self.store
+                .plan_of_customer(pass.customer_id())
+                .await?
+                .check_low_balance_threshold(threshold)?;
+        }
         self.store.update_contact(pass.customer_id(), update).await
     }
 
@@ -115,6 +121,10 @@ impl Customers {
             }
             new.operator_ids = vec![own];
         }
+        self.store
+            .plan(new.plan_id)
+            .await?
+            .check_low_balance_threshold(new.low_balance_threshold_micros)?;
         self.store.create_customer(new, self.clock.now()).await
     }
 

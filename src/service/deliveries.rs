@@ -19,13 +19,13 @@ use super::Access;
 use super::invoicing::document_parties;
 use crate::clock::Clock;
 use crate::delivery::email::{Email, Mailer};
-use crate::delivery::events::{self, BalanceAlert};
+use crate::delivery::events;
 use crate::delivery::webhook::{WebhookClient, WebhookPost};
 use crate::document::{self, DocumentFormat, DocumentSource};
 use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::credentials::random_bytes;
 use crate::domain::delivery::{
-    Channel, DEFAULT_RETRY_SCHEDULE, DeliveryStatus, Event, RetrySchedule, Webhook,
+    BalanceAlert, Channel, DEFAULT_RETRY_SCHEDULE, DeliveryStatus, Event, RetrySchedule, Webhook,
     check_webhook_url, signature,
 };
 use crate::error::{AppError, AppResult};
@@ -106,7 +106,15 @@ impl From<AppError> for Failure {
 }
 
 impl Deliveries {
-    pub fn new(store: Store, clock: Clock, tz: Tz, config: DeliveryConfig) -> Self {
+    /// The use cases and worker; `wake` wakes the worker when this process
+    /// writes deliveries.
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        tz: Tz,
+        config: DeliveryConfig,
+        wake: Arc<Notify>,
+    ) -> Self {
         Deliveries {
             access: Access::new(store.clone()),
             webhooks: WebhookClient::new(config.allow_insecure_webhooks),
@@ -114,7 +122,7 @@ impl Deliveries {
             clock,
             tz,
             config: Arc::new(config),
-            wake: Arc::new(Notify::new()),
+            wake,
         }
     }
 
@@ -410,25 +418,9 @@ impl Deliveries {
                 }
             }
             (event, _) => {
-                let alert: serde_json::Value = serde_json::from_str(&delivery.payload)
-                    .map_err(|_| Failure::permanent("the stored event is not JSON"))?;
-                let number = |field: &str| {
-                    alert[field]
-                        .as_str()
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .unwrap_or_default()
-                };
-                let currency = alert["currencyCode"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let alert = BalanceAlert {
-                    customer_id: delivery.customer_id,
-                    balance_micros: number("balanceMicros"),
-                    threshold_micros: number("thresholdMicros"),
-                    at: delivery.created_at,
-                };
-                let text = events::balance_email(event, &customer, &alert, &currency);
+                let alert = BalanceAlert::from_data(&delivery.payload)
+                    .ok_or_else(|| Failure::permanent("the stored alert is not readable"))?;
+                let text = events::balance_email(event, &customer, &alert);
                 Email {
                     to,
                     subject: text.subject,
@@ -440,11 +432,6 @@ impl Deliveries {
         };
         mailer.send(email).await.map_err(Failure::retry)
     }
-}
-
-/// A new delivery's public id: `dlv_` and 32 random hex digits.
-pub fn new_delivery_id() -> AppResult<String> {
-    Ok(format!("dlv_{}", random_hex::<16>()?))
 }
 
 fn random_hex<const N: usize>() -> AppResult<String> {

@@ -16,7 +16,6 @@ use chrono_tz::Tz;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::Access;
-use super::deliveries::new_delivery_id;
 use crate::clock::Clock;
 use crate::document::{self, DocumentFormat, DocumentSource, RenderedDocument};
 use crate::domain::access::{self, Action, CustomerScope, Principal};
@@ -483,7 +482,7 @@ impl Invoicing {
                     recipients,
                 ) {
                     deliveries.push(NewDelivery {
-                        public_id: new_delivery_id()?,
+                        public_id: delivery::new_delivery_id()?,
                         plan,
                         payload: String::new(),
                     });

@@ -1,18 +1,20 @@
 //! Rated calls: idempotent batch storage with prepaid debits, and keyset
 //! listings ordered by `(started_at, id)`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait,
     QueryFilter, QueryOrder, QueryResult,
 };
 
+use super::deliveries::{BALANCE_STATE_COLUMNS, BalanceState, write_balance_alerts_on};
 use super::entities::call_segment;
 use super::{
     CustomerLock, Store, id_list, instant, lock_customers, lock_invoiced_through, micros,
     placeholders, statement, value_rows,
 };
+use crate::domain::delivery::BalanceChange;
 use crate::domain::invoice::billing_period_of;
 use crate::domain::model::{Call, NewCall, StoredCall, TimeRange};
 use crate::domain::period::BillingPeriod;
@@ -99,7 +101,7 @@ impl Store {
                 .all(|new| new.balance_debit_micros() == 0 && new.rating.segments.is_empty());
         if one_statement
             && let Some(earliest) = candidates.iter().map(|new| new.started_in).min()
-            && let Some(outcomes) = write_calls(
+            && let Some((outcomes, _no_debits)) = write_calls(
                 &self.writer,
                 batch,
                 &first_of_key,
@@ -115,10 +117,15 @@ impl Store {
         // locked) before the insert, and an issuer must not advance it in
         // between.
         let txn = self.begin_write().await?;
-        let outcomes = write_calls(&txn, batch, &first_of_key, &candidates, Months::Locked)
-            .await?
-            .ok_or_else(|| AppError::internal("a locked call batch was refused"))?;
+        let (outcomes, balances) =
+            write_calls(&txn, batch, &first_of_key, &candidates, Months::Locked)
+                .await?
+                .ok_or_else(|| AppError::internal("a locked call batch was refused"))?;
+        let alerted = write_balance_alerts_on(&txn, &balances, &self.outbox).await?;
         txn.commit().await?;
+        if alerted {
+            self.outbox.wake.notify_one();
+        }
         Ok(outcomes)
     }
 
@@ -246,7 +253,7 @@ async fn write_calls<C: ConnectionTrait>(
     first_of_key: &HashMap<CallKey, usize>,
     candidates: &[&NewCall],
     months: Months,
-) -> AppResult<Option<Vec<AppResult<StoredCall>>>> {
+) -> AppResult<Option<(Vec<AppResult<StoredCall>>, Vec<(i64, BalanceChange)>)>> {
     let mut customer_ids: Vec<i64> = candidates
         .iter()
         .map(|new| new.record.customer_id)
@@ -462,8 +469,8 @@ async fn write_calls<C: ConnectionTrait>(
             .exec_without_returning(conn)
             .await?;
     }
-    debit_balances(conn, &debits).await?;
-    Ok(Some(outcomes))
+    let balances = debit_balances(conn, &debits).await?;
+    Ok(Some((outcomes, balances)))
 }
 
 /// A call's idempotency key: its customer and its `call_id`, unique
@@ -598,10 +605,12 @@ fn guarded_insert(
 /// id order, so batches on two replicas cannot deadlock). Checked in the
 /// statement itself: a balance that cannot take its debit is left alone
 /// (SQLite would otherwise store a REAL), and its customer fails the batch.
+/// Returns each customer's balance change, for its alerts.
 async fn debit_balances<C: ConnectionTrait>(
     conn: &C,
     debits: &BTreeMap<i64, i64>,
-) -> AppResult<()> {
+) -> AppResult<Vec<(i64, BalanceChange)>> {
+    let mut balances = Vec::with_capacity(debits.len());
     let backend = conn.get_database_backend();
     let debits: Vec<(i64, i64)> = debits.iter().map(|(id, debit)| (*id, *debit)).collect();
     for chunk in debits.chunks(DEBITS_PER_STATEMENT) {
@@ -619,20 +628,25 @@ async fn debit_balances<C: ConnectionTrait>(
             "UPDATE customers SET balance_micros = customers.balance_micros - d.column2 \
              FROM (VALUES {}) AS d \
              WHERE customers.id = d.column1 AND customers.balance_micros >= d.column3 \
-             RETURNING customers.id",
+             RETURNING {BALANCE_STATE_COLUMNS}",
             value_rows(chunk.len(), 3)
         );
-        let debited: HashSet<i64> = conn
+        let debited: HashMap<i64, BalanceState> = conn
             .query_all_raw(statement(backend, &sql, values))
             .await?
             .iter()
-            .map(|row| row.try_get_by_index(0))
+            .map(|row| BalanceState::from_row(row).map(|state| (state.customer_id, state)))
             .collect::<Result<_, _>>()?;
-        if let Some(&(customer_id, _)) = chunk.iter().find(|(id, _)| !debited.contains(id)) {
-            return Err(balance_overflow(customer_id));
+        for &(customer_id, debit_micros) in chunk {
+            let state = debited
+                .get(&customer_id)
+                .ok_or_else(|| balance_overflow(customer_id))?;
+            // The statement took exactly this debit, so adding it back
+            // cannot overflow.
+            balances.push(state.since(state.balance_micros.saturating_add(debit_micros)));
         }
     }
-    Ok(())
+    Ok(balances)
 }
 
 /// Customers whose balances one statement debits (3 values each).

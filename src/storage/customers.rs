@@ -6,13 +6,17 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
+    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
+    TryInsertResult,
 };
 
+use super::deliveries::{BALANCE_STATE_COLUMNS, BalanceState, write_balance_alerts_on};
 use super::entities::{
     customer, customer_operator, operator, plan, plan_included_tariff, plan_tariff, top_up,
 };
-use super::{CustomerLock, Store, instant, is_unique_violation, lock_invoiced_through, micros};
+use super::{
+    CustomerLock, Store, instant, is_unique_violation, lock_invoiced_through, micros, statement,
+};
 use crate::domain::invoice::billing_period_of;
 use crate::domain::model::{
     ContactUpdate, Customer, Issuer, IssuerUpdate, Language, NewCustomer, Operator, TopUpOutcome,
@@ -245,7 +249,8 @@ impl Store {
     }
 
     /// Applies `update` to customer `customer_id`'s contact fields and
-    /// returns the customer.
+    /// returns the customer. A new low-balance threshold closes any open
+    /// low alert (`domain::delivery` rule 6).
     pub async fn update_contact(
         &self,
         customer_id: i64,
@@ -260,6 +265,15 @@ impl Store {
         }
         if let Some(language) = update.language {
             query = query.col_expr(customer::Column::Language, language.code().into());
+            changes += 1;
+        }
+        if let Some(threshold) = update.low_balance_threshold_micros {
+            query = query
+                .col_expr(
+                    customer::Column::LowBalanceThresholdMicros,
+                    threshold.into(),
+                )
+                .col_expr(customer::Column::LowBalanceAlerted, false.into());
             changes += 1;
         }
         if changes > 0 {
@@ -300,6 +314,8 @@ impl Store {
             invoiced_through: Set(None),
             email: Set(new.email.clone()),
             language: Set(new.language.code().to_owned()),
+            low_balance_threshold_micros: Set(new.low_balance_threshold_micros),
+            low_balance_alerted: Set(false),
         };
         let model = match customer::Entity::insert(row)
             .exec_with_returning(&txn)
@@ -451,6 +467,7 @@ impl Store {
             .on_conflict_do_nothing_on([top_up::Column::CustomerId, top_up::Column::RequestId])
             .exec_without_returning(&txn)
             .await?;
+        let credited_micros;
         let duplicate = match inserted {
             TryInsertResult::Inserted(rows) if rows > 0 => {
                 // Checked in the statement itself: a balance that cannot take
@@ -471,6 +488,7 @@ impl Store {
                         request.customer_id, request.amount_micros
                     )));
                 }
+                credited_micros = request.amount_micros;
                 false
             }
             TryInsertResult::Inserted(_) | TryInsertResult::Conflicted | TryInsertResult::Empty => {
@@ -487,15 +505,28 @@ impl Store {
                         request.customer_id
                     )));
                 }
+                credited_micros = 0;
                 true
             }
         };
-        let balance_micros = customer::Entity::find_by_id(request.customer_id)
-            .one(&txn)
+        let backend = txn.get_database_backend();
+        let balance = txn
+            .query_one_raw(statement(
+                backend,
+                &format!("SELECT {BALANCE_STATE_COLUMNS} FROM customers WHERE customers.id = ?"),
+                vec![request.customer_id.into()],
+            ))
             .await?
-            .map(|c| c.balance_micros)
+            .map(|row| BalanceState::from_row(&row))
+            .transpose()?
             .ok_or(AppError::not_found("customer", request.customer_id))?;
+        let balance_micros = balance.balance_micros;
+        let change = balance.since(balance_micros.saturating_sub(credited_micros));
+        let alerted = write_balance_alerts_on(&txn, &[change], &self.outbox).await?;
         txn.commit().await?;
+        if alerted {
+            self.outbox.wake.notify_one();
+        }
         Ok(TopUpOutcome {
             balance_micros,
             duplicate,
@@ -615,6 +646,7 @@ fn customer_from(model: customer::Model, operator_ids: Vec<i64>) -> Customer {
         email: model.email,
         // A code this version does not know reads as the default.
         language: Language::parse(&model.language).unwrap_or_default(),
+        low_balance_threshold_micros: model.low_balance_threshold_micros,
     }
 }
 

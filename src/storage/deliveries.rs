@@ -6,13 +6,155 @@
 //! `domain::delivery`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, FromQueryResult, QueryResult};
+use tokio::sync::Notify;
 
 use super::{Store, id_list, instant, micros, statement, value_rows};
-use crate::domain::delivery::{Channel, DeliveryPlan, DeliveryStatus, Event, Recipients, Webhook};
+use crate::clock::Clock;
+use crate::domain::delivery::{
+    BalanceAlert, BalanceChange, Channel, DeliveryPlan, DeliveryStatus, Event, Recipients, Webhook,
+    deliveries_of, new_delivery_id,
+};
 use crate::error::{AppError, AppResult};
+
+/// What writing a balance alert needs beyond its transaction: whether
+/// email is configured, the service's clock (the alert's instant, and when
+/// its deliveries are due) and this process's delivery worker, woken once
+/// the alert is committed.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pub email_on: bool,
+    pub clock: Clock,
+    pub wake: Arc<Notify>,
+}
+
+impl Default for Outbox {
+    /// No email, the system clock, and a worker nobody waits on.
+    fn default() -> Self {
+        Outbox {
+            email_on: false,
+            clock: Clock::system(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// A prepaid balance as a write left it, and whether its customer's low
+/// alert is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BalanceState {
+    pub customer_id: i64,
+    pub balance_micros: i64,
+    pub threshold_micros: Option<i64>,
+    pub alerted_low: bool,
+}
+
+/// The columns of `customers` a [`BalanceState`] is read from, in order.
+pub(crate) const BALANCE_STATE_COLUMNS: &str = "customers.id, customers.balance_micros, \
+     customers.low_balance_threshold_micros, customers.low_balance_alerted";
+
+impl BalanceState {
+    pub(crate) fn from_row(row: &QueryResult) -> Result<BalanceState, DbErr> {
+        Ok(BalanceState {
+            customer_id: row.try_get_by_index(0)?,
+            balance_micros: row.try_get_by_index(1)?,
+            threshold_micros: row.try_get_by_index(2)?,
+            alerted_low: row.try_get_by_index(3)?,
+        })
+    }
+
+    /// The change from `before_micros` that left this balance.
+    pub(crate) fn since(&self, before_micros: i64) -> (i64, BalanceChange) {
+        (
+            self.customer_id,
+            BalanceChange {
+                before_micros,
+                after_micros: self.balance_micros,
+                threshold_micros: self.threshold_micros,
+                alerted_low: self.alerted_low,
+            },
+        )
+    }
+}
+
+/// Writes, on `conn` (the transaction that changed the balances), the
+/// alerts each customer's balance change calls for (`domain::delivery`
+/// rule 6): whether its low alert is open, and the alert's deliveries.
+/// Returns whether any delivery was written, for the caller to wake the
+/// worker once it commits.
+pub(crate) async fn write_balance_alerts_on(
+    conn: &impl ConnectionTrait,
+    changes: &[(i64, BalanceChange)],
+    outbox: &Outbox,
+) -> AppResult<bool> {
+    let crossings: Vec<(i64, &BalanceChange, Event)> = changes
+        .iter()
+        .filter_map(|(id, change)| change.alert().map(|event| (*id, change, event)))
+        .collect();
+    if crossings.is_empty() {
+        return Ok(false);
+    }
+    let backend = conn.get_database_backend();
+    for (event, alerted_low) in [(Event::BalanceLow, true), (Event::BalanceRecovered, false)] {
+        let ids: Vec<i64> = crossings
+            .iter()
+            .filter(|(_, _, e)| *e == event)
+            .map(|(id, _, _)| *id)
+            .collect();
+        for chunk in ids.chunks(1024) {
+            let (list, mut values) = id_list(chunk);
+            values.insert(0, alerted_low.into());
+            let sql = format!("UPDATE customers SET low_balance_alerted = ? WHERE id IN ({list})");
+            conn.execute_raw(statement(backend, &sql, values)).await?;
+        }
+    }
+    let ids: Vec<i64> = crossings.iter().map(|(id, _, _)| *id).collect();
+    let mut currencies: HashMap<i64, String> = HashMap::new();
+    for chunk in ids.chunks(1024) {
+        let (list, values) = id_list(chunk);
+        for row in conn
+            .query_all_raw(statement(
+                backend,
+                &format!(
+                    "SELECT c.id, p.currency_code FROM customers c \
+                     JOIN plans p ON p.id = c.plan_id WHERE c.id IN ({list})"
+                ),
+                values,
+            ))
+            .await?
+        {
+            currencies.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+        }
+    }
+    let recipients = recipients_on(conn, &ids, outbox.email_on).await?;
+    let now = outbox.clock.now();
+    let mut deliveries = Vec::new();
+    for (customer_id, change, event) in crossings {
+        let Some(recipients) = recipients.get(&customer_id) else {
+            continue;
+        };
+        let alert = BalanceAlert {
+            customer_id,
+            balance_micros: change.after_micros,
+            threshold_micros: change.threshold_micros.unwrap_or_default(),
+            currency_code: currencies.get(&customer_id).cloned().unwrap_or_default(),
+            at: now,
+        };
+        let payload = alert.data().to_string();
+        for plan in deliveries_of(event, customer_id, None, recipients) {
+            deliveries.push(NewDelivery {
+                public_id: new_delivery_id()?,
+                plan,
+                payload: payload.clone(),
+            });
+        }
+    }
+    insert_deliveries_on(conn, &deliveries, now).await?;
+    Ok(!deliveries.is_empty())
+}
 
 /// A delivery to insert.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,7 +30,7 @@ use crate::error::AppError;
 
 pub use accounts::{AccountRow, ApiKeyState, StoredCredential};
 pub use calls::CallFilter;
-pub use deliveries::{AttemptOutcome, Delivery, DeliveryFilter, NewDelivery};
+pub use deliveries::{AttemptOutcome, Delivery, DeliveryFilter, NewDelivery, Outbox};
 pub use feed::{FeedEvent, InvoiceListener};
 pub use group_commit::{CallWriter, GroupCommit};
 pub use invoices::{CustomerToInvoice, InvoiceFilter, IssueTransaction, MonthQuery, NewInvoice};
@@ -182,6 +182,8 @@ pub struct Store {
     listen_url: Option<Arc<str>>,
     /// SQLite with background checkpoints: their connection and interval.
     checkpointer: Option<(DatabaseConnection, Duration)>,
+    /// What writing a balance alert needs ([`Store::with_outbox`]).
+    outbox: Outbox,
 }
 
 impl Store {
@@ -270,6 +272,7 @@ impl Store {
             read_probe,
             listen_url: (!sqlite).then(|| Arc::from(url)),
             checkpointer,
+            outbox: Outbox::default(),
         })
     }
 
@@ -289,7 +292,15 @@ impl Store {
             read_probe: None,
             listen_url: None,
             checkpointer: None,
+            outbox: self.outbox.clone(),
         }
+    }
+
+    /// This store, writing balance alerts with `outbox`'s email setting
+    /// and clock and waking its worker.
+    pub fn with_outbox(mut self, outbox: Outbox) -> Store {
+        self.outbox = outbox;
+        self
     }
 
     /// How often [`Store::checkpoint_wal`] should run: `Some` on SQLite with

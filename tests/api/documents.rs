@@ -72,6 +72,7 @@ async fn october_invoice(app: &TestApp, language: &str) -> (pb::Customer, pb::In
             operator_ids: vec![operator.id],
             email: "juergen@example.com".into(),
             language: language.into(),
+            low_balance_threshold_micros: None,
         })
         .await
         .unwrap()

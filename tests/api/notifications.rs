@@ -487,6 +487,7 @@ async fn a_customer_with_an_email_receives_its_invoice_with_the_pdf_attached_in_
             operator_ids: vec![operator.id],
             email: "juergen@example.com".into(),
             language: "de".into(),
+            low_balance_threshold_micros: None,
         })
         .await
         .unwrap()
@@ -544,4 +545,243 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .output()
         .unwrap();
     output.stdout
+}
+
+async fn top_up(app: &TestApp, customer_id: i64, amount_micros: i64, request_id: &str) -> i64 {
+    app.customers
+        .clone()
+        .top_up(pb::TopUpRequest {
+            customer_id,
+            amount_micros,
+            request_id: request_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .balance_micros
+}
+
+/// Waits (up to 30 s, polling) until `customer_id` has `count` deliveries,
+/// all delivered.
+async fn customer_deliveries_delivered(
+    app: &TestApp,
+    customer_id: i64,
+    count: usize,
+) -> Vec<pb::Delivery> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let deliveries = notifications(app)
+            .list_deliveries(pb::ListDeliveriesRequest {
+                customer_id,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        let delivered = i32::from(pb::DeliveryStatus::Delivered);
+        if deliveries.len() == count && deliveries.iter().all(|d| d.status == delivered) {
+            return deliveries;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{deliveries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_prepaid_balance_crossing_its_threshold_alerts_once_each_way_by_webhook_and_email() {
+    let smtp = smtp_server().await;
+    let url = format!("smtp://127.0.0.1:{}?tls=opportunistic", smtp.port);
+    let mailer = billing::delivery::email::Mailer::new(&url, "billing@acme.example").unwrap();
+    let app = app_delivering(DeliveryConfig {
+        mailer: Some(mailer),
+        ..insecure("100ms")
+    })
+    .await;
+    let mut receiver = receiver(vec![]).await;
+    let operator = app.operator("acme").await;
+    let webhook = notifications(&app)
+        .create_webhook(pb::CreateWebhookRequest {
+            operator_id: operator.id,
+            url: format!("http://{}/alerts", receiver.addr),
+            events: vec!["balance.low".into(), "balance.recovered".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // 1 EUR a minute, billed by the minute.
+    let plan = plan_with(&app, PlanKind::Prepaid, 0, 1_000_000, 60, 0).await;
+    let customer = app
+        .customers
+        .clone()
+        .create_customer(pb::CreateCustomerRequest {
+            name: "Ada".into(),
+            phone_number: "+14155550100".into(),
+            plan_id: plan.id,
+            operator_ids: vec![operator.id],
+            email: "ada@example.com".into(),
+            low_balance_threshold_micros: Some(5_000_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(customer.low_balance_threshold_micros, Some(5_000_000));
+    app.clock.set(at("2026-10-20T12:00:00Z"));
+
+    // From 0, below the threshold but never alerted, to 10 EUR: nothing.
+    assert_eq!(
+        top_up(&app, customer.id, 10_000_000, "t1").await,
+        10_000_000
+    );
+    // 10 → 7 EUR, nothing; 7 → 4 EUR crosses: one balance.low; 4 → 1 EUR,
+    // still low: nothing more.
+    for (n, started) in ["10:00", "10:10", "10:20"].iter().enumerate() {
+        let call = add_call_at(&app, customer.id, 180, &format!("2026-10-20T{started}:00Z")).await;
+        assert_eq!(call.cost_micros, 3_000_000, "call {n}");
+    }
+    let low = receiver.next().await;
+    assert_eq!(low.event, "balance.low");
+    let t: i64 = low.signature[2..12].parse().unwrap();
+    assert!(
+        verify(&webhook.secret, &low.signature, &low.body, t),
+        "{low:?}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&low.body).unwrap();
+    assert_eq!(body["type"], "balance.low");
+    assert_eq!(body["id"], low.delivery_id.as_str());
+    assert_eq!(body["data"]["customerId"], customer.id.to_string());
+    assert_eq!(body["data"]["balanceMicros"], "4000000");
+    assert_eq!(body["data"]["thresholdMicros"], "5000000");
+    assert_eq!(body["data"]["currencyCode"], "EUR");
+
+    // 1 → 3 EUR, still low: nothing; 3 → 6 EUR: one balance.recovered; a
+    // repeated top-up request credits nothing and alerts nothing.
+    assert_eq!(top_up(&app, customer.id, 2_000_000, "t2").await, 3_000_000);
+    assert_eq!(top_up(&app, customer.id, 3_000_000, "t3").await, 6_000_000);
+    assert_eq!(top_up(&app, customer.id, 3_000_000, "t3").await, 6_000_000);
+    let recovered = receiver.next().await;
+    assert_eq!(recovered.event, "balance.recovered");
+    let body: serde_json::Value = serde_json::from_slice(&recovered.body).unwrap();
+    assert_eq!(body["data"]["balanceMicros"], "6000000");
+
+    // Two alerts, each by webhook and email, and nothing else.
+    let deliveries = customer_deliveries_delivered(&app, customer.id, 4).await;
+    let mut kinds: Vec<(String, i32)> = deliveries
+        .iter()
+        .map(|d| (d.event.clone(), d.channel))
+        .collect();
+    kinds.sort();
+    let (email, hook) = (
+        i32::from(pb::DeliveryChannel::Email),
+        i32::from(pb::DeliveryChannel::Webhook),
+    );
+    assert_eq!(
+        kinds,
+        [
+            ("balance.low".to_owned(), email),
+            ("balance.low".to_owned(), hook),
+            ("balance.recovered".to_owned(), email),
+            ("balance.recovered".to_owned(), hook),
+        ]
+    );
+    assert!(
+        receiver.requests.try_recv().is_err(),
+        "one request per alert"
+    );
+    let mut mail = received_mail(&smtp.maildir.path().join("mail"));
+    mail.sort_by_key(|m| m["subject"].as_str().unwrap().to_owned());
+    assert_eq!(mail.len(), 2, "{mail:?}");
+    assert!(mail.iter().all(|m| m["to"] == "ada@example.com"));
+    assert_eq!(mail[0]["subject"], "Your balance is back above EUR 5.00");
+    assert_eq!(mail[1]["subject"], "Your balance is low: EUR 4.00");
+    let text = mail[1]["text"].as_str().unwrap();
+    assert!(
+        text.contains("EUR 4.00") && text.contains("EUR 5.00"),
+        "{text}"
+    );
+    assert!(mail[1]["html"].as_str().unwrap().contains("EUR 4.00"));
+}
+
+#[tokio::test]
+async fn a_low_balance_threshold_is_set_and_cleared_for_prepaid_customers_only() {
+    let app = app_delivering(insecure("100ms")).await;
+    let prepaid = plan_with(&app, PlanKind::Prepaid, 0, 1_000_000, 60, 0).await;
+    let postpaid = plan_with(&app, PlanKind::Postpaid, 0, 1_000_000, 60, 0).await;
+    let create = |plan_id: i64, threshold: Option<i64>| pb::CreateCustomerRequest {
+        name: "Ada".into(),
+        phone_number: "+14155550100".into(),
+        plan_id,
+        low_balance_threshold_micros: threshold,
+        ..Default::default()
+    };
+    assert_status(
+        app.customers
+            .clone()
+            .create_customer(create(postpaid.id, Some(1)))
+            .await,
+        Code::FailedPrecondition,
+        "low_balance_threshold_micros",
+    );
+    assert_status(
+        app.customers
+            .clone()
+            .create_customer(create(prepaid.id, Some(-1)))
+            .await,
+        Code::InvalidArgument,
+        "low_balance_threshold_micros",
+    );
+    let customer = app
+        .customers
+        .clone()
+        .create_customer(create(prepaid.id, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(customer.low_balance_threshold_micros, None);
+
+    let update = |threshold: Option<i64>, mask: &[&str]| pb::UpdateCustomerRequest {
+        customer: Some(pb::Customer {
+            id: customer.id,
+            low_balance_threshold_micros: threshold,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: mask.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+    };
+    let set = app
+        .customers
+        .clone()
+        .update_customer(update(Some(0), &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        set.low_balance_threshold_micros,
+        Some(0),
+        "0 is a threshold"
+    );
+    let cleared = app
+        .customers
+        .clone()
+        .update_customer(update(None, &["low_balance_threshold_micros"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cleared.low_balance_threshold_micros, None);
+    assert_eq!(
+        app.get_customer(customer.id)
+            .await
+            .low_balance_threshold_micros,
+        None
+    );
+    assert_status(
+        app.customers
+            .clone()
+            .update_customer(update(Some(2_000_000_000_000_000), &[]))
+            .await,
+        Code::InvalidArgument,
+        "customer.low_balance_threshold_micros",
+    );
 }

@@ -18,6 +18,11 @@ pub struct Model {
     pub invoiced_through: Option<i32>,
     pub email: Option<String>,
     pub language: String,
+    /// Prepaid: the balance below which the customer is alerted.
+    pub low_balance_threshold_micros: Option<i64>,
+    /// Whether its last alert was `balance.low` (see
+    /// `domain::delivery::balance_alert`).
+    pub low_balance_alerted: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
