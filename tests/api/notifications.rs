@@ -33,7 +33,8 @@ pub(crate) struct Received {
 }
 
 /// A webhook receiver: answers each request with the next status of
-/// `answers` (then 200), and reports every request on a channel.
+/// `answers` (then 200; 0: never answers), and reports every request on a
+/// channel.
 pub(crate) struct Receiver {
     pub addr: SocketAddr,
     pub requests: mpsc::UnboundedReceiver<Received>,
@@ -78,6 +79,9 @@ pub(crate) async fn receiver_on(listener: TcpListener, answers: Vec<u16>) -> Rec
                             let body = request.into_body().collect().await?.to_bytes().to_vec();
                             let status = answers.lock().unwrap().next().unwrap_or(200);
                             let _ = tx.send(Received { body, ..received });
+                            if status == 0 {
+                                std::future::pending::<()>().await;
+                            }
                             Ok::<_, hyper::Error>(
                                 hyper::Response::builder()
                                     .status(status)

@@ -3,6 +3,9 @@
 //! schedulers and explicit `RunBillingCycle`/`GenerateInvoice` calls issue
 //! the same ended month, and one replica is killed with SIGKILL and
 //! restarted midway. Afterwards every guarantee is checked from outside.
+//! Two replicas' delivery workers share one outbox and deliver each
+//! invoice exactly once; a server killed mid-delivery delivers it again
+//! after its restart, once the dead worker's lease lapses.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -585,4 +588,269 @@ async fn two_replicas_racing_with_one_killed_keep_every_guarantee() {
     drop(feeds);
     stop(a).await;
     stop(b).await;
+}
+
+/// Invoices the two replicas deliver in [`two_replicas_deliver_each_invoice_exactly_once`].
+const DELIVERED_INVOICES: usize = 1000;
+
+/// `billing serve` on any port with the clock starting at `clock`, the
+/// scheduler on, webhooks to this machine allowed and a short retry
+/// schedule.
+fn delivering_replica(url: &str, clock: &str) -> (Process, String) {
+    let server = billing(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-auth",
+            "--clock-start",
+            clock,
+            "--database-max-connections",
+            "8",
+            "--shutdown-grace-seconds",
+            "1",
+            "--invoice-grace-period",
+            "0s",
+            "--allow-insecure-webhooks",
+            "--delivery-retry-schedule",
+            "100ms",
+        ],
+        url,
+    );
+    let addr = server.serving_addr();
+    (server, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_deliver_each_invoice_exactly_once() {
+    if !on_postgres() {
+        eprintln!("skipped: needs PostgreSQL (TEST_DATABASE_URL)");
+        return;
+    }
+    let database = fresh_database().await;
+    let url = database.url.as_str();
+    let mut receiver = crate::notifications::receiver(Vec::new()).await;
+
+    // June: an operator with a webhook, and its customers on a plan with a
+    // monthly fee, created through both replicas.
+    let june = "2026-06-20T12:00:00Z";
+    let (a, b) = (delivering_replica(url, june), delivering_replica(url, june));
+    let setup = [
+        CustomerServiceClient::new(channel(&a.1)),
+        CustomerServiceClient::new(channel(&b.1)),
+    ];
+    let operator = setup[0]
+        .clone()
+        .create_operator(pb::CreateOperatorRequest {
+            name: "North".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut notifications =
+        pb::notification_service_client::NotificationServiceClient::new(channel(&a.1));
+    notifications
+        .create_webhook(pb::CreateWebhookRequest {
+            operator_id: operator.id,
+            url: format!("http://{}/hook", receiver.addr),
+            events: vec!["invoice.issued".into()],
+        })
+        .await
+        .unwrap();
+    let plan = setup[0]
+        .clone()
+        .create_plan(pb::CreatePlanRequest {
+            name: "Flat".into(),
+            kind: PlanKind::Postpaid.into(),
+            currency_code: "EUR".into(),
+            monthly_fee_micros: 5_000_000,
+            per_minute_micros: 60_000,
+            billing_increment_seconds: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut created = Vec::new();
+    for chunk in (0..DELIVERED_INVOICES).collect::<Vec<_>>().chunks(16) {
+        let batch = chunk.iter().map(|&n| {
+            let mut client = setup[n % 2].clone();
+            async move {
+                client
+                    .create_customer(pb::CreateCustomerRequest {
+                        name: format!("Customer {n}"),
+                        phone_number: format!("+1415777{n:04}"),
+                        plan_id: plan.id,
+                        operator_ids: vec![operator.id],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .id
+            }
+        });
+        created.extend(futures_util::future::join_all(batch).await);
+    }
+    assert_eq!(created.len(), DELIVERED_INVOICES);
+    stop(a.0).await;
+    stop(b.0).await;
+
+    // July 1st: both replicas restart, both schedulers issue June, and both
+    // workers deliver.
+    let july = "2026-07-01T00:00:05Z";
+    let (a, b) = (delivering_replica(url, july), delivering_replica(url, july));
+    let mut notifications =
+        pb::notification_service_client::NotificationServiceClient::new(channel(&b.1));
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut invoices: HashMap<String, usize> = HashMap::new();
+    while seen.len() < DELIVERED_INVOICES {
+        let request = receiver.next().await;
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let invoice_id = body["data"]["invoice"]["id"].as_str().unwrap().to_owned();
+        *invoices.entry(invoice_id).or_default() += 1;
+        *seen.entry(request.delivery_id).or_default() += 1;
+    }
+    // Every delivery is recorded delivered, after one attempt each.
+    let mut delivered = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = notifications
+            .list_deliveries(pb::ListDeliveriesRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        delivered.extend(page.deliveries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(delivered.len(), DELIVERED_INVOICES);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while delivered
+        .iter()
+        .any(|d| d.status != i32::from(pb::DeliveryStatus::Delivered))
+    {
+        // The receiver has answered every request; recording the last
+        // outcomes may still be under way.
+        assert!(tokio::time::Instant::now() < deadline, "{delivered:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for d in &mut delivered {
+            if d.status != i32::from(pb::DeliveryStatus::Delivered) {
+                *d = notifications
+                    .list_deliveries(pb::ListDeliveriesRequest {
+                        invoice_id: d.invoice_id,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .deliveries
+                    .remove(0);
+            }
+        }
+    }
+    assert!(delivered.iter().all(|d| d.attempts == 1), "{delivered:?}");
+    stop(a.0).await;
+    stop(b.0).await;
+    // Each delivery id, and each invoice, reached the receiver once.
+    while let Ok(request) = receiver.requests.try_recv() {
+        *seen.entry(request.delivery_id).or_default() += 1;
+    }
+    assert_eq!(seen.len(), DELIVERED_INVOICES);
+    assert!(seen.values().all(|&n| n == 1), "repeats: {seen:?}");
+    assert_eq!(invoices.len(), DELIVERED_INVOICES);
+    assert!(invoices.values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_cut_off_by_a_killed_server_is_delivered_after_its_restart() {
+    let database = fresh_database().await;
+    let url = database.url.as_str();
+    // The first request is received and never answered.
+    let mut receiver = crate::notifications::receiver(vec![0]).await;
+    let (server, addr) = delivering_replica(url, "2026-06-20T12:00:00Z");
+    let mut customers = CustomerServiceClient::new(channel(&addr));
+    let operator = customers
+        .create_operator(pb::CreateOperatorRequest {
+            name: "North".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    pb::notification_service_client::NotificationServiceClient::new(channel(&addr))
+        .create_webhook(pb::CreateWebhookRequest {
+            operator_id: operator.id,
+            url: format!("http://{}/hook", receiver.addr),
+            events: vec!["invoice.issued".into()],
+        })
+        .await
+        .unwrap();
+    let plan = customers
+        .create_plan(pb::CreatePlanRequest {
+            name: "Flat".into(),
+            kind: PlanKind::Postpaid.into(),
+            currency_code: "EUR".into(),
+            monthly_fee_micros: 5_000_000,
+            per_minute_micros: 60_000,
+            billing_increment_seconds: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    customers
+        .create_customer(pb::CreateCustomerRequest {
+            name: "Ada".into(),
+            phone_number: "+14155550100".into(),
+            plan_id: plan.id,
+            operator_ids: vec![operator.id],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    stop(server).await;
+
+    // July: June is issued and its delivery attempted; the server is
+    // killed while the receiver holds the request.
+    let (mut server, _) = delivering_replica(url, "2026-07-01T00:00:05Z");
+    let cut_off = receiver.next().await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    // Restarted on a clock past the dead worker's lease (60 s), the
+    // delivery is claimed again and delivered, with the same id.
+    let (server, addr) = delivering_replica(url, "2026-07-01T00:05:00Z");
+    let again = receiver.next().await;
+    assert_eq!(again.delivery_id, cut_off.delivery_id);
+    assert_eq!(again.body, cut_off.body, "the same event");
+    let mut notifications =
+        pb::notification_service_client::NotificationServiceClient::new(channel(&addr));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let delivery = loop {
+        let deliveries = notifications
+            .list_deliveries(pb::ListDeliveriesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+        if deliveries[0].status == i32::from(pb::DeliveryStatus::Delivered) {
+            break deliveries.into_iter().next().unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{deliveries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivery.id, cut_off.delivery_id);
+    assert_eq!(delivery.attempts, 2, "the cut-off attempt counts");
+    stop(server).await;
+    assert!(
+        receiver.requests.try_recv().is_err(),
+        "delivered once more, not twice"
+    );
 }
