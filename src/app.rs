@@ -18,6 +18,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::clock::Clock;
+use crate::delivery::background::Background;
 use crate::domain::validation::DEFAULT_MAX_CALL_AGE_DAYS;
 use crate::grpc::auth::{AuthLayer, Authentication};
 use crate::grpc::limits::UnaryTimeoutLayer;
@@ -181,6 +182,8 @@ pub enum StartupError {
     Tls(String),
     #[error("server failed: {0}")]
     Serve(#[source] tonic::transport::Error),
+    #[error("cannot start the delivery thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// A migrated database and a bound listener, ready to serve.
@@ -284,7 +287,9 @@ impl Application {
             clock: clock.clone(),
             wake: wake.clone(),
         });
-        let deliveries = Deliveries::new(store.clone(), clock.clone(), billing_tz, delivery, wake);
+        let background = Background::start().map_err(StartupError::Thread)?;
+        let deliveries = Deliveries::new(store.clone(), clock.clone(), billing_tz, delivery, wake)
+            .with_background(background);
         let invoicing = Invoicing::new(
             store.clone(),
             clock.clone(),

@@ -60,9 +60,10 @@ impl Mailer {
         Ok(Mailer { transport, from })
     }
 
-    /// Sends `email`: the plain text and the HTML as alternatives, the
-    /// attachment beside them.
-    pub async fn send(&self, email: Email) -> Result<(), String> {
+    /// `email` as a message ready to send: the plain text and the HTML as
+    /// alternatives, the attachment beside them, encoded (the CPU's part of
+    /// sending, apart from the network's).
+    pub fn compose(&self, email: Email) -> Result<Composed, String> {
         let to: Mailbox = email
             .to
             .parse()
@@ -94,10 +95,25 @@ impl Mailer {
             .subject(email.subject)
             .multipart(body)
             .map_err(|err| format!("cannot build the message: {err}"))?;
+        Ok(Composed {
+            envelope: message.envelope().clone(),
+            bytes: message.formatted(),
+        })
+    }
+
+    /// Sends a composed message.
+    pub async fn send(&self, message: &Composed) -> Result<(), String> {
         self.transport
-            .send(message)
+            .send_raw(&message.envelope, &message.bytes)
             .await
             .map(|_| ())
             .map_err(|err| format!("SMTP: {err}"))
     }
+}
+
+/// A message encoded for sending.
+#[derive(Debug, Clone)]
+pub struct Composed {
+    envelope: lettre::address::Envelope,
+    bytes: Vec<u8>,
 }

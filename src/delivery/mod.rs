@@ -2,6 +2,7 @@
 //! over SMTP (`email`). What is sent, to whom and when is decided by
 //! `domain::delivery` and sequenced by `service::deliveries`.
 
+pub mod background;
 pub mod email;
 pub mod events;
 pub mod webhook;

@@ -542,7 +542,7 @@ fn write_font(pdf: &mut Pdf, embedding: &Embedding, ids: [Ref; 5]) {
 
 /// zlib at a middle level: most of the size for little of the time.
 fn deflate(data: &[u8]) -> Vec<u8> {
-    miniz_oxide::deflate::compress_to_vec_zlib(data, 6)
+    miniz_oxide::deflate::compress_to_vec_zlib(data, 1)
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! accepted it, so a worker that dies between the two leaves it to be sent
 //! again once its lease lapses, with the same `Billing-Delivery-Id`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,8 +17,8 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use super::Access;
-use super::invoicing::document_parties;
 use crate::clock::Clock;
+use crate::delivery::background::Background;
 use crate::delivery::email::{Email, Mailer};
 use crate::delivery::events;
 use crate::delivery::webhook::{WebhookClient, WebhookPost};
@@ -28,6 +29,9 @@ use crate::domain::delivery::{
     BalanceAlert, Channel, DEFAULT_RETRY_SCHEDULE, DeliveryStatus, Event, RetrySchedule, Webhook,
     check_webhook_url, signature,
 };
+use crate::domain::invoice::Invoice;
+use crate::domain::model::{Customer, Operator};
+use crate::domain::plan::PlanKind;
 use crate::error::{AppError, AppResult};
 use crate::shutdown::{Stopping, until_stopping};
 use crate::storage::{AttemptOutcome, Delivery, DeliveryFilter, Store};
@@ -55,7 +59,7 @@ impl Default for DeliveryConfig {
 /// Deliveries a worker claims at once.
 pub const DELIVERY_BATCH: u64 = 64;
 /// Deliveries a worker sends at once.
-pub const DELIVERY_CONCURRENCY: usize = 16;
+pub const DELIVERY_CONCURRENCY: usize = 8;
 /// How long a claim lasts: longer than any attempt (webhooks time out after
 /// 10 s, emails after 30 s), so a live worker's delivery is never taken by
 /// another; a dead worker's is taken once it lapses.
@@ -74,6 +78,9 @@ pub struct Deliveries {
     config: Arc<DeliveryConfig>,
     webhooks: WebhookClient,
     wake: Arc<Notify>,
+    /// Where documents are rendered and emails encoded; without one, on
+    /// the blocking pool.
+    background: Option<Background>,
 }
 
 /// An attempt that did not deliver.
@@ -123,6 +130,26 @@ impl Deliveries {
             tz,
             config: Arc::new(config),
             wake,
+            background: None,
+        }
+    }
+
+    /// This worker, rendering and encoding on `background`.
+    pub fn with_background(mut self, background: Background) -> Self {
+        self.background = Some(background);
+        self
+    }
+
+    /// Runs CPU-heavy `work` on the background thread, or the blocking pool.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Failure> {
+        match &self.background {
+            Some(background) => background.run(work).await.map_err(Failure::retry),
+            None => tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|err| Failure::retry(err.to_string())),
         }
     }
 
@@ -261,9 +288,29 @@ impl Deliveries {
                 .await
             {
                 Ok(claimed) if !claimed.is_empty() => {
-                    futures_util::stream::iter(claimed)
-                        .for_each_concurrent(DELIVERY_CONCURRENCY, |d| self.deliver(d))
-                        .await;
+                    // Outcomes are recorded as they come, those finished
+                    // together in one write.
+                    let this = &self;
+                    let reads = &self.batch_reads(&claimed).await;
+                    let attempts = futures_util::stream::iter(claimed)
+                        .map(|delivery| async move {
+                            let outcome = this.outcome(&delivery, reads).await;
+                            (delivery.id, outcome)
+                        })
+                        .buffer_unordered(DELIVERY_CONCURRENCY)
+                        .ready_chunks(DELIVERY_CONCURRENCY);
+                    let mut attempts = std::pin::pin!(attempts);
+                    while let Some(finished) = attempts.next().await {
+                        if let Err(err) = self
+                            .store
+                            .finish_deliveries(&finished, self.clock.now())
+                            .await
+                        {
+                            // The leases lapse and the deliveries are
+                            // attempted again.
+                            tracing::warn!(deliveries = finished.len(), error = %err.detail(), "deliveries: cannot record attempts");
+                        }
+                    }
                     continue;
                 }
                 Ok(_) => {}
@@ -286,9 +333,79 @@ impl Deliveries {
         }
     }
 
-    /// One attempt at `delivery`, recorded.
-    async fn deliver(&self, delivery: Delivery) {
-        let outcome = match self.attempt(&delivery).await {
+    /// What the deliveries of `claimed` read, read once for all: their
+    /// invoices and webhooks. A failed read leaves each delivery to read its
+    /// own.
+    async fn batch_reads(&self, claimed: &[Delivery]) -> BatchReads {
+        let mut reads = BatchReads::default();
+        let mut invoice_ids: Vec<i64> = claimed.iter().filter_map(|d| d.invoice_id).collect();
+        invoice_ids.sort_unstable();
+        invoice_ids.dedup();
+        match self.store.invoices_by_id(&invoice_ids).await {
+            Ok(invoices) => {
+                reads.invoices = invoices.into_iter().map(|i| (i.id, i)).collect();
+            }
+            Err(err) => tracing::warn!(error = %err.detail(), "deliveries: cannot read invoices"),
+        }
+        let mut webhook_ids: Vec<i64> = claimed.iter().filter_map(|d| d.webhook_id).collect();
+        webhook_ids.sort_unstable();
+        webhook_ids.dedup();
+        for id in webhook_ids {
+            if let Ok(webhook) = self.store.webhook(id).await {
+                reads.webhooks.insert(id, webhook);
+            }
+        }
+        reads
+    }
+
+    /// Invoice `invoice_id`, from `reads` or the database.
+    async fn invoice(&self, invoice_id: i64, reads: &BatchReads) -> Result<Invoice, Failure> {
+        if let Some(invoice) = reads.invoices.get(&invoice_id) {
+            return Ok(invoice.clone());
+        }
+        self.store
+            .invoice(invoice_id)
+            .await?
+            .ok_or_else(|| Failure::permanent("the invoice does not exist"))
+    }
+
+    /// Who an email's document names: the customer, its plan's kind and
+    /// its issuer (each plan and operator read once per batch).
+    async fn parties(
+        &self,
+        customer_id: i64,
+        reads: &BatchReads,
+    ) -> Result<(Customer, PlanKind, Option<Operator>), Failure> {
+        let customer = self.store.customer(customer_id).await?;
+        let known = reads.lock_plans().get(&customer.plan_id).copied();
+        let plan_kind = match known {
+            Some(kind) => kind,
+            None => {
+                let kind = self.store.plan(customer.plan_id).await?.kind;
+                reads.lock_plans().insert(customer.plan_id, kind);
+                kind
+            }
+        };
+        let issuer = match customer.operator_ids.first() {
+            None => None,
+            Some(&operator_id) => {
+                let known = reads.lock_operators().get(&operator_id).cloned();
+                match known {
+                    Some(operator) => Some(operator),
+                    None => {
+                        let operator = self.store.operator(operator_id).await?;
+                        reads.lock_operators().insert(operator_id, operator.clone());
+                        Some(operator)
+                    }
+                }
+            }
+        };
+        Ok((customer, plan_kind, issuer))
+    }
+
+    /// One attempt at `delivery`, and how it ended.
+    async fn outcome(&self, delivery: &Delivery, reads: &BatchReads) -> AttemptOutcome {
+        match self.attempt(delivery, reads).await {
             Ok(()) => AttemptOutcome::Delivered,
             Err(failure) => {
                 let attempts = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
@@ -310,34 +427,27 @@ impl Deliveries {
                     retry_at,
                 }
             }
-        };
-        if let Err(err) = self
-            .store
-            .finish_delivery(delivery.id, &outcome, self.clock.now())
-            .await
-        {
-            // The lease lapses and the delivery is attempted again.
-            tracing::warn!(delivery = delivery.public_id, error = %err.detail(), "deliveries: cannot record an attempt");
         }
     }
 
-    async fn attempt(&self, delivery: &Delivery) -> Result<(), Failure> {
+    async fn attempt(&self, delivery: &Delivery, reads: &BatchReads) -> Result<(), Failure> {
         match delivery.channel {
-            Channel::Webhook => self.post(delivery).await,
-            Channel::Email => self.email(delivery).await,
+            Channel::Webhook => self.post(delivery, reads).await,
+            Channel::Email => self.email(delivery, reads).await,
         }
     }
 
-    async fn post(&self, delivery: &Delivery) -> Result<(), Failure> {
+    async fn post(&self, delivery: &Delivery, reads: &BatchReads) -> Result<(), Failure> {
         let webhook_id = delivery
             .webhook_id
             .ok_or_else(|| Failure::permanent("the delivery names no webhook"))?;
-        let (webhook, secret) = self
-            .store
-            .webhook(webhook_id)
-            .await?
-            .ok_or_else(|| Failure::permanent("the webhook was deleted"))?;
-        let body = Bytes::from(self.event_body(delivery).await?);
+        let webhook = match reads.webhooks.get(&webhook_id) {
+            Some(webhook) => webhook.clone(),
+            None => self.store.webhook(webhook_id).await?,
+        };
+        let (webhook, secret) =
+            webhook.ok_or_else(|| Failure::permanent("the webhook was deleted"))?;
+        let body = Bytes::from(self.event_body(delivery, reads).await?);
         let sent_at = self.clock.now().timestamp();
         let signature = signature(&secret, sent_at, &body);
         self.webhooks
@@ -355,15 +465,14 @@ impl Deliveries {
     /// The event's JSON: an invoice's is read from the invoice (issued
     /// invoices never change, so every attempt sends the same body); an
     /// alert's was stored when it happened.
-    async fn event_body(&self, delivery: &Delivery) -> Result<Vec<u8>, Failure> {
+    async fn event_body(
+        &self,
+        delivery: &Delivery,
+        reads: &BatchReads,
+    ) -> Result<Vec<u8>, Failure> {
         let data = match (delivery.event, delivery.invoice_id) {
             (Event::InvoiceIssued, Some(invoice_id)) => {
-                let invoice = self
-                    .store
-                    .invoice(invoice_id)
-                    .await?
-                    .ok_or_else(|| Failure::permanent("the invoice does not exist"))?;
-                events::invoice_issued_data(&invoice)
+                events::invoice_issued_data(&self.invoice(invoice_id, reads).await?)
             }
             _ => serde_json::from_str(&delivery.payload)
                 .map_err(|_| Failure::permanent("the stored event is not JSON"))?,
@@ -376,25 +485,21 @@ impl Deliveries {
         ))
     }
 
-    async fn email(&self, delivery: &Delivery) -> Result<(), Failure> {
+    async fn email(&self, delivery: &Delivery, reads: &BatchReads) -> Result<(), Failure> {
         let mailer = self.config.mailer.as_ref().ok_or_else(|| {
             Failure::retry("email is not configured on this replica (serve --smtp-url)")
         })?;
-        let (customer, plan_kind, issuer) =
-            document_parties(&self.store, delivery.customer_id).await?;
+        let (customer, plan_kind, issuer) = self.parties(delivery.customer_id, reads).await?;
         let to = customer
             .email
             .clone()
             .ok_or_else(|| Failure::permanent("the customer has no email address"))?;
         let email = match (delivery.event, delivery.invoice_id) {
             (Event::InvoiceIssued, Some(invoice_id)) => {
-                let invoice = self
-                    .store
-                    .invoice(invoice_id)
-                    .await?
-                    .ok_or_else(|| Failure::permanent("the invoice does not exist"))?;
+                let invoice = self.invoice(invoice_id, reads).await?;
                 let tz = self.tz;
-                let (text, pdf) = tokio::task::spawn_blocking(move || {
+                let mailer = mailer.clone();
+                self.off_runtime(move || {
                     let source = DocumentSource {
                         invoice: &invoice,
                         customer: &customer,
@@ -402,35 +507,55 @@ impl Deliveries {
                         issuer: issuer.as_ref(),
                         tz,
                     };
-                    (
-                        events::invoice_email(source),
-                        document::render(source, DocumentFormat::Pdf),
-                    )
+                    let text = events::invoice_email(source);
+                    let pdf = document::render(source, DocumentFormat::Pdf);
+                    mailer.compose(Email {
+                        to,
+                        subject: text.subject,
+                        text: text.text,
+                        html: text.html,
+                        attachment: Some((pdf.file_name, pdf.content_type.to_owned(), pdf.content)),
+                    })
                 })
-                .await
-                .map_err(|err| Failure::retry(err.to_string()))?;
-                Email {
-                    to,
-                    subject: text.subject,
-                    text: text.text,
-                    html: text.html,
-                    attachment: Some((pdf.file_name, pdf.content_type.to_owned(), pdf.content)),
-                }
+                .await?
             }
             (event, _) => {
                 let alert = BalanceAlert::from_data(&delivery.payload)
                     .ok_or_else(|| Failure::permanent("the stored alert is not readable"))?;
                 let text = events::balance_email(event, &customer, &alert);
-                Email {
+                mailer.compose(Email {
                     to,
                     subject: text.subject,
                     text: text.text,
                     html: text.html,
                     attachment: None,
-                }
+                })
             }
-        };
-        mailer.send(email).await.map_err(Failure::retry)
+        }
+        .map_err(Failure::permanent)?;
+        mailer.send(&email).await.map_err(Failure::retry)
+    }
+}
+
+/// What one claimed batch's deliveries read ([`Deliveries::batch_reads`]).
+#[derive(Default)]
+struct BatchReads {
+    invoices: HashMap<i64, Invoice>,
+    /// Each webhook as read (`None`: deleted).
+    webhooks: HashMap<i64, Option<(Webhook, String)>>,
+    /// Filled as the batch's emails first need them.
+    plan_kinds: Mutex<HashMap<i64, PlanKind>>,
+    operators: Mutex<HashMap<i64, Operator>>,
+}
+
+impl BatchReads {
+    // A poisoned map is only a cache: its contents are still sound.
+    fn lock_plans(&self) -> std::sync::MutexGuard<'_, HashMap<i64, PlanKind>> {
+        self.plan_kinds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_operators(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Operator>> {
+        self.operators.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

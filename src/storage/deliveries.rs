@@ -554,43 +554,50 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Records how an attempt at delivery `id` ended, releasing its lease.
-    pub async fn finish_delivery(
+    /// Records how each attempt of `attempts` (delivery id, outcome) ended,
+    /// releasing its lease, in one transaction: a worker records what it
+    /// finished together, so its writes take the writer (SQLite's one
+    /// connection, a commit's flush) once per group, not once per message.
+    pub async fn finish_deliveries(
         &self,
-        id: i64,
-        outcome: &AttemptOutcome,
+        attempts: &[(i64, AttemptOutcome)],
         now: DateTime<Utc>,
     ) -> AppResult<()> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
         let backend = self.writer.get_database_backend();
-        let (sql, values): (&str, Vec<sea_orm::Value>) = match outcome {
-            AttemptOutcome::Delivered => (
-                "UPDATE deliveries SET status = ?, delivered_at = ?, claimed_until = NULL, \
-                 last_error = '' WHERE id = ?",
-                vec![
-                    DeliveryStatus::Delivered.as_str().into(),
-                    micros(now).into(),
-                    id.into(),
-                ],
-            ),
-            AttemptOutcome::Failed { error, retry_at } => (
-                "UPDATE deliveries SET status = ?, next_attempt_at = ?, claimed_until = NULL, \
-                 last_error = ? WHERE id = ?",
-                vec![
-                    match retry_at {
-                        Some(_) => DeliveryStatus::Pending,
-                        None => DeliveryStatus::Failed,
-                    }
-                    .as_str()
-                    .into(),
-                    micros(retry_at.unwrap_or(now)).into(),
-                    error.clone().into(),
-                    id.into(),
-                ],
-            ),
-        };
-        self.writer
-            .execute_raw(statement(backend, sql, values))
-            .await?;
+        let txn = self.begin_write().await?;
+        for (id, outcome) in attempts {
+            let (sql, values): (&str, Vec<sea_orm::Value>) = match outcome {
+                AttemptOutcome::Delivered => (
+                    "UPDATE deliveries SET status = ?, delivered_at = ?, claimed_until = NULL, \
+                     last_error = '' WHERE id = ?",
+                    vec![
+                        DeliveryStatus::Delivered.as_str().into(),
+                        micros(now).into(),
+                        (*id).into(),
+                    ],
+                ),
+                AttemptOutcome::Failed { error, retry_at } => (
+                    "UPDATE deliveries SET status = ?, next_attempt_at = ?, claimed_until = NULL, \
+                     last_error = ? WHERE id = ?",
+                    vec![
+                        match retry_at {
+                            Some(_) => DeliveryStatus::Pending,
+                            None => DeliveryStatus::Failed,
+                        }
+                        .as_str()
+                        .into(),
+                        micros(retry_at.unwrap_or(now)).into(),
+                        error.clone().into(),
+                        (*id).into(),
+                    ],
+                ),
+            };
+            txn.execute_raw(statement(backend, sql, values)).await?;
+        }
+        txn.commit().await?;
         Ok(())
     }
 

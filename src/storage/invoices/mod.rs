@@ -145,6 +145,18 @@ impl Store {
         }
     }
 
+    /// The invoices of `ids` that exist, in two queries.
+    pub async fn invoices_by_id(&self, ids: &[i64]) -> AppResult<Vec<Invoice>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let models = invoice::Entity::find()
+            .filter(invoice::Column::Id.is_in(ids.to_vec()))
+            .all(&self.db)
+            .await?;
+        self.with_lines(models).await
+    }
+
     /// The invoice of one customer and month, if issued.
     pub async fn invoice_for(
         &self,
