@@ -2042,28 +2042,7 @@ async fn delivery_bench(
         calls.ingest_calls(tokio_stream::iter(chunk)).await?;
     }
     let seconds = Duration::from_secs(args.load_seconds);
-    let unary = |run| Rpc::AddCall {
-        customers: data.customers,
-        run,
-        credentials: None,
-    };
-    let (add_before, history_before) = tokio::join!(
-        load(&url, 2, 8, seconds, unary(1)),
-        load(&url, 1, 4, seconds, Rpc::History { data })
-    );
-    let (add_before, history_before) = (add_before?, history_before?);
-    let (add_paced_before, history_paced_before) = tokio::join!(
-        load_paced(&url, 2, 8, seconds, unary(3), Some(ADD_CALL_PACE)),
-        load_paced(
-            &url,
-            1,
-            4,
-            seconds,
-            Rpc::History { data },
-            Some(HISTORY_PACE)
-        )
-    );
-    let (add_paced_before, history_paced_before) = (add_paced_before?, history_paced_before?);
+    let before = delivery_loads(&url, data, seconds, 1).await?;
     let period = pb::BillingPeriod {
         year: data.month_start.year(),
         month: i32::try_from(data.month_start.month()).unwrap_or(1),
@@ -2081,23 +2060,7 @@ async fn delivery_bench(
     let expected = 2 * cycle.issued;
     let watcher_url = service_url.clone();
     let delivered = tokio::spawn(async move { all_delivered(&watcher_url, expected).await });
-    let (add_during, history_during) = tokio::join!(
-        load(&url, 2, 8, seconds, unary(2)),
-        load(&url, 1, 4, seconds, Rpc::History { data })
-    );
-    let (add_during, history_during) = (add_during?, history_during?);
-    let (add_paced_during, history_paced_during) = tokio::join!(
-        load_paced(&url, 2, 8, seconds, unary(4), Some(ADD_CALL_PACE)),
-        load_paced(
-            &url,
-            1,
-            4,
-            seconds,
-            Rpc::History { data },
-            Some(HISTORY_PACE)
-        )
-    );
-    let (add_paced_during, history_paced_during) = (add_paced_during?, history_paced_during?);
+    let during = delivery_loads(&url, data, seconds, 3).await?;
     let (last, failed) = delivered.await??;
     let delivery_seconds = (last - cycle_end).as_secs_f64();
     let (ids, repeats) = received
@@ -2125,32 +2088,54 @@ async fn delivery_bench(
         "{:<36} {:>8} {:>9} {:>9} {:>7}",
         "load (p99 ratio to without)", "req/s", "p50 ms", "p99 ms", "ratio"
     );
-    add_before.print36("AddCall 2x8, without delivery", None);
-    add_during.print36(
-        "AddCall 2x8, during delivery",
-        Some(add_during.percentile(0.99) / add_before.percentile(0.99).max(1e-9)),
-    );
-    history_before.print36("GetCallHistory 1x4, without", None);
-    history_during.print36(
-        "GetCallHistory 1x4, during delivery",
-        Some(history_during.percentile(0.99) / history_before.percentile(0.99).max(1e-9)),
-    );
-    let ratio = |during: &Outcome, before: &Outcome| {
-        Some(during.percentile(0.99) / before.percentile(0.99).max(1e-9))
-    };
-    add_paced_before.print36("AddCall 1,000/s, without delivery", None);
-    add_paced_during.print36(
-        "AddCall 1,000/s, during delivery",
-        ratio(&add_paced_during, &add_paced_before),
-    );
-    history_paced_before.print36("GetCallHistory 400/s, without", None);
-    history_paced_during.print36(
-        "GetCallHistory 400/s, during delivery",
-        ratio(&history_paced_during, &history_paced_before),
-    );
+    let labels = [
+        "AddCall 2x8",
+        "GetCallHistory 1x4",
+        "AddCall 1,000/s",
+        "GetCallHistory 400/s",
+    ];
+    for ((label, before), during) in labels.iter().zip(&before).zip(&during) {
+        before.print36(&format!("{label}, before"), None);
+        during.print36(
+            &format!("{label}, delivering"),
+            Some(during.percentile(0.99) / before.percentile(0.99).max(1e-9)),
+        );
+    }
     server.memory("after delivery");
     drop(smtp);
     Ok(())
+}
+
+/// The loads of `--delivery`, each pair at once: AddCall (2×8) with
+/// history (1×4) as fast as answered, then AddCall at 1,000/s with history
+/// at 400/s. `run` and `run + 1` keep the AddCall call ids apart.
+async fn delivery_loads(
+    url: &str,
+    data: Data,
+    seconds: Duration,
+    run: usize,
+) -> Result<[Outcome; 4], Failure> {
+    let unary = |run| Rpc::AddCall {
+        customers: data.customers,
+        run,
+        credentials: None,
+    };
+    let (add, history) = tokio::join!(
+        load(url, 2, 8, seconds, unary(run)),
+        load(url, 1, 4, seconds, Rpc::History { data })
+    );
+    let (add_paced, history_paced) = tokio::join!(
+        load_paced(url, 2, 8, seconds, unary(run + 1), Some(ADD_CALL_PACE)),
+        load_paced(
+            url,
+            1,
+            4,
+            seconds,
+            Rpc::History { data },
+            Some(HISTORY_PACE)
+        )
+    );
+    Ok([add?, history?, add_paced?, history_paced?])
 }
 
 /// Polls the outbox every 100 ms until `expected` deliveries exist and

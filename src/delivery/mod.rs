@@ -1,6 +1,7 @@
-//! Sending, I/O only: webhook POSTs over HTTP(S) (`webhook`) and emails
-//! over SMTP (`email`). What is sent, to whom and when is decided by
-//! `domain::delivery` and sequenced by `service::deliveries`.
+//! Sending: webhook POSTs over HTTP(S) (`webhook`) and emails over SMTP
+//! (`email`), what each says (`events`), and the low-priority thread that
+//! renders and encodes (`background`). What is sent, to whom and when is
+//! decided by `domain::delivery` and sequenced by `service::deliveries`.
 
 pub mod background;
 pub mod email;

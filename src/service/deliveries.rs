@@ -58,7 +58,11 @@ impl Default for DeliveryConfig {
 
 /// Deliveries a worker claims at once.
 pub const DELIVERY_BATCH: u64 = 64;
-/// Deliveries a worker sends at once.
+/// Deliveries a worker sends at once. Sending is mostly waiting for the
+/// receiver, so more at once deliver faster, but a month's close then takes
+/// the cores from the requests being served (`billing-bench --delivery`,
+/// BENCHMARKS.md): 16 at once doubled their p99 latency, 4 took over two
+/// minutes for 10,000 invoices.
 pub const DELIVERY_CONCURRENCY: usize = 8;
 /// How long a claim lasts: longer than any attempt (webhooks time out after
 /// 10 s, emails after 30 s), so a live worker's delivery is never taken by
