@@ -137,12 +137,11 @@ async fn the_binary_fills_demo_data_serves_it_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("demo.db").display());
 
-    let demo = billing(&["demo-data"], &url)
-        .child
-        .wait_with_output()
-        .unwrap();
-    assert!(demo.status.success(), "demo-data failed: {demo:?}");
-    let printed = String::from_utf8_lossy(&demo.stdout);
+    let mut demo = billing(&["demo-data"], &url);
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut demo.child.stdout.take().unwrap(), &mut printed).unwrap();
+    let status = demo.child.wait().unwrap();
+    assert!(status.success(), "demo-data failed: {status:?}: {printed}");
     assert!(printed.contains("3 plans, 2 operators"), "{printed}");
     let admin_password = printed
         .lines()
@@ -204,8 +203,8 @@ async fn the_binary_fills_demo_data_serves_it_and_exits_cleanly_on_sigterm() {
         .unwrap();
     assert!(killed.success());
     // Wait off the runtime so the client's connection can see the GOAWAY.
-    let mut child = server.child;
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let mut server = server;
+    let status = tokio::task::spawn_blocking(move || server.child.wait())
         .await
         .unwrap()
         .unwrap();

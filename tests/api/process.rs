@@ -34,6 +34,14 @@ pub fn billing(args: &[&str], database_url: &str) -> Process {
     Process { child, lines }
 }
 
+/// A test that fails mid-way must not leave its server running.
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Process {
     /// The address the server logs once it listens (within a minute).
     pub fn serving_addr(&self) -> String {

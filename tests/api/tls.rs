@@ -191,7 +191,7 @@ async fn a_refused_handshake_is_logged_with_its_reason() {
     )
     .await;
     assert_eq!(admitted, Ok(1), "SERVING");
-    let mut child = server.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
 }
