@@ -1853,7 +1853,11 @@ fn render_source_parts(
 }
 
 /// PDF documents rendered per second on this thread (one core) for an
-/// invoice of 10 and of 500 lines, each for about two seconds.
+/// invoice of 10 and of 500 lines, each for about two seconds: once as a
+/// month's invoices come (customers "Customer n", whose glyphs the font
+/// subset cache already holds after the first), once with every name
+/// holding a letter the last 256 documents did not (every subset made
+/// anew).
 fn render_rates() {
     use billing::document::{DocumentFormat, DocumentSource, render};
     println!("## PDF rendering, one core");
@@ -1861,26 +1865,35 @@ fn render_rates() {
         "{:<28} {:>10} {:>10} {:>10}",
         "invoice", "docs/s", "ms/doc", "bytes"
     );
-    for lines in [10, 500] {
-        let (invoice, customer, operator) = render_source_parts(lines);
-        let source = DocumentSource {
-            invoice: &invoice,
-            customer: &customer,
-            plan_kind: billing::domain::plan::PlanKind::Postpaid,
-            issuer: Some(&operator),
-            tz: chrono_tz::UTC,
-        };
+    // 300 letters DejaVu Sans has (Latin Extended-A and -B): cycling
+    // through them, each name's glyph set is one of 300, more than the
+    // cache keeps.
+    let letters: Vec<char> = ('\u{100}'..='\u{22b}').take(300).collect();
+    for (lines, fresh) in [(10, false), (10, true), (500, false), (500, true)] {
+        let (invoice, mut customer, operator) = render_source_parts(lines);
         let began = Instant::now();
         let mut rendered = 0_u32;
         let mut bytes = 0;
         while began.elapsed() < Duration::from_secs(2) {
+            customer.name = if fresh {
+                format!("Customer {}", letters[rendered as usize % letters.len()])
+            } else {
+                format!("Customer {rendered}")
+            };
+            let source = DocumentSource {
+                invoice: &invoice,
+                customer: &customer,
+                plan_kind: billing::domain::plan::PlanKind::Postpaid,
+                issuer: Some(&operator),
+                tz: chrono_tz::UTC,
+            };
             bytes = render(source, DocumentFormat::Pdf).content.len();
             rendered += 1;
         }
         let elapsed = began.elapsed();
         println!(
             "{:<28} {:>10.0} {:>10.2} {:>10}",
-            format!("{lines} lines"),
+            format!("{lines} lines{}", if fresh { ", new glyphs" } else { "" }),
             rate(f64::from(rendered), elapsed),
             elapsed.as_secs_f64() * 1000.0 / f64::from(rendered),
             bytes

@@ -8,8 +8,8 @@
 //! depends on the time or on chance: no creation date but the invoice's own
 //! issue instant, fixed subset tags, objects numbered in order.
 
-use std::collections::BTreeSet;
-use std::sync::LazyLock;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use pdf_writer::Filter;
 use pdf_writer::types::{CidFontType, FontFlags, SystemInfo};
@@ -340,6 +340,8 @@ fn wrap(text: &str, style: Style, size: f32, width: f32) -> Vec<String> {
 /// One embedded font: the glyphs used, renumbered from 1 (0 is `.notdef`).
 struct Embedding {
     style: Style,
+    /// The original glyph ids used, ascending.
+    glyphs: Vec<u16>,
     remapper: GlyphRemapper,
     /// `(new glyph, char)` for the ToUnicode map.
     chars: BTreeSet<(u16, char)>,
@@ -369,6 +371,7 @@ impl Embedding {
             .collect();
         Embedding {
             style,
+            glyphs,
             remapper,
             chars,
         }
@@ -525,12 +528,8 @@ fn write_font(pdf: &mut Pdf, embedding: &Embedding, ids: [Ref; 5]) {
         })
         .font_file2(file_id);
 
-    // The embedded fonts are fixed and every rendering test subsets them;
-    // were it ever to fail, the text would still extract (ToUnicode) and a
-    // viewer would show it in a substitute font.
-    let subset = subsetter::subset(font.data, 0, &embedding.remapper).unwrap_or_default();
-    pdf.stream(file_id, &deflate(&subset))
-        .filter(Filter::FlateDecode);
+    let subset = compressed_subset(font, embedding);
+    pdf.stream(file_id, &subset).filter(Filter::FlateDecode);
 
     let mut cmap = pdf_writer::types::UnicodeCmap::new(Name(b"Custom"), system_info);
     for (glyph, c) in &embedding.chars {
@@ -540,7 +539,61 @@ fn write_font(pdf: &mut Pdf, embedding: &Embedding, ids: [Ref; 5]) {
     pdf.cmap(cmap_id, &cmap).filter(Filter::FlateDecode);
 }
 
-/// zlib at a middle level: most of the size for little of the time.
+/// Compressed font subsets most recently made, by style and glyph set: the
+/// invoices of one month share most of their glyphs (the labels, the
+/// digits, the issuer), and subsetting and compressing a font was most of
+/// a document's rendering time. The same glyphs give the same bytes, so
+/// the cache changes no document.
+struct SubsetCache {
+    subsets: HashMap<(bool, Vec<u16>), Arc<Vec<u8>>>,
+    /// Keys in insertion order, the oldest evicted first.
+    order: VecDeque<(bool, Vec<u16>)>,
+}
+
+/// Subsets the cache keeps (each a few KB).
+const SUBSET_CACHE_ENTRIES: usize = 256;
+
+static SUBSETS: LazyLock<Mutex<SubsetCache>> = LazyLock::new(|| {
+    Mutex::new(SubsetCache {
+        subsets: HashMap::new(),
+        order: VecDeque::new(),
+    })
+});
+
+/// `embedding`'s glyphs of `font` as a compressed TrueType subset.
+fn compressed_subset(font: &Font, embedding: &Embedding) -> Arc<Vec<u8>> {
+    let key = (embedding.style == Style::Bold, embedding.glyphs.clone());
+    // A poisoned cache still holds sound entries.
+    let cached = SUBSETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .subsets
+        .get(&key)
+        .cloned();
+    if let Some(subset) = cached {
+        return subset;
+    }
+    // The embedded fonts are fixed and every rendering test subsets them;
+    // were it ever to fail, the text would still extract (ToUnicode) and a
+    // viewer would show it in a substitute font.
+    let subset = subsetter::subset(font.data, 0, &embedding.remapper).unwrap_or_default();
+    let subset = Arc::new(deflate(&subset));
+    let mut cache = SUBSETS.lock().unwrap_or_else(|e| e.into_inner());
+    if !cache.subsets.contains_key(&key) {
+        if cache.order.len() >= SUBSET_CACHE_ENTRIES
+            && let Some(oldest) = cache.order.pop_front()
+        {
+            cache.subsets.remove(&oldest);
+        }
+        cache.order.push_back(key.clone());
+        cache.subsets.insert(key, subset.clone());
+    }
+    subset
+}
+
+/// zlib at its fastest level: at a month's close every invoice is
+/// rendered, and level 6 made documents a fifth smaller at half the rate
+/// (BENCHMARKS.md, "Invoice delivery").
 fn deflate(data: &[u8]) -> Vec<u8> {
     miniz_oxide::deflate::compress_to_vec_zlib(data, 1)
 }
@@ -624,6 +677,29 @@ mod tests {
         }
         let last = pages.last().unwrap();
         assert!(last.runs.iter().any(|r| r.text == "USD 9.99"));
+    }
+
+    #[test]
+    fn a_cached_font_subset_is_the_subset_made_anew() {
+        let mut statement = statement(3);
+        // Glyphs no other test renders, so the first lookup misses.
+        statement.customer.name = "Ǟǟ Ǡǡ Ǣǣ".into();
+        let pages = Layout::new(&statement).lay_out();
+        for style in [Style::Regular, Style::Bold] {
+            let embedding = Embedding::new(style, &pages);
+            let font = font(style);
+            let anew = deflate(&subsetter::subset(font.data, 0, &embedding.remapper).unwrap());
+            assert_eq!(
+                *compressed_subset(font, &embedding),
+                anew,
+                "{style:?}, made"
+            );
+            assert_eq!(
+                *compressed_subset(font, &embedding),
+                anew,
+                "{style:?}, cached"
+            );
+        }
     }
 
     #[test]
