@@ -338,7 +338,7 @@ impl Deliveries {
     }
 
     /// What the deliveries of `claimed` read, read once for all: their
-    /// invoices and webhooks. A failed read leaves each delivery to read its
+    /// invoices, webhooks and emails' customers. A failed read leaves each delivery to read its
     /// own.
     async fn batch_reads(&self, claimed: &[Delivery]) -> BatchReads {
         let mut reads = BatchReads::default();
@@ -350,6 +350,19 @@ impl Deliveries {
                 reads.invoices = invoices.into_iter().map(|i| (i.id, i)).collect();
             }
             Err(err) => tracing::warn!(error = %err.detail(), "deliveries: cannot read invoices"),
+        }
+        let mut customer_ids: Vec<i64> = claimed
+            .iter()
+            .filter(|d| d.channel == Channel::Email)
+            .map(|d| d.customer_id)
+            .collect();
+        customer_ids.sort_unstable();
+        customer_ids.dedup();
+        match self.store.customers_by_id(&customer_ids).await {
+            Ok(customers) => {
+                reads.customers = customers.into_iter().map(|c| (c.id, c)).collect();
+            }
+            Err(err) => tracing::warn!(error = %err.detail(), "deliveries: cannot read customers"),
         }
         let mut webhook_ids: Vec<i64> = claimed.iter().filter_map(|d| d.webhook_id).collect();
         webhook_ids.sort_unstable();
@@ -380,7 +393,10 @@ impl Deliveries {
         customer_id: i64,
         reads: &BatchReads,
     ) -> Result<(Customer, PlanKind, Option<Operator>), Failure> {
-        let customer = self.store.customer(customer_id).await?;
+        let customer = match reads.customers.get(&customer_id) {
+            Some(customer) => customer.clone(),
+            None => self.store.customer(customer_id).await?,
+        };
         let known = reads.lock_plans().get(&customer.plan_id).copied();
         let plan_kind = match known {
             Some(kind) => kind,
@@ -545,6 +561,8 @@ impl Deliveries {
 #[derive(Default)]
 struct BatchReads {
     invoices: HashMap<i64, Invoice>,
+    /// The customers of the batch's emails.
+    customers: HashMap<i64, Customer>,
     /// Each webhook as read (`None`: deleted).
     webhooks: HashMap<i64, Option<(Webhook, String)>>,
     /// Filled as the batch's emails first need them.

@@ -356,6 +356,26 @@ impl Store {
         ))
     }
 
+    /// The customers of `ids` that exist, in two queries.
+    pub async fn customers_by_id(&self, ids: &[i64]) -> AppResult<Vec<Customer>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let models = customer::Entity::find()
+            .filter(customer::Column::Id.is_in(ids.to_vec()))
+            .all(&self.db)
+            .await?;
+        let found: Vec<i64> = models.iter().map(|m| m.id).collect();
+        let mut links = self.operator_links(&found).await?;
+        Ok(models
+            .into_iter()
+            .map(|m| {
+                let operator_ids = links.remove(&m.id).unwrap_or_default();
+                customer_from(m, operator_ids)
+            })
+            .collect())
+    }
+
     /// Up to `limit` customers with an id above `after_id`, in id order,
     /// optionally only those linked to `operator_id`.
     pub async fn list_customers(
