@@ -281,22 +281,20 @@ impl Application {
             tls,
             delivery,
         } = self;
-        let wake = Arc::new(Notify::new());
         let store = store.with_outbox(Outbox {
             email_on: delivery.mailer.is_some(),
             clock: clock.clone(),
-            wake: wake.clone(),
+            wake: Arc::new(Notify::new()),
         });
         let background = Background::start().map_err(StartupError::Thread)?;
-        let deliveries = Deliveries::new(store.clone(), clock.clone(), billing_tz, delivery, wake)
+        let deliveries = Deliveries::new(store.clone(), clock.clone(), billing_tz, delivery)
             .with_background(background);
         let invoicing = Invoicing::new(
             store.clone(),
             clock.clone(),
             billing_tz,
             invoice_grace_period,
-        )
-        .delivering(deliveries.email_on(), deliveries.wake());
+        );
         let accounts = Accounts::new(store.clone(), clock.clone(), token_ttl)
             .trusting_verified_credentials_for(credential_cache)
             .hashing_at_most(limits.password_hash_concurrency);

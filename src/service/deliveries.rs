@@ -117,23 +117,16 @@ impl From<AppError> for Failure {
 }
 
 impl Deliveries {
-    /// The use cases and worker; `wake` wakes the worker when this process
-    /// writes deliveries.
-    pub fn new(
-        store: Store,
-        clock: Clock,
-        tz: Tz,
-        config: DeliveryConfig,
-        wake: Arc<Notify>,
-    ) -> Self {
+    /// The use cases and worker, woken by `store`'s outbox.
+    pub fn new(store: Store, clock: Clock, tz: Tz, config: DeliveryConfig) -> Self {
         Deliveries {
+            wake: store.outbox().wake.clone(),
             access: Access::new(store.clone()),
             webhooks: WebhookClient::new(config.allow_insecure_webhooks),
             store,
             clock,
             tz,
             config: Arc::new(config),
-            wake,
             background: None,
         }
     }
@@ -155,17 +148,6 @@ impl Deliveries {
                 .await
                 .map_err(|err| Failure::retry(err.to_string())),
         }
-    }
-
-    /// What wakes this process's worker: notified after deliveries are
-    /// written here, so they go out at once rather than at the next poll.
-    pub fn wake(&self) -> Arc<Notify> {
-        self.wake.clone()
-    }
-
-    /// Whether invoices and alerts are emailed (`--smtp-url` is set).
-    pub fn email_on(&self) -> bool {
-        self.config.mailer.is_some()
     }
 
     /// Creates a webhook of `operator_id` receiving `events` at `url`;

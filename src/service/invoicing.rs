@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use chrono_tz::Tz;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 
 use super::Access;
 use crate::clock::Clock;
@@ -143,10 +143,6 @@ pub struct Invoicing {
     /// Newly issued invoices, read once for every watcher of this process
     /// by [`Invoicing::serve_feed`].
     feed: broadcast::Sender<FeedItem>,
-    /// Whether issued invoices are emailed, and what wakes this process's
-    /// delivery worker once an issue has written deliveries.
-    email_on: bool,
-    deliveries_written: Arc<Notify>,
 }
 
 /// Invoices the feed reads per query.
@@ -175,17 +171,7 @@ impl Invoicing {
             grace,
             issued: Arc::new(watch::Sender::new(0)),
             feed: broadcast::Sender::new(FEED_BUFFER),
-            email_on: false,
-            deliveries_written: Arc::new(Notify::new()),
         }
-    }
-
-    /// Invoicing whose issued invoices are also emailed when `email_on`,
-    /// waking `worker` once their deliveries are written.
-    pub fn delivering(mut self, email_on: bool, worker: Arc<Notify>) -> Self {
-        self.email_on = email_on;
-        self.deliveries_written = worker;
-        self
     }
 
     /// The billing time zone.
@@ -468,7 +454,7 @@ impl Invoicing {
                 issued[index].push(invoice);
             }
         }
-        let recipients = txn.recipients(&ids, self.email_on).await?;
+        let recipients = txn.recipients(&ids, self.store.outbox().email_on).await?;
         let mut deliveries = Vec::new();
         for (b, invoices) in billed.iter().zip(&issued) {
             let Some(recipients) = recipients.get(&b.customer_id) else {
@@ -499,7 +485,7 @@ impl Invoicing {
         let newest = issued.iter().flatten().map(|invoice| invoice.id).max();
         txn.commit(newest).await?;
         if !deliveries.is_empty() {
-            self.deliveries_written.notify_one();
+            self.store.outbox().wake.notify_one();
         }
         let mut reports = Vec::with_capacity(billed.len());
         for (b, mut invoices) in billed.iter().zip(issued) {

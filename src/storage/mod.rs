@@ -296,11 +296,17 @@ impl Store {
         }
     }
 
-    /// This store, writing balance alerts with `outbox`'s email setting
-    /// and clock and waking its worker.
+    /// This store, writing deliveries with `outbox`'s email setting and
+    /// clock and waking its worker.
     pub fn with_outbox(mut self, outbox: Outbox) -> Store {
         self.outbox = outbox;
         self
+    }
+
+    /// Whether deliveries include email, and what wakes this process's
+    /// delivery worker once deliveries are committed.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     /// How often [`Store::checkpoint_wal`] should run: `Some` on SQLite with

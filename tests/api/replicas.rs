@@ -621,6 +621,42 @@ fn delivering_replica(url: &str, clock: &str) -> (Process, String) {
     (server, addr)
 }
 
+/// Through the server at `addr`: an operator with a webhook to `receiver`
+/// for `invoice.issued`, and a postpaid plan with a monthly fee, so every
+/// customer gets an invoice. Returns their ids.
+async fn hooked_operator_and_plan(addr: &str, receiver: std::net::SocketAddr) -> (i64, i64) {
+    let mut customers = CustomerServiceClient::new(channel(addr));
+    let operator = customers
+        .create_operator(pb::CreateOperatorRequest {
+            name: "North".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    pb::notification_service_client::NotificationServiceClient::new(channel(addr))
+        .create_webhook(pb::CreateWebhookRequest {
+            operator_id: operator.id,
+            url: format!("http://{receiver}/hook"),
+            events: vec!["invoice.issued".into()],
+        })
+        .await
+        .unwrap();
+    let plan = customers
+        .create_plan(pb::CreatePlanRequest {
+            name: "Flat".into(),
+            kind: PlanKind::Postpaid.into(),
+            currency_code: "EUR".into(),
+            monthly_fee_micros: 5_000_000,
+            per_minute_micros: 60_000,
+            billing_increment_seconds: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (operator.id, plan.id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_deliver_each_invoice_exactly_once() {
     if !on_postgres() {
@@ -639,38 +675,7 @@ async fn two_replicas_deliver_each_invoice_exactly_once() {
         CustomerServiceClient::new(channel(&a.1)),
         CustomerServiceClient::new(channel(&b.1)),
     ];
-    let operator = setup[0]
-        .clone()
-        .create_operator(pb::CreateOperatorRequest {
-            name: "North".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut notifications =
-        pb::notification_service_client::NotificationServiceClient::new(channel(&a.1));
-    notifications
-        .create_webhook(pb::CreateWebhookRequest {
-            operator_id: operator.id,
-            url: format!("http://{}/hook", receiver.addr),
-            events: vec!["invoice.issued".into()],
-        })
-        .await
-        .unwrap();
-    let plan = setup[0]
-        .clone()
-        .create_plan(pb::CreatePlanRequest {
-            name: "Flat".into(),
-            kind: PlanKind::Postpaid.into(),
-            currency_code: "EUR".into(),
-            monthly_fee_micros: 5_000_000,
-            per_minute_micros: 60_000,
-            billing_increment_seconds: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (operator_id, plan_id) = hooked_operator_and_plan(&a.1, receiver.addr).await;
     let mut created = Vec::new();
     for chunk in (0..DELIVERED_INVOICES).collect::<Vec<_>>().chunks(16) {
         let batch = chunk.iter().map(|&n| {
@@ -680,8 +685,8 @@ async fn two_replicas_deliver_each_invoice_exactly_once() {
                     .create_customer(pb::CreateCustomerRequest {
                         name: format!("Customer {n}"),
                         phone_number: format!("+1415777{n:04}"),
-                        plan_id: plan.id,
-                        operator_ids: vec![operator.id],
+                        plan_id,
+                        operator_ids: vec![operator_id],
                         ..Default::default()
                     })
                     .await
@@ -775,41 +780,14 @@ async fn a_delivery_cut_off_by_a_killed_server_is_delivered_after_its_restart() 
     // The first request is received and never answered.
     let mut receiver = crate::notifications::receiver(vec![0]).await;
     let (server, addr) = delivering_replica(url, "2026-06-20T12:00:00Z");
+    let (operator_id, plan_id) = hooked_operator_and_plan(&addr, receiver.addr).await;
     let mut customers = CustomerServiceClient::new(channel(&addr));
-    let operator = customers
-        .create_operator(pb::CreateOperatorRequest {
-            name: "North".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    pb::notification_service_client::NotificationServiceClient::new(channel(&addr))
-        .create_webhook(pb::CreateWebhookRequest {
-            operator_id: operator.id,
-            url: format!("http://{}/hook", receiver.addr),
-            events: vec!["invoice.issued".into()],
-        })
-        .await
-        .unwrap();
-    let plan = customers
-        .create_plan(pb::CreatePlanRequest {
-            name: "Flat".into(),
-            kind: PlanKind::Postpaid.into(),
-            currency_code: "EUR".into(),
-            monthly_fee_micros: 5_000_000,
-            per_minute_micros: 60_000,
-            billing_increment_seconds: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
     customers
         .create_customer(pb::CreateCustomerRequest {
             name: "Ada".into(),
             phone_number: "+14155550100".into(),
-            plan_id: plan.id,
-            operator_ids: vec![operator.id],
+            plan_id,
+            operator_ids: vec![operator_id],
             ..Default::default()
         })
         .await
