@@ -291,8 +291,8 @@ async fn invoice_document_on_the_command_line_writes_the_same_document() {
         ],
         &app.database.url,
     );
-    assert!(!missing.child.wait().unwrap().success());
-    let said: Vec<String> = missing.lines.try_iter().collect();
+    let (status, said) = missing.finish();
+    assert!(!status.success());
     assert!(
         said.iter().any(|l| l.contains("invoice 999999 not found")),
         "{said:?}"

@@ -43,6 +43,13 @@ impl Drop for Process {
 }
 
 impl Process {
+    /// Waits for the process to exit and returns its status with every line
+    /// it wrote to stderr (read to the end, not just what has arrived yet).
+    pub fn finish(&mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = self.child.wait().expect("billing exits");
+        (status, self.lines.iter().collect())
+    }
+
     /// The address the server logs once it listens (within a minute).
     pub fn serving_addr(&self) -> String {
         loop {
