@@ -31,7 +31,7 @@ use crate::grpc::pb::notification_service_server::NotificationServiceServer;
 use crate::grpc::readiness::ReadinessLayer;
 use crate::grpc::{AccountApi, CallApi, CustomerApi, InvoiceApi, NotificationApi, pb};
 use crate::readiness::Readiness;
-use crate::service::{Accounts, Calls, Customers, Deliveries, DeliveryConfig, Invoicing};
+use crate::service::{Accounts, Calls, Customers, Deliveries, DeliveryConfig, Invoicing, Numbers};
 use crate::shutdown::{self, until_stopping};
 use crate::storage::{DatabaseConfig, GroupCommit, Outbox, Store};
 
@@ -287,6 +287,7 @@ impl Application {
             wake: Arc::new(Notify::new()),
         });
         let background = Background::start().map_err(StartupError::Thread)?;
+        let numbers = Numbers::new(store.clone());
         let deliveries = Deliveries::new(store.clone(), clock.clone(), billing_tz, delivery)
             .with_background(background);
         let invoicing = Invoicing::new(
@@ -398,6 +399,7 @@ impl Application {
                     store.clone(),
                     clock.clone(),
                     billing_tz,
+                    numbers.clone(),
                 )))
                 .max_decoding_message_size(max_bytes),
             )
@@ -409,8 +411,10 @@ impl Application {
                         limits.max_call_age(),
                         billing_tz,
                         limits.group_commit,
+                        numbers,
                     ),
                     &limits,
+                    stopping_rx.clone(),
                 ))
                 .max_decoding_message_size(max_bytes),
             )

@@ -132,7 +132,7 @@ pub async fn fill(store: &Store, clock: Clock, tz: Tz) -> AppResult<DemoSummary>
             let started_at = since + TimeDelta::days(1) + TimeDelta::seconds(offset);
             let duration_seconds = i64::try_from(5 + next(900)).unwrap_or(60);
             let record = CallRecord {
-                customer_id: customer.id,
+                customer_id: Some(customer.id),
                 duration_seconds,
                 started_at: Some(started_at),
                 call_id: Some(format!("demo-{}-{n}", customer.id)),
@@ -140,6 +140,8 @@ pub async fn fill(store: &Store, clock: Clock, tz: Tz) -> AppResult<DemoSummary>
                 callee_number: format!("+1202555{:04}", next(10_000)),
             };
             calls.push(NewCall {
+                customer_id: customer.id,
+                number_version: None,
                 rating: rating::rate(duration_seconds, &plan),
                 record,
                 started_at,

@@ -28,6 +28,10 @@ pub enum AppError {
     /// watchers); the text says which and for how long.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request met a concurrent change and may be tried again as it is
+    /// (the use cases retry it themselves first).
+    #[error("{0}")]
+    Aborted(String),
     /// The request is valid but the system is not in a state to perform it.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -71,6 +75,7 @@ impl AppError {
             AppError::PermissionDenied(text) => AppError::PermissionDenied(text.clone()),
             AppError::ResourceExhausted(text) => AppError::ResourceExhausted(text.clone()),
             AppError::FailedPrecondition(text) => AppError::FailedPrecondition(text.clone()),
+            AppError::Aborted(text) => AppError::Aborted(text.clone()),
             AppError::Unavailable(source) => AppError::Unavailable(chain(source.as_ref()).into()),
             AppError::Internal(source) => AppError::Internal(chain(source.as_ref()).into()),
         }

@@ -19,6 +19,8 @@ mod m20261202_000011_disabled_accounts;
 mod m20261202_000012_contacts_and_issuers;
 mod m20261202_000013_line_subjects;
 mod m20261202_000014_deliveries;
+mod m20261203_000015_customer_numbers;
+mod sqlite;
 
 /// The service's migrations, oldest first.
 pub struct Migrator;
@@ -41,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000012_contacts_and_issuers::Migration),
             Box::new(m20261202_000013_line_subjects::Migration),
             Box::new(m20261202_000014_deliveries::Migration),
+            Box::new(m20261203_000015_customer_numbers::Migration),
         ]
     }
 }

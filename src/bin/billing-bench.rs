@@ -184,10 +184,15 @@ impl Record {
             )),
             started_at: Some(timestamp(self.started_at)),
             call_id: self.call_id.clone(),
-            caller_number: "+14155550100".into(),
+            caller_number: customer_number(self.customer_id),
             callee_number: "+12025550123".into(),
         }
     }
+}
+
+/// The number the benchmark's customer `id` holds.
+fn customer_number(id: i64) -> String {
+    format!("+1555{id:08}")
 }
 
 /// The month the data lives in (last month) and how it is generated.
@@ -960,7 +965,7 @@ async fn seed_customers(db: &DatabaseConnection, data: Data) -> Result<(), Failu
         for id in chunk {
             values.push((*id as i64).into());
             values.push(format!("Customer {id}").into());
-            values.push(format!("+1555{id:08}").into());
+            values.push(customer_number(*id as i64).into());
             values.push(created.into());
         }
         txn.execute_raw(Statement::from_sql_and_values(
@@ -992,6 +997,11 @@ async fn seed_customers(db: &DatabaseConnection, data: Data) -> Result<(), Failu
         )
         .await?;
     }
+    txn.execute_unprepared(
+        "INSERT INTO customer_numbers (customer_id, number, valid_from, valid_until) \
+         SELECT id, phone_number, created_at, NULL FROM customers",
+    )
+    .await?;
     txn.commit().await?;
     if backend == DatabaseBackend::Postgres {
         // Explicit ids leave the sequences behind.
@@ -1682,14 +1692,15 @@ async fn load_paced(
                             ref credentials,
                         } => {
                             let started = Utc::now() - chrono::TimeDelta::seconds(1);
+                            let customer_id = 1 + rng.below(customers) as i64;
                             let mut request = tonic::Request::new(pb::AddCallRequest {
-                                customer_id: 1 + rng.below(customers) as i64,
+                                customer_id,
                                 duration: Some(pb::add_call_request::Duration::DurationSeconds(
                                     1 + rng.below(900) as i64,
                                 )),
                                 started_at: Some(timestamp(started)),
                                 call_id: format!("load-{run}-{connection}-{stream}-{n}"),
-                                caller_number: "+14155550100".into(),
+                                caller_number: customer_number(customer_id),
                                 callee_number: "+12025550123".into(),
                             });
                             if let Some(credentials) = credentials {
@@ -1838,6 +1849,7 @@ fn render_source_parts(
         email: Some("customer7@example.com".into()),
         language: Language::En,
         low_balance_threshold_micros: None,
+        numbers: Vec::new(),
     };
     let operator = Operator {
         id: 1,

@@ -540,6 +540,7 @@ mod tests {
             email: Some("juergen@example.com".into()),
             language,
             low_balance_threshold_micros: None,
+            numbers: Vec::new(),
         }
     }
 

@@ -195,6 +195,7 @@ pub enum Action {
     UpdateCustomer,
     UpdateOperator,
     TopUp,
+    ManageNumbers,
     AddCalls,
     AuthorizeCall,
     GetCallHistory,
@@ -228,6 +229,7 @@ pub fn permits(principal: &Principal, action: Action) -> AppResult<()> {
                 | UpdateCustomer
                 | UpdateOperator
                 | TopUp
+                | ManageNumbers
                 | AddCalls
                 | AuthorizeCall
                 | GetCallHistory
@@ -511,6 +513,7 @@ fn action_name(action: Action) -> &'static str {
         Action::UpdateCustomer => "update customers",
         Action::UpdateOperator => "update operators",
         Action::TopUp => "top up balances",
+        Action::ManageNumbers => "assign or release numbers",
         Action::AddCalls => "add calls",
         Action::AuthorizeCall => "authorize calls",
         Action::GetCallHistory => "read call history",

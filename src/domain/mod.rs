@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod invoice;
 pub mod model;
 pub mod money;
+pub mod numbers;
 pub mod paging;
 pub mod period;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! The billing domain's types: operators, customers and calls (plans are
 //! in `plan.rs`).
 
+use super::numbers::NumberAssignment;
 use super::period::BillingPeriod;
 use super::plan::PlanKind;
 use super::tariff::{BASE_TARIFF, Segment};
@@ -102,6 +103,8 @@ pub struct Customer {
     pub language: Language,
     /// Prepaid: the balance below which it is alerted, if at all.
     pub low_balance_threshold_micros: Option<i64>,
+    /// Every number it holds or held, oldest first.
+    pub numbers: Vec<NumberAssignment>,
 }
 
 /// A validated prepaid credit.
@@ -123,7 +126,9 @@ pub struct TopUpOutcome {
 /// A validated call record as a switch reported it, before rating.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
-    pub customer_id: i64,
+    /// The customer the record names; `None`: the holder of
+    /// `caller_number` when the call started.
+    pub customer_id: Option<i64>,
     pub duration_seconds: i64,
     /// When the call started; `None` means "now minus the duration".
     pub started_at: Option<DateTime<Utc>>,
@@ -136,7 +141,7 @@ impl CallRecord {
     /// Whether a retry of this record describes `stored`: same customer,
     /// duration and numbers, and the same start when the record gives one.
     pub fn describes(&self, stored: &Call) -> bool {
-        self.customer_id == stored.customer_id
+        self.customer_id.is_none_or(|id| id == stored.customer_id)
             && self.duration_seconds == stored.duration_seconds
             && self.caller_number == stored.caller_number
             && self.callee_number == stored.callee_number
@@ -165,6 +170,13 @@ pub struct Rating {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCall {
     pub record: CallRecord,
+    /// The customer charged: the one the record names, or the holder of
+    /// its calling number.
+    pub customer_id: i64,
+    /// When the customer was found through the calling number: the
+    /// version of the numbers that said so, checked when the call is
+    /// stored.
+    pub number_version: Option<i64>,
     pub started_at: DateTime<Utc>,
     /// The month the call started in (billing time zone); its billing
     /// month is decided from it when it is stored

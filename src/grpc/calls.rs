@@ -21,6 +21,7 @@ use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
 use crate::service::Calls;
 use crate::service::calls::CustomerCache;
+use crate::shutdown::{Stopping, until_stopping};
 
 /// Rows (calls and their tariff segments) of a stream written per
 /// transaction, at most: large enough to amortise the commit (each batch
@@ -44,11 +45,13 @@ type Write = std::pin::Pin<Box<dyn std::future::Future<Output = Written> + Send>
 
 /// Stores `batch` (records with their stream indexes) in one transaction,
 /// call by call if it is refused.
-fn write(calls: Calls, batch: Vec<(i64, NewCall)>) -> Write {
+fn write(calls: Calls, principal: Principal, batch: Vec<(i64, NewCall)>) -> Write {
     Box::pin(async move {
         let (indexes, batch): (Vec<i64>, Vec<NewCall>) = batch.into_iter().unzip();
-        let outcomes = calls.store(&batch).await;
-        (indexes, batch, outcomes)
+        match calls.store(&principal, batch).await {
+            Ok((batch, outcomes)) => (indexes, batch, Ok(outcomes)),
+            Err(err) => (indexes, Vec::new(), Err(err)),
+        }
     })
 }
 /// Rows a stream reads beyond a full batch while the previous batch is
@@ -94,6 +97,11 @@ impl Pending {
         self.rows >= INGEST_BATCH_ROWS + INGEST_READ_AHEAD_ROWS
     }
 
+    /// The stream index of the oldest record.
+    fn oldest_index(&self) -> Option<i64> {
+        self.records.front().map(|(index, _, _)| *index)
+    }
+
     /// When the oldest record arrived.
     fn oldest_at(&self) -> Option<std::time::Instant> {
         self.records.front().map(|(_, _, at)| *at)
@@ -135,12 +143,15 @@ pub struct CallApi {
     flush_interval: Duration,
     /// The largest response a listing page may make, in encoded bytes.
     max_message_bytes: usize,
+    /// Ends StreamCalls streams when the server shuts down.
+    stopping: Stopping,
 }
 
 impl CallApi {
     /// The service over `calls`, bounded by `limits`.
-    pub fn new(calls: Calls, limits: &Limits) -> Self {
+    pub fn new(calls: Calls, limits: &Limits, stopping: Stopping) -> Self {
         CallApi {
+            stopping,
             calls,
             streams: StreamSlots::new(
                 "call ingestion streams",
@@ -253,6 +264,212 @@ fn reported_call_id(call_id: String) -> String {
     }
 }
 
+/// Acknowledgements a StreamCalls stream holds for a client that does not
+/// read them, at most; then it stops reading records until the client
+/// does.
+const ACKS_BUFFERED: usize = 16;
+
+/// Records a StreamCalls stream rejects while earlier ones are being
+/// written that it holds, at most, before it stops reading until they are
+/// acknowledged.
+const HELD_REJECTIONS: usize = INGEST_READ_AHEAD_ROWS;
+
+/// Where a StreamCalls stream's acknowledgements go.
+type AckSink = tokio::sync::mpsc::Sender<Result<pb::IngestAck, Status>>;
+
+/// One ingestion stream: reads records, rates them, writes them in
+/// batches, and settles each record (stored, duplicate or rejected).
+struct Ingestion {
+    calls: Calls,
+    principal: Principal,
+    flush_interval: Duration,
+    /// StreamCalls only: ends the stream (after committing and
+    /// acknowledging what it holds) when the server shuts down.
+    stopping: Option<Stopping>,
+}
+
+/// What a StreamCalls stream has settled and not yet acknowledged.
+#[derive(Default)]
+struct Unacked {
+    /// The outcomes below the next acknowledgement's `next_index`.
+    settled: IngestTally,
+    /// Records rejected before they were written, at positions that may
+    /// still lie beyond records being written: they join `settled` once
+    /// every record before them has settled.
+    rejected: std::collections::VecDeque<(i64, String, AppError)>,
+    /// The `next_index` last acknowledged.
+    acked: i64,
+    /// When the oldest of `rejected` was read.
+    oldest_rejected: Option<std::time::Instant>,
+}
+
+impl Unacked {
+    /// The acknowledgement of everything settled below `next_index`, if it
+    /// says anything new.
+    fn ack(&mut self, next_index: i64) -> Option<pb::IngestAck> {
+        while let Some((index, _, _)) = self.rejected.front()
+            && *index < next_index
+        {
+            let Some((index, call_id, err)) = self.rejected.pop_front() else {
+                break;
+            };
+            self.settled.reject(index, call_id, &err);
+        }
+        self.oldest_rejected = if self.rejected.is_empty() {
+            None
+        } else {
+            self.oldest_rejected
+        };
+        if next_index <= self.acked {
+            return None;
+        }
+        self.acked = next_index;
+        let report = std::mem::take(&mut self.settled).into_response();
+        Some(pb::IngestAck {
+            next_index,
+            accepted: report.accepted,
+            duplicates: report.duplicates,
+            rejected: report.rejected,
+            errors: report.errors,
+            errors_truncated: report.errors_truncated,
+        })
+    }
+}
+
+impl Ingestion {
+    fn new(
+        calls: Calls,
+        principal: Principal,
+        flush_interval: Duration,
+        stopping: Option<Stopping>,
+    ) -> Self {
+        Ingestion {
+            calls,
+            principal,
+            flush_interval,
+            stopping,
+        }
+    }
+
+    /// Reads `stream` to its end and returns what became of its records;
+    /// with `acks`, acknowledges each commit there as it goes. Only an
+    /// unavailable database (or, with `acks`, a server shutting down) ends
+    /// the stream early; batches written before stay written.
+    async fn run(
+        &self,
+        mut stream: Streaming<pb::AddCallRequest>,
+        acks: Option<&AckSink>,
+    ) -> Result<IngestTally, Status> {
+        let mut customers = CustomerCache::new();
+        let mut tally = IngestTally::default();
+        let mut unacked = Unacked::default();
+        let mut pending = Pending::default();
+        let mut index: i64 = 0;
+        let mut stopping = self.stopping.clone();
+        // One batch is written while the next is read and rated: the
+        // database works on its own thread (SQLite) or server (PostgreSQL)
+        // meanwhile. A batch is written when it is full, when the stream
+        // ends, or once its oldest record has waited the flush interval, so
+        // a slowly fed stream's calls are stored (and debited) within it.
+        // Dropping the stream drops the write in flight, which rolls it back.
+        let mut writing: Option<Write> = None;
+        let mut open = true;
+        let mut stopped = false;
+        while open || writing.is_some() || !pending.is_empty() {
+            let due = pending
+                .oldest_at()
+                .is_some_and(|oldest| oldest.elapsed() >= self.flush_interval);
+            if writing.is_none() && (pending.has_batch() || due || (!open && !pending.is_empty())) {
+                writing = Some(write(
+                    self.calls.clone(),
+                    self.principal.clone(),
+                    pending.take_batch(),
+                ));
+            }
+            // Rejections alone are acknowledged within the flush interval
+            // too, once nothing before them is being written.
+            if let Some(acks) = acks
+                && writing.is_none()
+                && pending.is_empty()
+                && unacked.oldest_rejected.is_some_and(|oldest| {
+                    oldest.elapsed() >= self.flush_interval
+                        || !open
+                        || unacked.rejected.len() >= HELD_REJECTIONS
+                })
+                && let Some(ack) = unacked.ack(index)
+                && acks.send(Ok(ack)).await.is_err()
+            {
+                return Ok(tally);
+            }
+            let flush_at = pending
+                .oldest_at()
+                .or(unacked.oldest_rejected.filter(|_| acks.is_some()))
+                .map(|oldest| tokio::time::Instant::from_std(oldest + self.flush_interval));
+            tokio::select! {
+                written = async { writing.as_mut().expect("guarded by the condition").await }, if writing.is_some() => {
+                    writing = None;
+                    match acks {
+                        None => tally.settle(written)?,
+                        Some(acks) => {
+                            unacked.settled.settle(written)?;
+                            let next_index = pending.oldest_index().unwrap_or(index);
+                            if let Some(ack) = unacked.ack(next_index)
+                                && acks.send(Ok(ack)).await.is_err()
+                            {
+                                return Ok(tally);
+                            }
+                        }
+                    }
+                }
+                message = stream.message(), if open && !pending.is_full() && unacked.rejected.len() < HELD_REJECTIONS => {
+                    let Some(record) = message? else {
+                        open = false;
+                        continue;
+                    };
+                    let call_id = record.call_id.clone();
+                    match self.prepare(record, &mut customers).await {
+                        Ok(new) => pending.push(index, new),
+                        Err(err) if acks.is_some() => {
+                            unacked.oldest_rejected.get_or_insert_with(std::time::Instant::now);
+                            unacked.rejected.push_back((index, call_id, err));
+                        }
+                        Err(err) => tally.reject(index, call_id, &err),
+                    }
+                    index += 1;
+                }
+                () = async { tokio::time::sleep_until(flush_at.expect("guarded by the condition")).await }, if writing.is_none() && flush_at.is_some() => {}
+                () = async { until_stopping(stopping.as_mut().expect("guarded by the condition")).await }, if open && stopping.is_some() => {
+                    // Stop reading; what was read is written and
+                    // acknowledged before the stream ends.
+                    open = false;
+                    stopped = true;
+                }
+            }
+        }
+        if let Some(acks) = acks {
+            if let Some(ack) = unacked.ack(index) {
+                let _ = acks.send(Ok(ack)).await;
+            }
+            if stopped {
+                return Err(Status::unavailable(
+                    "server shutting down; reconnect and send again every record after the last acknowledged next_index",
+                ));
+            }
+        }
+        Ok(tally)
+    }
+
+    /// Converts and prepares one streamed record.
+    async fn prepare(
+        &self,
+        request: pb::AddCallRequest,
+        customers: &mut CustomerCache,
+    ) -> AppResult<NewCall> {
+        let record = CallRecord::try_from(request)?;
+        self.calls.prepare(&self.principal, record, customers).await
+    }
+}
+
 #[tonic::async_trait]
 impl CallService for CallApi {
     async fn add_call(
@@ -275,50 +492,39 @@ impl CallService for CallApi {
         let principal = caller_may(&request, Action::AddCalls)?;
         self.calls.may_add_calls(&principal)?;
         let _slot = self.streams.take(&principal)?;
-        let mut stream = request.into_inner();
-        let mut customers = CustomerCache::new();
-        let mut tally = IngestTally::default();
-        let mut pending = Pending::default();
-        let mut index: i64 = 0;
-        // One batch is written while the next is read and rated: the
-        // database works on its own thread (SQLite) or server (PostgreSQL)
-        // meanwhile. A batch is written when it is full, when the stream
-        // ends, or once its oldest record has waited the flush interval, so
-        // a slowly fed stream's calls are stored (and debited) within it.
-        // Dropping the stream drops the write in flight, which rolls it back.
-        let mut writing: Option<Write> = None;
-        let mut open = true;
-        while open || writing.is_some() || !pending.is_empty() {
-            let due = pending
-                .oldest_at()
-                .is_some_and(|oldest| oldest.elapsed() >= self.flush_interval);
-            if writing.is_none() && (pending.has_batch() || due || (!open && !pending.is_empty())) {
-                writing = Some(write(self.calls.clone(), pending.take_batch()));
-            }
-            let flush_at = pending
-                .oldest_at()
-                .map(|oldest| tokio::time::Instant::from_std(oldest + self.flush_interval));
-            tokio::select! {
-                written = async { writing.as_mut().expect("guarded by the condition").await }, if writing.is_some() => {
-                    writing = None;
-                    tally.settle(written)?;
-                }
-                message = stream.message(), if open && !pending.is_full() => {
-                    let Some(record) = message? else {
-                        open = false;
-                        continue;
-                    };
-                    let call_id = record.call_id.clone();
-                    match self.prepare(&principal, record, &mut customers).await {
-                        Ok(new) => pending.push(index, new),
-                        Err(err) => tally.reject(index, call_id, &err),
-                    }
-                    index += 1;
-                }
-                () = async { tokio::time::sleep_until(flush_at.expect("guarded by the condition")).await }, if writing.is_none() && flush_at.is_some() => {}
-            }
-        }
+        let ingestion = Ingestion::new(self.calls.clone(), principal, self.flush_interval, None);
+        let tally = ingestion.run(request.into_inner(), None).await?;
         Ok(Response::new(tally.into_response()))
+    }
+
+    type StreamCallsStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::IngestAck, Status>> + Send>>;
+
+    async fn stream_calls(
+        &self,
+        request: Request<Streaming<pb::AddCallRequest>>,
+    ) -> Result<Response<Self::StreamCallsStream>, Status> {
+        let principal = caller_may(&request, Action::AddCalls)?;
+        self.calls.may_add_calls(&principal)?;
+        let slot = self.streams.take(&principal)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(ACKS_BUFFERED);
+        let ingestion = Ingestion::new(
+            self.calls.clone(),
+            principal,
+            self.flush_interval,
+            Some(self.stopping.clone()),
+        );
+        let stream = request.into_inner();
+        tokio::spawn(async move {
+            // Held until the stream ends, however it ends.
+            let _slot = slot;
+            if let Err(err) = ingestion.run(stream, Some(&tx)).await {
+                let _ = tx.send(Err(err)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn authorize_call(
@@ -442,17 +648,6 @@ type CallPaging = (
 );
 
 impl CallApi {
-    /// Converts and prepares one streamed record.
-    async fn prepare(
-        &self,
-        principal: &Principal,
-        request: pb::AddCallRequest,
-        customers: &mut CustomerCache,
-    ) -> AppResult<NewCall> {
-        let record = CallRecord::try_from(request)?;
-        self.calls.prepare(principal, record, customers).await
-    }
-
     /// One page of calls in `(started_at, id)` order, and the next token. The
     /// token is bound to the listing, its filter ids and its time range.
     async fn page_of_calls(

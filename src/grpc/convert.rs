@@ -13,6 +13,7 @@ use crate::domain::model::{
     Call, CallRecord, ContactUpdate, Customer, IssuerUpdate, NewCustomer, Operator, TimeRange,
     TopUpRequest,
 };
+use crate::domain::numbers::NumberAssignment;
 use crate::domain::period::BillingPeriod;
 use crate::domain::plan::{NewPlan, Plan, PlanKind, PlanTerms};
 use crate::domain::tariff::{Segment, Tariff, TariffTerms};
@@ -388,7 +389,7 @@ impl TryFrom<pb::AddCallRequest> for CallRecord {
             }
         };
         Ok(CallRecord {
-            customer_id: valid::id("customer_id", customer_id)?,
+            customer_id: valid::optional_id("customer_id", customer_id)?,
             duration_seconds,
             started_at: instant("started_at", started_at.as_ref())?,
             call_id: valid::optional_key("call_id", &call_id)?,
@@ -448,6 +449,23 @@ impl From<Customer> for pb::Customer {
             email: customer.email.unwrap_or_default(),
             language: customer.language.code().to_owned(),
             low_balance_threshold_micros: customer.low_balance_threshold_micros,
+            numbers: customer.numbers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<NumberAssignment> for pb::NumberAssignment {
+    fn from(assignment: NumberAssignment) -> Self {
+        let NumberAssignment {
+            customer_id: _,
+            number,
+            valid_from,
+            valid_until,
+        } = assignment;
+        pb::NumberAssignment {
+            number,
+            valid_from: Some(timestamp(valid_from)),
+            valid_until: valid_until.map(timestamp),
         }
     }
 }

@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::IdPage;
 use super::auth::caller_may;
+use super::convert;
 use super::pb::{self, customer_service_server::CustomerService};
 use crate::domain::access::Action;
 use crate::domain::model::{NewCustomer, TopUpRequest};
@@ -196,5 +197,43 @@ impl CustomerService for CustomerApi {
             balance_micros: outcome.balance_micros,
             duplicate: outcome.duplicate,
         }))
+    }
+
+    async fn assign_number(
+        &self,
+        request: Request<pb::AssignNumberRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let principal = caller_may(&request, Action::ManageNumbers)?;
+        let pb::AssignNumberRequest {
+            customer_id,
+            number,
+            valid_from,
+        } = request.into_inner();
+        let customer_id = valid::id("customer_id", customer_id)?;
+        let number = valid::phone_number("number", &number)?;
+        let valid_from = convert::instant("valid_from", valid_from.as_ref())?;
+        let customer = self
+            .customers
+            .assign_number(&principal, customer_id, number, valid_from)
+            .await?;
+        Ok(Response::new(customer.into()))
+    }
+
+    async fn release_number(
+        &self,
+        request: Request<pb::ReleaseNumberRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let principal = caller_may(&request, Action::ManageNumbers)?;
+        let pb::ReleaseNumberRequest {
+            number,
+            valid_until,
+        } = request.into_inner();
+        let number = valid::phone_number("number", &number)?;
+        let valid_until = convert::instant("valid_until", valid_until.as_ref())?;
+        let customer = self
+            .customers
+            .release_number(&principal, number, valid_until)
+            .await?;
+        Ok(Response::new(customer.into()))
     }
 }

@@ -11,6 +11,7 @@ pub fn code_of(err: &AppError) -> Code {
         AppError::NotFound(_) => Code::NotFound,
         AppError::AlreadyExists(_) => Code::AlreadyExists,
         AppError::FailedPrecondition(_) => Code::FailedPrecondition,
+        AppError::Aborted(_) => Code::Aborted,
         AppError::Unauthenticated(_) => Code::Unauthenticated,
         AppError::PermissionDenied(_) => Code::PermissionDenied,
         AppError::ResourceExhausted(_) => Code::ResourceExhausted,
@@ -32,6 +33,7 @@ pub fn message_of(err: &AppError) -> String {
         | AppError::NotFound(_)
         | AppError::AlreadyExists(_)
         | AppError::FailedPrecondition(_)
+        | AppError::Aborted(_)
         | AppError::Unauthenticated(_)
         | AppError::PermissionDenied(_)
         | AppError::ResourceExhausted(_) => err.to_string(),

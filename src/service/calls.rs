@@ -4,19 +4,18 @@
 //! customer is `NOT_FOUND`, per record.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
-use super::{Access, Plans};
+use super::{Access, Numbers, Plans};
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::model::{Authorization, Call, CallRecord, NewCall, StoredCall, TimeRange};
 use crate::domain::period::BillingPeriod;
 use crate::domain::plan::{Plan, PlanKind};
-use crate::domain::{invoice, rating, validation as valid};
+use crate::domain::{invoice, numbers, rating, validation as valid};
 use crate::error::{AppError, AppResult};
 use crate::storage::{CallFilter, CallWriter, GroupCommit, Store};
 
@@ -25,6 +24,11 @@ use crate::storage::{CallFilter, CallWriter, GroupCommit, Store};
 /// it. A customer's plan and links are read once per request (a plan never
 /// changes).
 pub type CustomerCache = HashMap<i64, Option<(Arc<Plan>, BillingPeriod)>>;
+
+/// How many times a call charged through a number that changed hands
+/// while it was stored is charged again before its request fails with
+/// `ABORTED`.
+pub const NUMBER_RETRIES: usize = 3;
 
 /// The call use cases. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -39,6 +43,7 @@ pub struct Calls {
     /// Unary calls are stored through it, in group commits.
     writer: CallWriter,
     plans: Plans,
+    numbers: Numbers,
 }
 
 impl Calls {
@@ -51,8 +56,10 @@ impl Calls {
         max_call_age: TimeDelta,
         tz: Tz,
         group_commit: GroupCommit,
+        numbers: Numbers,
     ) -> Self {
         Calls {
+            numbers,
             access: Access::new(store.clone()),
             writer: CallWriter::start(store.clone(), group_commit),
             plans: Plans::new(store.clone()),
@@ -68,47 +75,66 @@ impl Calls {
         self.plans.of_customer(customer_id).await
     }
 
-    /// Checks and rates one record for `principal`.
+    /// Checks and rates one record for `principal`, charging it to the
+    /// customer it names or to the holder of its calling number
+    /// (`domain::numbers`).
     pub async fn prepare(
         &self,
         principal: &Principal,
         record: CallRecord,
         customers: &mut CustomerCache,
     ) -> AppResult<NewCall> {
-        let customer_id = record.customer_id;
-        let plan = match customers.entry(customer_id) {
-            Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => {
-                let plan = match self
-                    .access
-                    .customer(principal, Action::AddCalls, customer_id)
-                    .await
-                {
-                    Ok(pass) => {
-                        let (plan, created_at) =
-                            self.plans.of_customer_since(pass.customer_id()).await?;
-                        Some((plan, BillingPeriod::containing(created_at, self.tz)))
-                    }
-                    Err(AppError::NotFound(_)) => None,
-                    Err(err) => return Err(err),
+        let now = self.clock.now();
+        let (customer_id, number_version, plan, first_month, started_at) = match record.customer_id
+        {
+            Some(customer_id) => {
+                let (plan, first_month) =
+                    self.terms_of(principal, customer_id, customers)
+                        .await?
+                        .ok_or_else(|| AppError::not_found("customer", customer_id))?;
+                let started_at = self.started_at(&record, now)?;
+                if !record.caller_number.is_empty() {
+                    let holder = self
+                        .numbers
+                        .holder_at(&record.caller_number, started_at)
+                        .await?;
+                    numbers::charged_customer(
+                        Some(customer_id),
+                        &record.caller_number,
+                        holder.customer_id,
+                    )?;
+                }
+                (customer_id, None, plan, first_month, started_at)
+            }
+            None => {
+                let started_at = self.started_at(&record, now)?;
+                let holder = if record.caller_number.is_empty() {
+                    None
+                } else {
+                    Some(
+                        self.numbers
+                            .holder_at(&record.caller_number, started_at)
+                            .await?,
+                    )
                 };
-                slot.insert(plan)
+                let customer_id = numbers::charged_customer(
+                    None,
+                    &record.caller_number,
+                    holder.and_then(|h| h.customer_id),
+                )?;
+                // A holder the caller may not see is no holder to it.
+                let (plan, first_month) =
+                    self.terms_of(principal, customer_id, customers)
+                        .await?
+                        .ok_or_else(|| numbers::no_holder(&record.caller_number))?;
+                let version = holder.map(|h| h.version);
+                (customer_id, version, plan, first_month, started_at)
             }
         };
-        let (plan, first_month) = plan
-            .as_ref()
-            .ok_or_else(|| AppError::not_found("customer", customer_id))?;
-        let now = self.clock.now();
-        let started_at = valid::call_start(
-            record.started_at,
-            record.duration_seconds,
-            now,
-            self.max_call_age,
-        )?;
         let started_in = BillingPeriod::containing(started_at, self.tz);
-        invoice::check_call_within_customer_life(customer_id, started_in, *first_month)?;
+        invoice::check_call_within_customer_life(customer_id, started_in, first_month)?;
         let rating = rating::rate_call(
-            plan,
+            &plan,
             &record.callee_number,
             started_at,
             record.duration_seconds,
@@ -116,6 +142,8 @@ impl Calls {
         );
         Ok(NewCall {
             record,
+            customer_id,
+            number_version,
             started_at,
             started_in,
             rating,
@@ -124,10 +152,87 @@ impl Calls {
         })
     }
 
+    /// When the call of `record` started, checked against `now`.
+    fn started_at(&self, record: &CallRecord, now: DateTime<Utc>) -> AppResult<DateTime<Utc>> {
+        valid::call_start(
+            record.started_at,
+            record.duration_seconds,
+            now,
+            self.max_call_age,
+        )
+    }
+
+    /// The plan and first month of `customer_id`, or `None` when
+    /// `principal` may not push its calls; read once per request.
+    async fn terms_of(
+        &self,
+        principal: &Principal,
+        customer_id: i64,
+        customers: &mut CustomerCache,
+    ) -> AppResult<Option<(Arc<Plan>, BillingPeriod)>> {
+        if let Some(known) = customers.get(&customer_id) {
+            return Ok(known.clone());
+        }
+        let terms = match self
+            .access
+            .customer(principal, Action::AddCalls, customer_id)
+            .await
+        {
+            Ok(pass) => {
+                let (plan, created_at) = self.plans.of_customer_since(pass.customer_id()).await?;
+                Some((plan, BillingPeriod::containing(created_at, self.tz)))
+            }
+            Err(AppError::NotFound(_)) => None,
+            Err(err) => return Err(err),
+        };
+        customers.insert(customer_id, terms.clone());
+        Ok(terms)
+    }
+
     /// Stores prepared calls in one transaction, call by call if the batch
-    /// is refused; see `Store::store_calls_each`.
-    pub async fn store(&self, calls: &[NewCall]) -> AppResult<Vec<AppResult<StoredCall>>> {
-        self.store.store_calls_each(calls).await
+    /// is refused (see `Store::store_calls_each`). Calls charged through a
+    /// number that changed hands meanwhile are charged again from their
+    /// records, up to [`NUMBER_RETRIES`] times.
+    pub async fn store(
+        &self,
+        principal: &Principal,
+        calls: Vec<NewCall>,
+    ) -> AppResult<(Vec<NewCall>, Vec<AppResult<StoredCall>>)> {
+        let mut customers = CustomerCache::new();
+        let mut outcomes = self.store.store_calls_each(&calls).await?;
+        let mut calls = calls;
+        for _ in 0..NUMBER_RETRIES {
+            let again: Vec<usize> = outcomes
+                .iter()
+                .enumerate()
+                .filter(|(_, outcome)| matches!(outcome, Err(AppError::Aborted(_))))
+                .map(|(index, _)| index)
+                .collect();
+            if again.is_empty() {
+                break;
+            }
+            self.numbers.refresh().await?;
+            let mut charged = Vec::with_capacity(again.len());
+            let mut positions = Vec::with_capacity(again.len());
+            for index in again {
+                match self
+                    .prepare(principal, calls[index].record.clone(), &mut customers)
+                    .await
+                {
+                    Ok(new) => {
+                        calls[index] = new.clone();
+                        charged.push(new);
+                        positions.push(index);
+                    }
+                    Err(err) => outcomes[index] = Err(err),
+                }
+            }
+            let stored = self.store.store_calls_each(&charged).await?;
+            for (index, outcome) in positions.into_iter().zip(stored) {
+                outcomes[index] = outcome;
+            }
+        }
+        Ok((calls, outcomes))
     }
 
     /// Rates and stores one call: the stored call and whether it was a
@@ -138,8 +243,20 @@ impl Calls {
         record: CallRecord,
     ) -> AppResult<(Call, bool)> {
         access::permits(principal, Action::AddCalls)?;
-        let new = self.prepare(principal, record, &mut HashMap::new()).await?;
-        let outcome = self.writer.store(new).await?;
+        let mut customers = HashMap::new();
+        let mut attempts = 0;
+        let outcome = loop {
+            let new = self
+                .prepare(principal, record.clone(), &mut customers)
+                .await?;
+            match self.writer.store(new).await {
+                Err(AppError::Aborted(_)) if attempts < NUMBER_RETRIES => {
+                    attempts += 1;
+                    self.numbers.refresh().await?;
+                }
+                outcome => break outcome?,
+            }
+        };
         Ok(match outcome {
             StoredCall::Inserted(call) => (call, false),
             StoredCall::Duplicate(call) => (call, true),

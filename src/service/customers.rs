@@ -1,19 +1,21 @@
 //! The customer use cases: plans, operators, customers, operator links and
 //! prepaid top-ups, each checked against the caller's principal.
 
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use super::Access;
+use super::{Access, Numbers};
 use crate::clock::Clock;
 use crate::domain::access::{self, Action, CustomerScope, Principal};
 use crate::domain::model::{
     ContactUpdate, Customer, IssuerUpdate, NewCustomer, Operator, TopUpOutcome, TopUpRequest,
 };
+use crate::domain::numbers;
 use crate::domain::period::BillingPeriod;
 use crate::domain::plan::{NewPlan, Plan};
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
-use crate::storage::Store;
+use crate::storage::{Release, Store};
 
 /// The customer use cases. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -23,11 +25,14 @@ pub struct Customers {
     access: Access,
     /// The billing time zone: a top-up belongs to the month it is made in.
     tz: Tz,
+    /// This process's cache of number holders, refreshed after a change.
+    numbers: Numbers,
 }
 
 impl Customers {
-    pub fn new(store: Store, clock: Clock, tz: Tz) -> Self {
+    pub fn new(store: Store, clock: Clock, tz: Tz, numbers: Numbers) -> Self {
         Customers {
+            numbers,
             access: Access::new(store.clone()),
             store,
             clock,
@@ -92,6 +97,87 @@ impl Customers {
                 .check_low_balance_threshold(threshold)?;
         }
         self.store.update_contact(pass.customer_id(), update).await
+    }
+
+    /// Gives customer `customer_id` `number` from `valid_from` (default
+    /// now; not before the customer was created) and returns it.
+    pub async fn assign_number(
+        &self,
+        principal: &Principal,
+        customer_id: i64,
+        number: String,
+        valid_from: Option<DateTime<Utc>>,
+    ) -> AppResult<Customer> {
+        let pass = self
+            .access
+            .customer(principal, Action::ManageNumbers, customer_id)
+            .await?;
+        let customer = self.store.customer(pass.customer_id()).await?;
+        let valid_from = valid_from.unwrap_or_else(|| self.clock.now());
+        if valid_from < customer.created_at {
+            return Err(AppError::invalid(
+                "valid_from",
+                format!(
+                    "{} is before customer {} was created ({})",
+                    valid_from.to_rfc3339(),
+                    customer.id,
+                    customer.created_at.to_rfc3339()
+                ),
+            ));
+        }
+        self.store
+            .assign_number(pass.customer_id(), &number, valid_from)
+            .await?;
+        self.numbers.refresh().await?;
+        self.store.customer(pass.customer_id()).await
+    }
+
+    /// Ends the current holding of `number` at `valid_until` (default now)
+    /// and returns the customer who held it.
+    pub async fn release_number(
+        &self,
+        principal: &Principal,
+        number: String,
+        valid_until: Option<DateTime<Utc>>,
+    ) -> AppResult<Customer> {
+        access::permits(principal, Action::ManageNumbers)?;
+        let not_held =
+            || AppError::NotFound(format!("number {number} is not held by any customer"));
+        let holding = self
+            .store
+            .current_holding(&number)
+            .await?
+            .ok_or_else(not_held)?;
+        // Another operator's number reads as held by nobody.
+        let pass = match self
+            .access
+            .customer(principal, Action::ManageNumbers, holding.customer_id)
+            .await
+        {
+            Ok(pass) => pass,
+            Err(AppError::NotFound(_)) => return Err(not_held()),
+            Err(err) => return Err(err),
+        };
+        let valid_until = valid_until.unwrap_or_else(|| self.clock.now());
+        numbers::check_release(holding.valid_from, valid_until)?;
+        match self.store.release_number(&holding, valid_until).await? {
+            Release::Ended => {}
+            Release::CallsAfter => {
+                return Err(AppError::FailedPrecondition(format!(
+                    "customer {} has calls from {number} stored at or after {}; \
+                     release it from a later instant",
+                    holding.customer_id,
+                    valid_until.to_rfc3339()
+                )));
+            }
+            Release::Changed => {
+                return Err(AppError::Aborted(format!(
+                    "the holding of {number} changed meanwhile; read it again"
+                )));
+            }
+        }
+        self.numbers.refresh().await?;
+        self.store.customer(pass.customer_id()).await
     }
 
     /// Up to `limit` operators after `after_id`.

@@ -11,6 +11,7 @@ pub mod calls;
 pub mod customers;
 pub mod deliveries;
 pub mod invoicing;
+pub mod numbers;
 pub mod plans;
 
 pub use access::{Access, CustomerPass};
@@ -19,4 +20,5 @@ pub use calls::Calls;
 pub use customers::Customers;
 pub use deliveries::{Deliveries, DeliveryConfig};
 pub use invoicing::Invoicing;
+pub use numbers::Numbers;
 pub use plans::Plans;

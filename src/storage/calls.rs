@@ -10,6 +10,7 @@ use sea_orm::{
 
 use super::deliveries::{BALANCE_STATE_COLUMNS, BalanceState, write_balance_alerts_on};
 use super::entities::call_segment;
+use super::numbers::read_version;
 use super::{
     CustomerLock, Store, id_list, instant, lock_customers, lock_invoiced_through, micros,
     placeholders, statement, value_rows,
@@ -83,7 +84,7 @@ impl Store {
                 (
                     new.record.call_id.is_some(),
                     new.record.call_id.clone(),
-                    new.record.customer_id,
+                    new.customer_id,
                 )
             };
             order(a).cmp(&order(b))
@@ -94,7 +95,12 @@ impl Store {
         // round trip to the database (on SQLite, to its connection's
         // thread) that every batch behind it waits for.
         let unkeyed = candidates.partition_point(|new| new.record.call_id.is_none());
-        let one_statement = candidates.len() <= CALL_ROWS_PER_INSERT
+        // Calls charged through the cache of numbers are stored only if no
+        // number changed since (see `service::numbers`): in a transaction
+        // that reads the version first.
+        let checks_numbers = batch.iter().any(|new| new.number_version.is_some());
+        let one_statement = !checks_numbers
+            && candidates.len() <= CALL_ROWS_PER_INSERT
             && (unkeyed == 0 || unkeyed == candidates.len())
             && batch
                 .iter()
@@ -117,6 +123,17 @@ impl Store {
         // locked) before the insert, and an issuer must not advance it in
         // between.
         let txn = self.begin_write().await?;
+        if checks_numbers {
+            let version = read_version(&txn, true).await?;
+            if batch
+                .iter()
+                .any(|new| new.number_version.is_some_and(|read| read != version))
+            {
+                return Err(AppError::Aborted(
+                    "a number changed hands while its calls were being charged".into(),
+                ));
+            }
+        }
         let (outcomes, balances) =
             write_calls(&txn, batch, &first_of_key, &candidates, Months::Locked)
                 .await?
@@ -254,10 +271,7 @@ async fn write_calls<C: ConnectionTrait>(
     candidates: &[&NewCall],
     months: Months,
 ) -> AppResult<Option<(Vec<AppResult<StoredCall>>, Vec<(i64, BalanceChange)>)>> {
-    let mut customer_ids: Vec<i64> = candidates
-        .iter()
-        .map(|new| new.record.customer_id)
-        .collect();
+    let mut customer_ids: Vec<i64> = candidates.iter().map(|new| new.customer_id).collect();
     customer_ids.sort_unstable();
     customer_ids.dedup();
     let (invoiced_through, guard) = match months {
@@ -274,10 +288,7 @@ async fn write_calls<C: ConnectionTrait>(
         ),
     };
     let billing_period = |new: &NewCall| {
-        let through = invoiced_through
-            .get(&new.record.customer_id)
-            .copied()
-            .flatten();
+        let through = invoiced_through.get(&new.customer_id).copied().flatten();
         billing_period_of(new.started_in, through)
     };
     // Unkeyed calls sort first. Keyed rows return only their id and key:
@@ -420,7 +431,7 @@ async fn write_calls<C: ConnectionTrait>(
             (Some(mut call), key) => {
                 let amount = new.balance_debit_micros();
                 if amount != 0 {
-                    let customer_id = new.record.customer_id;
+                    let customer_id = new.customer_id;
                     let debit = debits.entry(customer_id).or_default();
                     *debit = debit
                         .checked_add(amount)
@@ -479,10 +490,7 @@ type CallKey = (i64, String);
 
 /// The key of `new`, if it has a `call_id`.
 fn call_key(new: &NewCall) -> Option<CallKey> {
-    new.record
-        .call_id
-        .clone()
-        .map(|key| (new.record.customer_id, key))
+    new.record.call_id.clone().map(|key| (new.customer_id, key))
 }
 
 /// The condition of [`Months::Uncovered`] for one statement: no customer
@@ -763,7 +771,7 @@ fn stored_call(new: &NewCall, id: i64, billing_period: BillingPeriod) -> Call {
     Call {
         id,
         call_id: new.record.call_id.clone(),
-        customer_id: new.record.customer_id,
+        customer_id: new.customer_id,
         started_at: instant(micros(new.started_at)),
         duration_seconds: new.record.duration_seconds,
         billed_seconds: new.rating.billed_seconds,
@@ -801,7 +809,7 @@ fn call_values(
     for new in rows {
         values.extend([
             new.record.call_id.clone().into(),
-            new.record.customer_id.into(),
+            new.customer_id.into(),
             micros(new.started_at).into(),
             new.record.duration_seconds.into(),
             new.rating.billed_seconds.into(),
@@ -912,7 +920,7 @@ impl UnkeyedCall {
 
     fn of_new(new: &NewCall) -> Self {
         UnkeyedCall {
-            customer_id: new.record.customer_id,
+            customer_id: new.customer_id,
             started_at: micros(new.started_at),
             duration_seconds: new.record.duration_seconds,
             cost_micros: new.rating.cost_micros,

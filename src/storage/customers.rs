@@ -14,6 +14,7 @@ use super::deliveries::{BALANCE_STATE_COLUMNS, BalanceState, write_balance_alert
 use super::entities::{
     customer, customer_operator, operator, plan, plan_included_tariff, plan_tariff, top_up,
 };
+use super::numbers::{bump_version, insert_assignment};
 use super::{
     CustomerLock, Store, instant, is_unique_violation, lock_invoiced_through, micros, statement,
 };
@@ -22,6 +23,7 @@ use crate::domain::model::{
     ContactUpdate, Customer, Issuer, IssuerUpdate, Language, NewCustomer, Operator, TopUpOutcome,
     TopUpRequest,
 };
+use crate::domain::numbers::NumberAssignment;
 use crate::domain::period::BillingPeriod;
 use crate::domain::plan::{NewPlan, Plan, PlanKind};
 use crate::domain::tariff::{DaySet, Tariff, Window};
@@ -322,14 +324,18 @@ impl Store {
             .await
         {
             Ok(model) => model,
-            Err(err) if is_unique_violation(&err) => {
-                return Err(AppError::AlreadyExists(format!(
-                    "phone number {} is already in use",
-                    new.phone_number
-                )));
-            }
             Err(err) => return Err(err.into()),
         };
+        bump_version(&txn).await?;
+        if let Err(err) = insert_assignment(&txn, model.id, &new.phone_number, now).await {
+            return Err(match err {
+                AppError::AlreadyExists(_) => AppError::AlreadyExists(format!(
+                    "phone number {} is already in use",
+                    new.phone_number
+                )),
+                other => other,
+            });
+        }
         if !new.operator_ids.is_empty() {
             let links =
                 new.operator_ids
@@ -343,17 +349,22 @@ impl Store {
                 .await?;
         }
         txn.commit().await?;
-        Ok(customer_from(model, new.operator_ids))
+        let numbers = vec![NumberAssignment {
+            customer_id: model.id,
+            number: new.phone_number,
+            valid_from: instant(model.created_at),
+            valid_until: None,
+        }];
+        Ok(customer_from(model, new.operator_ids, numbers))
     }
 
     /// One customer, or `NOT_FOUND`.
     pub async fn customer(&self, customer_id: i64) -> AppResult<Customer> {
         let model = self.customer_row(customer_id).await?;
-        let mut links = self.operator_links(&[customer_id]).await?;
-        Ok(customer_from(
-            model,
-            links.remove(&customer_id).unwrap_or_default(),
-        ))
+        self.customers_from(vec![model])
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::internal("a read customer went missing"))
     }
 
     /// The customers of `ids` that exist, in two queries.
@@ -365,15 +376,7 @@ impl Store {
             .filter(customer::Column::Id.is_in(ids.to_vec()))
             .all(&self.db)
             .await?;
-        let found: Vec<i64> = models.iter().map(|m| m.id).collect();
-        let mut links = self.operator_links(&found).await?;
-        Ok(models
-            .into_iter()
-            .map(|m| {
-                let operator_ids = links.remove(&m.id).unwrap_or_default();
-                customer_from(m, operator_ids)
-            })
-            .collect())
+        self.customers_from(models).await
     }
 
     /// Up to `limit` customers with an id above `after_id`, in id order,
@@ -400,15 +403,7 @@ impl Store {
             );
         }
         let models = query.all(&self.db).await?;
-        let ids: Vec<i64> = models.iter().map(|m| m.id).collect();
-        let mut links = self.operator_links(&ids).await?;
-        Ok(models
-            .into_iter()
-            .map(|m| {
-                let operator_ids = links.remove(&m.id).unwrap_or_default();
-                customer_from(m, operator_ids)
-            })
-            .collect())
+        self.customers_from(models).await
     }
 
     /// Links a customer to an operator; linking twice changes nothing. A
@@ -566,6 +561,22 @@ impl Store {
     }
 
     /// The operator ids of each of `customer_ids`, ascending, in one query.
+    /// The customers of `models`, in their order, with their operators
+    /// and numbers (two queries).
+    async fn customers_from(&self, models: Vec<customer::Model>) -> AppResult<Vec<Customer>> {
+        let ids: Vec<i64> = models.iter().map(|m| m.id).collect();
+        let mut links = self.operator_links(&ids).await?;
+        let mut numbers = self.numbers_of(&ids).await?;
+        Ok(models
+            .into_iter()
+            .map(|m| {
+                let operator_ids = links.remove(&m.id).unwrap_or_default();
+                let held = numbers.remove(&m.id).unwrap_or_default();
+                customer_from(m, operator_ids, held)
+            })
+            .collect())
+    }
+
     async fn operator_links(&self, customer_ids: &[i64]) -> AppResult<BTreeMap<i64, Vec<i64>>> {
         if customer_ids.is_empty() {
             return Ok(BTreeMap::new());
@@ -654,7 +665,11 @@ fn plan_from(model: plan::Model, tariffs: PlanTariffs) -> AppResult<Plan> {
     })
 }
 
-fn customer_from(model: customer::Model, operator_ids: Vec<i64>) -> Customer {
+fn customer_from(
+    model: customer::Model,
+    operator_ids: Vec<i64>,
+    numbers: Vec<NumberAssignment>,
+) -> Customer {
     Customer {
         id: model.id,
         name: model.name,
@@ -667,6 +682,7 @@ fn customer_from(model: customer::Model, operator_ids: Vec<i64>) -> Customer {
         // A code this version does not know reads as the default.
         language: Language::parse(&model.language).unwrap_or_default(),
         low_balance_threshold_micros: model.low_balance_threshold_micros,
+        numbers,
     }
 }
 

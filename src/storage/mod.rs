@@ -10,6 +10,7 @@ pub mod entities;
 mod feed;
 mod group_commit;
 mod invoices;
+mod numbers;
 mod secrets;
 
 use std::fmt::Write as _;
@@ -34,6 +35,7 @@ pub use deliveries::{AttemptOutcome, Delivery, DeliveryFilter, NewDelivery, Outb
 pub use feed::{FeedEvent, InvoiceListener};
 pub use group_commit::{CallWriter, GroupCommit};
 pub use invoices::{CustomerToInvoice, InvoiceFilter, IssueTransaction, MonthQuery, NewInvoice};
+pub use numbers::Release;
 pub use secrets::redact;
 
 /// How long a writer waits for SQLite's write lock before giving up.

@@ -72,7 +72,7 @@ async fn keyed_and_unkeyed_records_in_one_batch_are_each_stored_once_as_sent() {
         let mut request = call(customer.id, seconds);
         request.call_id = key.into();
         request.started_at = Some(ts("2026-01-01T08:00:00.250001Z"));
-        request.caller_number = "+14155550100".into();
+        request.caller_number = customer.phone_number.clone();
         request
     };
     let records = vec![
@@ -102,7 +102,7 @@ async fn keyed_and_unkeyed_records_in_one_batch_are_each_stored_once_as_sent() {
         })
         .collect();
     stored.sort();
-    let caller = || "+14155550100".to_owned();
+    let caller = || customer.phone_number.clone();
     assert_eq!(
         stored,
         vec![

@@ -2,6 +2,7 @@
 //! migrated database per test, driven through real tonic clients.
 
 mod access;
+mod acked;
 mod bounds;
 mod calls;
 mod contacts;
@@ -13,6 +14,7 @@ mod helpers;
 mod ingest;
 mod invoices;
 mod notifications;
+mod numbers;
 mod operations;
 mod paging;
 mod process;
