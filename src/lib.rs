@@ -9,6 +9,7 @@ pub mod document;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod import;
 pub mod readiness;
 pub mod scheduler;
 pub mod service;

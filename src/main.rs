@@ -174,6 +174,40 @@ enum Command {
         #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC")]
         billing_timezone: Tz,
     },
+    /// Upload CDR files to a running server (through StreamCalls). Exits
+    /// with 1 when a row was rejected (see --rejects) or the server failed;
+    /// safe to run again: records already stored are duplicates.
+    ImportCdr {
+        /// The CDR files, read in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// `billing-csv`, `asterisk` (cdr_csv's Master.csv) or `freeswitch`
+        /// (mod_cdr_csv's default template).
+        #[arg(long, default_value = "billing-csv")]
+        format: billing::import::cdr::CdrFormat,
+        /// The server: `http://HOST:PORT`, or `https://HOST:PORT` (TLS).
+        #[arg(long, env = "BILLING_SERVER", default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// PEM CA certificate to verify an `https://` server with (default:
+        /// the public web roots).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// PEM client certificate, for a server that asks for one.
+        #[arg(long, requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        /// The PEM private key of --client-cert.
+        #[arg(long, requires = "client_cert")]
+        client_key: Option<PathBuf>,
+        /// API key (of a switch or operator account). Never printed.
+        #[arg(long, env = "BILLING_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Write rejected rows here (CSV: file, line, reason, row).
+        #[arg(long)]
+        rejects: Option<PathBuf>,
+        /// The time zone of Asterisk's and FreeSWITCH's local times.
+        #[arg(long, default_value = "UTC")]
+        timezone: Tz,
+    },
 }
 
 /// How invoices and alerts are delivered.
@@ -488,6 +522,30 @@ async fn main() -> ExitCode {
             demo_data(&cli.database_url, billing_timezone).await
         }
         Command::CreateAdmin { username } => create_admin(&cli.database_url, username).await,
+        Command::ImportCdr {
+            files,
+            format,
+            server,
+            ca_cert,
+            client_cert,
+            client_key,
+            api_key,
+            rejects,
+            timezone,
+        } => {
+            import_cdr(billing::import::ImportOptions {
+                files,
+                format,
+                tz: timezone,
+                server,
+                ca_cert,
+                client_cert,
+                client_key,
+                api_key,
+                rejects,
+            })
+            .await
+        }
         Command::InvoiceDocument {
             invoice_id,
             format,
@@ -506,6 +564,10 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<RowsRejected>() => {
+            eprintln!("billing: {err}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
             let err = billing::storage::redact(&err.to_string(), &urls);
@@ -517,6 +579,41 @@ async fn main() -> ExitCode {
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// An import that stored what it could but rejected some rows.
+#[derive(Debug)]
+struct RowsRejected(u64);
+
+impl std::fmt::Display for RowsRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} rows rejected", self.0)
+    }
+}
+
+impl std::error::Error for RowsRejected {}
+
+async fn import_cdr(options: billing::import::ImportOptions) -> CliResult {
+    let rejects = options.rejects.clone();
+    let report = billing::import::import(options)
+        .await
+        .map_err(|err| -> Box<dyn std::error::Error> { err })?;
+    println!(
+        "imported {} lines: {} records sent, {} accepted, {} duplicates, {} rejected, {} skipped",
+        report.lines,
+        report.records,
+        report.accepted,
+        report.duplicates,
+        report.rejected,
+        report.skipped
+    );
+    if report.rejected > 0 {
+        if let Some(rejects) = rejects {
+            eprintln!("billing: rejected rows are in {}", rejects.display());
+        }
+        return Err(Box::new(RowsRejected(report.rejected)));
+    }
+    Ok(())
+}
 
 async fn serve(config: Config) -> CliResult {
     let app = Application::build(config).await?;

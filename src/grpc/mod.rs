@@ -7,7 +7,7 @@ mod accounts;
 pub mod auth;
 mod calls;
 pub mod codec;
-mod convert;
+pub(crate) mod convert;
 mod customers;
 mod invoices;
 pub mod limits;

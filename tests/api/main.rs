@@ -11,6 +11,7 @@ mod customers;
 mod documents;
 mod engine;
 mod helpers;
+mod import;
 mod ingest;
 mod invoices;
 mod notifications;
