@@ -68,6 +68,9 @@ pub struct Config {
     pub credential_cache: Duration,
     /// Serve gRPC over TLS with these PEM files; `None`: plaintext h2c.
     pub tls: Option<TlsFiles>,
+    /// Serve Prometheus metrics at `/metrics` here (never on the gRPC
+    /// port); `None`: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
     /// How invoices and alerts are delivered (email, webhooks, retries).
     pub delivery: DeliveryConfig,
 }
@@ -186,6 +189,43 @@ pub enum StartupError {
     Thread(#[source] std::io::Error),
 }
 
+/// The gauges `/metrics` reads at each scrape.
+fn gauges(store: &Store, calls: &CallApi, invoices: &InvoiceApi) -> Vec<crate::metrics::Gauge> {
+    use crate::metrics::Gauge;
+    let mut gauges = Vec::new();
+    let pools = store.pool_usage();
+    for &(pool, in_use, idle, _) in &pools {
+        for (state, value) in [("in_use", in_use), ("idle", idle)] {
+            gauges.push(Gauge {
+                name: "billing_db_connections",
+                help: "Database connections by pool and state.",
+                labels: format!("pool=\"{pool}\",state=\"{state}\""),
+                value: i64::from(value),
+            });
+        }
+    }
+    for &(pool, _, _, max) in &pools {
+        gauges.push(Gauge {
+            name: "billing_db_connections_max",
+            help: "The most connections each pool opens.",
+            labels: format!("pool=\"{pool}\""),
+            value: i64::from(max),
+        });
+    }
+    for (kind, open) in [
+        ("ingest", calls.open_streams()),
+        ("watch", invoices.open_watchers()),
+    ] {
+        gauges.push(Gauge {
+            name: "billing_open_streams",
+            help: "Open call ingestion streams and invoice watchers.",
+            labels: format!("kind=\"{kind}\""),
+            value: i64::try_from(open).unwrap_or(i64::MAX),
+        });
+    }
+    gauges
+}
+
 /// A migrated database and a bound listener, ready to serve.
 pub struct Application {
     listener: TcpListener,
@@ -202,6 +242,7 @@ pub struct Application {
     credential_cache: Duration,
     tls: Option<Arc<ServerConfig>>,
     delivery: DeliveryConfig,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -223,7 +264,16 @@ impl Application {
                     addr: config.listen,
                     source,
                 })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Application {
+            metrics_listener,
             listener,
             store,
             clock: config.clock,
@@ -246,6 +296,13 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The port actually bound.
@@ -280,6 +337,7 @@ impl Application {
             credential_cache,
             tls,
             delivery,
+            metrics_listener,
         } = self;
         let store = store.with_outbox(Outbox {
             email_on: delivery.mailer.is_some(),
@@ -313,6 +371,29 @@ impl Application {
             ))
         });
         let max_bytes = limits.max_message_bytes;
+        let call_api = CallApi::new(
+            Calls::new(
+                store.clone(),
+                clock.clone(),
+                limits.max_call_age(),
+                billing_tz,
+                limits.group_commit,
+                numbers.clone(),
+            ),
+            &limits,
+            stopping_rx.clone(),
+        );
+        let invoice_api = InvoiceApi::new(
+            invoicing.clone(),
+            stopping_rx.clone(),
+            limits.max_invoice_watchers,
+            limits.max_invoice_watchers_per_account,
+        );
+        let metrics_task = metrics_listener.map(|listener| {
+            let (pools, calls, invoices) = (store.clone(), call_api.clone(), invoice_api.clone());
+            let gauges = Arc::new(move || gauges(&pools, &calls, &invoices));
+            tokio::spawn(crate::metrics::serve(listener, gauges, stopping_rx.clone()))
+        });
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health_service = health_service.max_decoding_message_size(max_bytes);
         let readiness = Readiness::new(health_reporter, health_names());
@@ -403,33 +484,13 @@ impl Application {
                 )))
                 .max_decoding_message_size(max_bytes),
             )
-            .add_service(
-                CallServiceServer::new(CallApi::new(
-                    Calls::new(
-                        store.clone(),
-                        clock,
-                        limits.max_call_age(),
-                        billing_tz,
-                        limits.group_commit,
-                        numbers,
-                    ),
-                    &limits,
-                    stopping_rx.clone(),
-                ))
-                .max_decoding_message_size(max_bytes),
-            )
+            .add_service(CallServiceServer::new(call_api).max_decoding_message_size(max_bytes))
             .add_service(
                 NotificationServiceServer::new(NotificationApi::new(deliveries))
                     .max_decoding_message_size(max_bytes),
             )
             .add_service(
-                InvoiceServiceServer::new(InvoiceApi::new(
-                    invoicing,
-                    stopping_rx,
-                    limits.max_invoice_watchers,
-                    limits.max_invoice_watchers_per_account,
-                ))
-                .max_decoding_message_size(max_bytes),
+                InvoiceServiceServer::new(invoice_api).max_decoding_message_size(max_bytes),
             );
         // TLS handshakes are done by `crate::tls`, which logs refusals.
         let server: std::pin::Pin<
@@ -453,7 +514,7 @@ impl Application {
                 Ok(())
             }
         };
-        for task in scheduler_task.into_iter().chain([
+        for task in scheduler_task.into_iter().chain(metrics_task).chain([
             monitor_task,
             relay_task,
             feed_task,

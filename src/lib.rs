@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod import;
+pub mod metrics;
 pub mod readiness;
 pub mod scheduler;
 pub mod service;

@@ -125,6 +125,10 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, env = "BILLING_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (a port of its
+        /// own, never the gRPC one). Unset: no metrics.
+        #[arg(long, env = "BILLING_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         /// Require client certificates signed by this PEM CA (e.g. for
         /// switches); needs --tls-cert.
         #[arg(long, env = "BILLING_TLS_CLIENT_CA", requires = "tls_cert")]
@@ -474,6 +478,7 @@ async fn main() -> ExitCode {
             credential_cache_seconds,
             tls_cert,
             tls_key,
+            metrics_listen,
             tls_client_ca,
             database,
             limits,
@@ -514,6 +519,7 @@ async fn main() -> ExitCode {
                     client_ca: tls_client_ca,
                 }),
                 delivery,
+                metrics_listen,
             };
             serve(config).await
         }

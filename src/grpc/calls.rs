@@ -19,6 +19,7 @@ use crate::domain::model::{Call, CallRecord, NewCall, StoredCall};
 use crate::domain::paging::{self, TokenScope};
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
+use crate::metrics::{CallResult, CallSource, METRICS};
 use crate::service::Calls;
 use crate::service::calls::CustomerCache;
 use crate::shutdown::{Stopping, until_stopping};
@@ -148,6 +149,11 @@ pub struct CallApi {
 }
 
 impl CallApi {
+    /// How many IngestCalls and StreamCalls streams are open.
+    pub fn open_streams(&self) -> usize {
+        self.streams.open()
+    }
+
     /// The service over `calls`, bounded by `limits`.
     pub fn new(calls: Calls, limits: &Limits, stopping: Stopping) -> Self {
         CallApi {
@@ -166,8 +172,9 @@ impl CallApi {
 }
 
 /// Running totals of one IngestCalls stream.
-#[derive(Default)]
 struct IngestTally {
+    /// Where the records come from, for the metrics.
+    source: CallSource,
     accepted: i64,
     duplicates: i64,
     rejected: i64,
@@ -178,8 +185,21 @@ struct IngestTally {
 }
 
 impl IngestTally {
+    fn new(source: CallSource) -> Self {
+        IngestTally {
+            source,
+            accepted: 0,
+            duplicates: 0,
+            rejected: 0,
+            errors: Vec::new(),
+            error_bytes: 0,
+            errors_truncated: false,
+        }
+    }
+
     fn reject(&mut self, index: i64, call_id: String, err: &AppError) {
         self.rejected += 1;
+        METRICS.calls(self.source, CallResult::Rejected, 1);
         let error = pb::IngestError {
             index,
             call_id: reported_call_id(call_id),
@@ -243,8 +263,14 @@ impl IngestTally {
 
     fn count(&mut self, index: i64, new: &NewCall, outcome: AppResult<StoredCall>) {
         match outcome {
-            Ok(StoredCall::Inserted(_)) => self.accepted += 1,
-            Ok(StoredCall::Duplicate(_)) => self.duplicates += 1,
+            Ok(StoredCall::Inserted(_)) => {
+                self.accepted += 1;
+                METRICS.calls(self.source, CallResult::Accepted, 1);
+            }
+            Ok(StoredCall::Duplicate(_)) => {
+                self.duplicates += 1;
+                METRICS.calls(self.source, CallResult::Duplicate, 1);
+            }
             Err(err) => self.reject(index, call_id_of(new), &err),
         }
     }
@@ -274,6 +300,10 @@ const ACKS_BUFFERED: usize = 16;
 /// acknowledged.
 const HELD_REJECTIONS: usize = INGEST_READ_AHEAD_ROWS;
 
+/// The request header by which a client names where its records come
+/// from (`file`: `billing import-cdr`), for the metrics only.
+pub const SOURCE_HEADER: &str = "billing-source";
+
 /// Where a StreamCalls stream's acknowledgements go.
 type AckSink = tokio::sync::mpsc::Sender<Result<pb::IngestAck, Status>>;
 
@@ -286,10 +316,11 @@ struct Ingestion {
     /// StreamCalls only: ends the stream (after committing and
     /// acknowledging what it holds) when the server shuts down.
     stopping: Option<Stopping>,
+    /// Where the records come from, for the metrics.
+    source: CallSource,
 }
 
 /// What a StreamCalls stream has settled and not yet acknowledged.
-#[derive(Default)]
 struct Unacked {
     /// The outcomes below the next acknowledgement's `next_index`.
     settled: IngestTally,
@@ -324,7 +355,8 @@ impl Unacked {
             return None;
         }
         self.acked = next_index;
-        let report = std::mem::take(&mut self.settled).into_response();
+        let source = self.settled.source;
+        let report = std::mem::replace(&mut self.settled, IngestTally::new(source)).into_response();
         Some(pb::IngestAck {
             next_index,
             accepted: report.accepted,
@@ -342,8 +374,10 @@ impl Ingestion {
         principal: Principal,
         flush_interval: Duration,
         stopping: Option<Stopping>,
+        source: CallSource,
     ) -> Self {
         Ingestion {
+            source,
             calls,
             principal,
             flush_interval,
@@ -361,8 +395,13 @@ impl Ingestion {
         acks: Option<&AckSink>,
     ) -> Result<IngestTally, Status> {
         let mut customers = CustomerCache::new();
-        let mut tally = IngestTally::default();
-        let mut unacked = Unacked::default();
+        let mut tally = IngestTally::new(self.source);
+        let mut unacked = Unacked {
+            settled: IngestTally::new(self.source),
+            rejected: std::collections::VecDeque::new(),
+            acked: 0,
+            oldest_rejected: None,
+        };
         let mut pending = Pending::default();
         let mut index: i64 = 0;
         let mut stopping = self.stopping.clone();
@@ -477,8 +516,17 @@ impl CallService for CallApi {
         request: Request<pb::AddCallRequest>,
     ) -> Result<Response<pb::AddCallResponse>, Status> {
         let principal = caller_may(&request, Action::AddCalls)?;
-        let record = CallRecord::try_from(request.into_inner())?;
-        let (call, duplicate) = self.calls.add_call(&principal, record).await?;
+        let added = match CallRecord::try_from(request.into_inner()) {
+            Ok(record) => self.calls.add_call(&principal, record).await,
+            Err(err) => Err(err),
+        };
+        let result = match &added {
+            Ok((_, false)) => CallResult::Accepted,
+            Ok((_, true)) => CallResult::Duplicate,
+            Err(_) => CallResult::Rejected,
+        };
+        METRICS.calls(CallSource::Unary, result, 1);
+        let (call, duplicate) = added?;
         Ok(Response::new(pb::AddCallResponse {
             call: Some(call.into()),
             duplicate,
@@ -492,7 +540,13 @@ impl CallService for CallApi {
         let principal = caller_may(&request, Action::AddCalls)?;
         self.calls.may_add_calls(&principal)?;
         let _slot = self.streams.take(&principal)?;
-        let ingestion = Ingestion::new(self.calls.clone(), principal, self.flush_interval, None);
+        let ingestion = Ingestion::new(
+            self.calls.clone(),
+            principal,
+            self.flush_interval,
+            None,
+            CallSource::Stream,
+        );
         let tally = ingestion.run(request.into_inner(), None).await?;
         Ok(Response::new(tally.into_response()))
     }
@@ -507,12 +561,18 @@ impl CallService for CallApi {
         let principal = caller_may(&request, Action::AddCalls)?;
         self.calls.may_add_calls(&principal)?;
         let slot = self.streams.take(&principal)?;
+        // `billing import-cdr` says so, for the metrics.
+        let source = match request.metadata().get(SOURCE_HEADER) {
+            Some(value) if value == "file" => CallSource::File,
+            _ => CallSource::Stream,
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(ACKS_BUFFERED);
         let ingestion = Ingestion::new(
             self.calls.clone(),
             principal,
             self.flush_interval,
             Some(self.stopping.clone()),
+            source,
         );
         let stream = request.into_inner();
         tokio::spawn(async move {

@@ -126,6 +126,11 @@ fn relay_feed(invoicing: &Invoicing, mut stopping: Stopping) -> Feeds {
 }
 
 impl InvoiceApi {
+    /// How many WatchInvoices streams are open.
+    pub fn open_watchers(&self) -> usize {
+        self.watchers.open()
+    }
+
     /// A service over `invoicing`; its streams end when `stopping` turns
     /// true; at most `max_watchers` WatchInvoices streams are open at once,
     /// `max_per_account` of them for one account.

@@ -83,6 +83,7 @@ impl PendingLog {
     fn emit(self, fallback: Code) {
         let code = self.status.unwrap_or(fallback);
         let latency = self.started.elapsed();
+        crate::metrics::METRICS.rpc(&self.method, code, latency);
         let account = self
             .account
             .map_or_else(|| "-".to_owned(), |id| id.to_string());

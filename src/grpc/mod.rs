@@ -6,6 +6,7 @@
 mod accounts;
 pub mod auth;
 mod calls;
+pub use calls::SOURCE_HEADER;
 pub mod codec;
 pub(crate) mod convert;
 mod customers;

@@ -51,6 +51,12 @@ impl StreamSlots {
         }
     }
 
+    /// How many of these streams are open.
+    pub fn open(&self) -> usize {
+        self.max_total
+            .saturating_sub(self.total.available_permits())
+    }
+
     /// A slot for a stream of `principal`, or `RESOURCE_EXHAUSTED` naming
     /// the bound reached. The service itself (a server run with
     /// authentication off) is one caller with no account, bound only by the

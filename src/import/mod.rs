@@ -154,6 +154,10 @@ pub async fn import(options: ImportOptions) -> Result<ImportReport, BoxError> {
                     .metadata_mut()
                     .insert("authorization", value.clone());
             }
+            request.metadata_mut().insert(
+                crate::grpc::SOURCE_HEADER,
+                MetadataValue::from_static("file"),
+            );
             Ok(request)
         });
 

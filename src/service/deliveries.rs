@@ -407,8 +407,15 @@ impl Deliveries {
 
     /// One attempt at `delivery`, and how it ended.
     async fn outcome(&self, delivery: &Delivery, reads: &BatchReads) -> AttemptOutcome {
+        let channel = match delivery.channel {
+            Channel::Webhook => "webhook",
+            Channel::Email => "email",
+        };
         match self.attempt(delivery, reads).await {
-            Ok(()) => AttemptOutcome::Delivered,
+            Ok(()) => {
+                crate::metrics::METRICS.delivery(channel, "delivered");
+                AttemptOutcome::Delivered
+            }
             Err(failure) => {
                 let attempts = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
                 let retry_at = (!failure.permanent)
@@ -424,6 +431,12 @@ impl Deliveries {
                     retry_at = ?retry_at,
                     "delivery attempt failed"
                 );
+                let status = if retry_at.is_some() {
+                    "pending"
+                } else {
+                    "failed"
+                };
+                crate::metrics::METRICS.delivery(channel, status);
                 AttemptOutcome::Failed {
                     error: failure.error,
                     retry_at,

@@ -363,6 +363,43 @@ impl Store {
         self.db.get_database_backend() == DatabaseBackend::Sqlite
     }
 
+    /// The connections of each pool: `(pool, in use, idle, most allowed)`;
+    /// `pool` is `primary`, `writer` (SQLite's one write connection) or
+    /// `replica`.
+    pub fn pool_usage(&self) -> Vec<(&'static str, u32, u32, u32)> {
+        let mut pools = vec![("primary", &self.db)];
+        if self.is_sqlite() {
+            pools.push(("writer", &self.writer));
+        }
+        if self.read_probe.is_some() {
+            pools.push(("replica", &self.reads));
+        }
+        pools
+            .into_iter()
+            .map(|(name, pool)| {
+                let (size, idle, max) = match pool.get_database_backend() {
+                    DatabaseBackend::Postgres => {
+                        let pool = pool.get_postgres_connection_pool();
+                        (
+                            pool.size(),
+                            pool.num_idle() as u32,
+                            pool.options().get_max_connections(),
+                        )
+                    }
+                    _ => {
+                        let pool = pool.get_sqlite_connection_pool();
+                        (
+                            pool.size(),
+                            pool.num_idle() as u32,
+                            pool.options().get_max_connections(),
+                        )
+                    }
+                };
+                (name, size.saturating_sub(idle), idle, max)
+            })
+            .collect()
+    }
+
     /// Closes the pools, waiting for connections in use to be returned.
     pub async fn close(self) -> Result<(), DbErr> {
         if self.is_sqlite() {

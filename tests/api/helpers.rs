@@ -41,6 +41,8 @@ pub struct TestApp {
     pub channel: Channel,
     /// Where the server listens.
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when asked for.
+    pub metrics_addr: Option<SocketAddr>,
     /// The application's clock; tests may move it.
     pub clock: Clock,
     /// The application's database, to start another application on it.
@@ -115,6 +117,8 @@ pub struct AppOptions {
     pub invoice_grace_period: chrono::TimeDelta,
     /// Email, webhooks and retries.
     pub delivery: billing::service::DeliveryConfig,
+    /// Serve `/metrics` on a port of its own ([`TestApp::metrics_addr`]).
+    pub metrics: bool,
 }
 
 impl Default for AppOptions {
@@ -133,6 +137,7 @@ impl Default for AppOptions {
             feed_catch_up: billing::app::DEFAULT_FEED_CATCH_UP,
             invoice_grace_period: chrono::TimeDelta::zero(),
             delivery: billing::service::DeliveryConfig::default(),
+            metrics: false,
         }
     }
 }
@@ -189,10 +194,14 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         credential_cache: options.credential_cache,
         tls: options.tls,
         delivery: options.delivery,
+        metrics_listen: options
+            .metrics
+            .then(|| "127.0.0.1:0".parse().expect("address")),
     })
     .await
     .expect("application starts");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         app.run_until_stopped(async {
@@ -215,6 +224,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         invoices: InvoiceServiceClient::new(channel.clone()),
         channel,
         addr,
+        metrics_addr,
         clock,
         database,
         shutdown: Some(shutdown),

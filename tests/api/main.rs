@@ -14,6 +14,7 @@ mod helpers;
 mod import;
 mod ingest;
 mod invoices;
+mod metrics;
 mod notifications;
 mod numbers;
 mod operations;
