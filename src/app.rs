@@ -71,6 +71,8 @@ pub struct Config {
     /// Serve Prometheus metrics at `/metrics` here (never on the gRPC
     /// port); `None`: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Read call records from NATS JetStream.
+    pub nats: Option<crate::nats::NatsIngest>,
     /// How invoices and alerts are delivered (email, webhooks, retries).
     pub delivery: DeliveryConfig,
 }
@@ -243,6 +245,7 @@ pub struct Application {
     tls: Option<Arc<ServerConfig>>,
     delivery: DeliveryConfig,
     metrics_listener: Option<TcpListener>,
+    nats: Option<crate::nats::NatsIngest>,
 }
 
 impl Application {
@@ -274,6 +277,7 @@ impl Application {
         };
         Ok(Application {
             metrics_listener,
+            nats: config.nats,
             listener,
             store,
             clock: config.clock,
@@ -338,6 +342,7 @@ impl Application {
             tls,
             delivery,
             metrics_listener,
+            nats,
         } = self;
         let store = store.with_outbox(Outbox {
             email_on: delivery.mailer.is_some(),
@@ -371,24 +376,23 @@ impl Application {
             ))
         });
         let max_bytes = limits.max_message_bytes;
-        let call_api = CallApi::new(
-            Calls::new(
-                store.clone(),
-                clock.clone(),
-                limits.max_call_age(),
-                billing_tz,
-                limits.group_commit,
-                numbers.clone(),
-            ),
-            &limits,
-            stopping_rx.clone(),
+        let calls = Calls::new(
+            store.clone(),
+            clock.clone(),
+            limits.max_call_age(),
+            billing_tz,
+            limits.group_commit,
+            numbers.clone(),
         );
+        let call_api = CallApi::new(calls.clone(), &limits, stopping_rx.clone());
         let invoice_api = InvoiceApi::new(
             invoicing.clone(),
             stopping_rx.clone(),
             limits.max_invoice_watchers,
             limits.max_invoice_watchers_per_account,
         );
+        let nats_task =
+            nats.map(|config| tokio::spawn(crate::nats::run(calls, config, stopping_rx.clone())));
         let metrics_task = metrics_listener.map(|listener| {
             let (pools, calls, invoices) = (store.clone(), call_api.clone(), invoice_api.clone());
             let gauges = Arc::new(move || gauges(&pools, &calls, &invoices));
@@ -514,13 +518,18 @@ impl Application {
                 Ok(())
             }
         };
-        for task in scheduler_task.into_iter().chain(metrics_task).chain([
-            monitor_task,
-            relay_task,
-            feed_task,
-            checkpoint_task,
-            delivery_task,
-        ]) {
+        for task in scheduler_task
+            .into_iter()
+            .chain(metrics_task)
+            .chain(nats_task)
+            .chain([
+                monitor_task,
+                relay_task,
+                feed_task,
+                checkpoint_task,
+                delivery_task,
+            ])
+        {
             task.abort();
             let _ = task.await;
         }

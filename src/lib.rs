@@ -11,6 +11,7 @@ pub mod error;
 pub mod grpc;
 pub mod import;
 pub mod metrics;
+pub mod nats;
 pub mod readiness;
 pub mod scheduler;
 pub mod service;

@@ -125,6 +125,8 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, env = "BILLING_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        nats: NatsFlags,
         /// Serve Prometheus metrics at http://ADDR/metrics (a port of its
         /// own, never the gRPC one). Unset: no metrics.
         #[arg(long, env = "BILLING_METRICS_LISTEN")]
@@ -212,6 +214,49 @@ enum Command {
         #[arg(long, default_value = "UTC")]
         timezone: Tz,
     },
+}
+
+/// Call records from NATS JetStream.
+#[derive(Debug, clap::Args)]
+struct NatsFlags {
+    /// Read call records from this NATS server's JetStream, e.g.
+    /// `nats://127.0.0.1:4222`. Never printed. Unset: no NATS.
+    #[arg(long, env = "BILLING_INGEST_NATS", hide_env_values = true)]
+    ingest_nats: Option<String>,
+    /// The JetStream stream (created over --ingest-nats-subject if
+    /// missing).
+    #[arg(long, env = "BILLING_INGEST_NATS_STREAM", default_value = "CALLS")]
+    ingest_nats_stream: String,
+    /// The subject call records are published on.
+    #[arg(
+        long,
+        env = "BILLING_INGEST_NATS_SUBJECT",
+        default_value = "billing.calls"
+    )]
+    ingest_nats_subject: String,
+    /// Where records that can never be stored are published, with the
+    /// reason in the `Billing-Reason` header.
+    #[arg(
+        long,
+        env = "BILLING_INGEST_NATS_DEAD_LETTER",
+        default_value = "billing.calls.dead"
+    )]
+    ingest_nats_dead_letter: String,
+    /// The durable consumer every replica shares.
+    #[arg(long, env = "BILLING_INGEST_NATS_CONSUMER", default_value = "billing")]
+    ingest_nats_consumer: String,
+}
+
+impl NatsFlags {
+    fn config(self) -> Option<billing::nats::NatsIngest> {
+        self.ingest_nats.map(|url| billing::nats::NatsIngest {
+            url,
+            stream: self.ingest_nats_stream,
+            subject: self.ingest_nats_subject,
+            dead_letter: self.ingest_nats_dead_letter,
+            consumer: self.ingest_nats_consumer,
+        })
+    }
 }
 
 /// How invoices and alerts are delivered.
@@ -458,11 +503,15 @@ async fn main() -> ExitCode {
     // Whatever fails, nothing printed shows a database password.
     let mut urls = vec![cli.database_url.clone()];
     if let Command::Serve {
-        database, delivery, ..
+        database,
+        delivery,
+        nats,
+        ..
     } = &cli.command
     {
         urls.extend(database.database_read_url.clone());
         urls.extend(delivery.smtp_url.clone());
+        urls.extend(nats.ingest_nats.clone());
     }
     let result = match cli.command {
         Command::Serve {
@@ -479,6 +528,7 @@ async fn main() -> ExitCode {
             tls_cert,
             tls_key,
             metrics_listen,
+            nats,
             tls_client_ca,
             database,
             limits,
@@ -520,6 +570,7 @@ async fn main() -> ExitCode {
                 }),
                 delivery,
                 metrics_listen,
+                nats: nats.config(),
             };
             serve(config).await
         }

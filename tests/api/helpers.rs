@@ -119,6 +119,8 @@ pub struct AppOptions {
     pub delivery: billing::service::DeliveryConfig,
     /// Serve `/metrics` on a port of its own ([`TestApp::metrics_addr`]).
     pub metrics: bool,
+    /// Read call records from NATS.
+    pub nats: Option<billing::nats::NatsIngest>,
 }
 
 impl Default for AppOptions {
@@ -138,6 +140,7 @@ impl Default for AppOptions {
             invoice_grace_period: chrono::TimeDelta::zero(),
             delivery: billing::service::DeliveryConfig::default(),
             metrics: false,
+            nats: None,
         }
     }
 }
@@ -197,6 +200,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         metrics_listen: options
             .metrics
             .then(|| "127.0.0.1:0".parse().expect("address")),
+        nats: options.nats,
     })
     .await
     .expect("application starts");

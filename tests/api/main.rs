@@ -15,6 +15,7 @@ mod import;
 mod ingest;
 mod invoices;
 mod metrics;
+mod nats;
 mod notifications;
 mod numbers;
 mod operations;
