@@ -144,6 +144,18 @@ struct Args {
     /// AddCall and history latency without and during delivery.
     #[arg(long)]
     delivery: bool,
+    /// Instead of the figures above: `billing import-cdr` of an Asterisk
+    /// file of --calls lines against IngestCalls of the same calls (each
+    /// into a fresh database), then NATS JetStream ingestion of
+    /// --nats-messages messages (skipped when --nats does not answer).
+    #[arg(long)]
+    switch: bool,
+    /// The NATS server of --switch.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Messages published for the NATS figure of --switch.
+    #[arg(long, default_value_t = 200_000)]
+    nats_messages: u64,
 }
 
 /// SplitMix64: a fixed seed gives the same data on every run.
@@ -283,6 +295,9 @@ async fn main() -> Result<(), Failure> {
     let scratch = Scratch::new()?;
     if args.scale_out {
         return scale_out(&args, &server_binary, scratch.path(), data).await;
+    }
+    if args.switch {
+        return switch_bench(&args, &server_binary, scratch.path(), data).await;
     }
     if args.delivery {
         let data = Data {
@@ -2188,4 +2203,250 @@ async fn all_delivered(url: &str, expected: i64) -> Result<(Instant, i64), Failu
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `--switch`: `billing import-cdr` of an Asterisk file against IngestCalls
+/// of the same calls, each into a fresh database with the same customers,
+/// one after the other; then NATS ingestion.
+async fn switch_bench(
+    args: &Args,
+    binary: &PathBuf,
+    scratch: &std::path::Path,
+    data: Data,
+) -> Result<(), Failure> {
+    let (streamed_url, imported_url) = databases(&args.database, scratch).await?;
+    for url in [&streamed_url, &imported_url] {
+        migrate(binary, url)?;
+        let db = connect(url).await?;
+        seed_customers(&db, data).await?;
+        db.close().await?;
+    }
+    println!(
+        "billing-bench --switch: {} customers, {} calls, {} backend",
+        data.customers,
+        data.calls,
+        if args.database == "sqlite" {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        }
+    );
+    // The Asterisk file: every call answered, numbers as the customers hold
+    // them, the record's call id as uniqueid.
+    let file = scratch.join("Master.csv");
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for record in data.records() {
+            let answer = record.started_at.format("%Y-%m-%d %H:%M:%S");
+            writeln!(
+                out,
+                "\"\",\"{}\",\"+12025550123\",\"from-internal\",\"\"\"Caller\"\" <{0}>\",\
+                 \"SIP/100-00000001\",\"SIP/trunk-00000002\",\"Dial\",\"SIP/trunk/+12025550123,60\",\
+                 \"{answer}\",\"{answer}\",\"{answer}\",{},{},\"ANSWERED\",\"DOCUMENTATION\",\"{}\",\"\"",
+                customer_number(record.customer_id),
+                record.duration_seconds + 3,
+                record.duration_seconds,
+                record.call_id
+            )?;
+        }
+    }
+    let file_mb = std::fs::metadata(&file)?.len() as f64 / 1e6;
+
+    let server = Server::start(
+        binary,
+        &streamed_url,
+        args.server_log.as_deref(),
+        false,
+        &[],
+    )?;
+    let url = format!("http://{}", server.addr);
+    let began = Instant::now();
+    let mut calls = CallServiceClient::connect(url)
+        .await?
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let mut accepted = 0;
+    let mut records = data.records().peekable();
+    while records.peek().is_some() {
+        let chunk: Vec<pb::AddCallRequest> = records
+            .by_ref()
+            .take(usize::try_from(RECORDS_PER_STREAM).unwrap_or(usize::MAX))
+            .map(|record| record.request())
+            .collect();
+        let report = calls
+            .ingest_calls(tokio_stream::iter(chunk))
+            .await?
+            .into_inner();
+        accepted += report.accepted;
+    }
+    let streamed = began.elapsed();
+    drop(server);
+
+    let mut server = Server::start(
+        binary,
+        &imported_url,
+        args.server_log.as_deref(),
+        false,
+        &[],
+    )?;
+    let began = Instant::now();
+    let output = Command::new(binary)
+        .args(["import-cdr", "--format", "asterisk", "--server"])
+        .arg(format!("http://{}", server.addr))
+        .arg(&file)
+        .stderr(Stdio::null())
+        .output()?;
+    let imported = began.elapsed();
+    let summary = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if !output.status.success() {
+        return Err(format!("import-cdr failed: {summary}").into());
+    }
+    let importer_peak = server.peak_kib();
+    let db = connect(&imported_url).await?;
+    let stored = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM calls",
+        ))
+        .await?
+        .map(|row| row.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0);
+    db.close().await?;
+    if stored != accepted {
+        return Err(format!("IngestCalls stored {accepted}, import-cdr {stored}").into());
+    }
+    let stream_rate = rate(accepted as f64, streamed);
+    let import_rate = rate(stored as f64, imported);
+    println!(
+        "{:<48} {:>10} {:>10} {:>8}",
+        "", "seconds", "calls/s", "ratio"
+    );
+    println!(
+        "{:<48} {:>10.1} {:>10.0}",
+        "IngestCalls (one stream per 1M records)",
+        streamed.as_secs_f64(),
+        stream_rate
+    );
+    println!(
+        "{:<48} {:>10.1} {:>10.0} {:>7.2}x",
+        format!("import-cdr, Asterisk Master.csv ({file_mb:.0} MB)"),
+        imported.as_secs_f64(),
+        import_rate,
+        import_rate / stream_rate
+    );
+    println!("import-cdr: {summary}");
+    println!(
+        "server peak RSS during the import: {:.0} MB",
+        importer_peak as f64 / 1024.0
+    );
+    drop(server);
+
+    nats_bench(args, binary, scratch, data).await
+}
+
+/// NATS: --nats-messages JSON records published to a fresh stream, then
+/// read by a server started on a fresh database; the time from its start
+/// until the consumer has acknowledged every message.
+async fn nats_bench(
+    args: &Args,
+    binary: &PathBuf,
+    scratch: &std::path::Path,
+    data: Data,
+) -> Result<(), Failure> {
+    let Ok(client) = async_nats::connect(args.nats.as_str()).await else {
+        println!("NATS: skipped, nothing answers at {}", args.nats);
+        return Ok(());
+    };
+    let url = if args.database == "sqlite" {
+        format!("sqlite://{}", scratch.join("nats.db").display())
+    } else {
+        scratch_database(&args.database, "billing_bench_nats").await?
+    };
+    migrate(binary, &url)?;
+    let db = connect(&url).await?;
+    seed_customers(&db, data).await?;
+    db.close().await?;
+    let context = async_nats::jetstream::new(client);
+    let stream_name = format!("BENCH_{}", std::process::id());
+    let subject = format!("bench.{}.calls", std::process::id());
+    context
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await?;
+    let messages = args.nats_messages;
+    let mut pending = Vec::with_capacity(4096);
+    for record in data
+        .records()
+        .take(usize::try_from(messages).unwrap_or(usize::MAX))
+    {
+        let json = format!(
+            "{{\"callerNumber\":\"{}\",\"calleeNumber\":\"+12025550123\",\"durationSeconds\":\"{}\",\
+             \"startedAt\":\"{}\",\"callId\":\"{}\"}}",
+            customer_number(record.customer_id),
+            record.duration_seconds,
+            record.started_at.to_rfc3339(),
+            record.call_id
+        );
+        pending.push(context.publish(subject.clone(), json.into()).await?);
+        if pending.len() == 4096 {
+            for ack in pending.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in pending.drain(..) {
+        ack.await?;
+    }
+    let began = Instant::now();
+    let server = Server::start(
+        binary,
+        &url,
+        args.server_log.as_deref(),
+        false,
+        &[
+            "--ingest-nats".into(),
+            args.nats.clone(),
+            "--ingest-nats-stream".into(),
+            stream_name.clone(),
+            "--ingest-nats-subject".into(),
+            subject.clone(),
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let acknowledged = match context.get_stream(&stream_name).await {
+            Ok(stream) => match stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("billing")
+                .await
+            {
+                Ok(mut consumer) => consumer
+                    .info()
+                    .await
+                    .map(|info| info.ack_floor.stream_sequence)
+                    .unwrap_or(0),
+                Err(_) => 0,
+            },
+            Err(_) => 0,
+        };
+        if acknowledged >= messages {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("NATS ingestion did not finish within an hour".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = began.elapsed();
+    drop(server);
+    let _ = context.delete_stream(&stream_name).await;
+    println!(
+        "{:<48} {:>10.1} {:>10.0}",
+        format!("NATS JetStream ({messages} JSON messages)"),
+        elapsed.as_secs_f64(),
+        rate(messages as f64, elapsed)
+    );
+    Ok(())
 }
