@@ -169,3 +169,31 @@ async fn a_switch_that_reconnects_and_replays_after_its_last_ack_stores_every_re
         -60_000 * RECORDS as i64
     );
 }
+
+#[tokio::test]
+async fn a_server_shutting_down_acknowledges_what_it_read_and_ends_the_stream_unavailable() {
+    let mut app = app().await;
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
+    let mut stream = open(&app).await;
+    let mut last = 0;
+    stream.records.send(record(customer.id, 0)).await.unwrap();
+    stream.acks_until(1, &mut last).await;
+    stream.records.send(record(customer.id, 1)).await.unwrap();
+    app.begin_shutdown();
+    // Whatever the server read is acknowledged before the stream ends.
+    let mut acknowledged = last;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.acks.next())
+            .await
+            .expect("the stream ends within 10 s of the shutdown")
+        {
+            Some(Ok(ack)) => acknowledged = ack.next_index,
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without saying why"),
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("next_index"), "{ended:?}");
+    assert!((1..=2).contains(&acknowledged));
+}
