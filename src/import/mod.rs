@@ -76,8 +76,8 @@ struct Sent {
 }
 
 /// The counters the reader, the acknowledgements and the progress share.
-#[derive(Default)]
 struct Progress {
+    started: Instant,
     bytes_read: AtomicU64,
     lines: AtomicU64,
     records: AtomicU64,
@@ -116,7 +116,6 @@ fn quoted(text: &str) -> String {
 /// Imports the files; `Err` when the server could not be reached or ended
 /// the stream early (what it acknowledged before stays stored).
 pub async fn import(options: ImportOptions) -> Result<ImportReport, BoxError> {
-    STARTED.get_or_init(Instant::now);
     let total_bytes: u64 = options
         .files
         .iter()
@@ -161,7 +160,17 @@ pub async fn import(options: ImportOptions) -> Result<ImportReport, BoxError> {
             Ok(request)
         });
 
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress {
+        started: Instant::now(),
+        bytes_read: AtomicU64::default(),
+        lines: AtomicU64::default(),
+        records: AtomicU64::default(),
+        skipped: AtomicU64::default(),
+        unreadable: AtomicU64::default(),
+        accepted: AtomicU64::default(),
+        duplicates: AtomicU64::default(),
+        refused: AtomicU64::default(),
+    });
     let in_flight: Arc<Mutex<VecDeque<Sent>>> = Arc::default();
     let (records, stream) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = {
@@ -353,13 +362,10 @@ async fn draw_progress(progress: Arc<Progress>, total_bytes: u64) {
     }
 }
 
-static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
 /// One progress report: a line redrawn in place at a terminal, a plain
 /// line otherwise.
 fn draw(progress: &Progress, total_bytes: u64, last: bool) {
-    let started = *STARTED.get_or_init(Instant::now);
-    let elapsed = started.elapsed().as_secs_f64().max(0.001);
+    let elapsed = progress.started.elapsed().as_secs_f64().max(0.001);
     let report = report(progress);
     let read = progress.bytes_read.load(Ordering::Relaxed);
     let rate = report.records as f64 / elapsed;
