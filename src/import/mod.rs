@@ -327,7 +327,7 @@ fn settle(
             break;
         }
         if let Some(error) = errors.next_if(|e| e.index == sent.index) {
-            let reason = format!("{} ({})", error.message, tonic::Code::from(error.code));
+            let reason = format!("{} [{:?}]", error.message, tonic::Code::from(error.code));
             rejects.write(sent.file, sent.line, &reason, &sent.text)?;
         }
         in_flight.pop_front();
