@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use billing::grpc::pb::{self, PlanKind};
 use prost::Message as _;
+use tokio_stream::StreamExt;
 
 use crate::helpers::{AppOptions, TestApp, spawn_app_with};
 
@@ -226,5 +227,83 @@ async fn two_replicas_share_one_durable_consumer_and_store_each_message_once() {
         (history.len(), ids.len()),
         (MESSAGES as usize, MESSAGES as usize)
     );
+    context.delete_stream(&config.stream).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_never_acknowledged_is_redelivered_and_a_stored_one_comes_back_a_duplicate() {
+    let Some(url) = nats_url().await else { return };
+    let mut config = names();
+    config.url = url.clone();
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let context = jetstream::new(client);
+    let stream = context
+        .create_stream(jetstream::stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![config.subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The durable consumer the servers share, redelivering after 1 s.
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(config.consumer.clone()),
+            filter_subject: config.subject.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let first = crate::helpers::spawn_app().await;
+    let plan = first.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = first.long_standing_customer(plan.id, 1, vec![]).await;
+    for call_id in ["redelivered-1", ""] {
+        context
+            .publish(
+                config.subject.clone(),
+                json(0, &customer.phone_number, call_id),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // A replica takes both and dies before acknowledging them, having
+    // committed the second one's call (keyed by its stream sequence).
+    let mut taken = consumer.fetch().max_messages(2).messages().await.unwrap();
+    let mut delivered = 0;
+    while let Some(message) = taken.next().await {
+        message.unwrap();
+        delivered += 1;
+    }
+    assert_eq!(delivered, 2);
+    let mut committed = crate::helpers::call(0, 60);
+    committed.caller_number = customer.phone_number.clone();
+    committed.callee_number = "+12025550123".into();
+    committed.started_at = Some(crate::helpers::ts("2026-06-20T10:00:00Z"));
+    committed.call_id = format!("nats-{}-2", config.stream);
+    first.calls.clone().add_call(committed).await.unwrap();
+
+    let second = app_reading(&config, Some(first.database.clone())).await;
+    all_acknowledged(&context, &config, 2).await;
+    let mut ids: Vec<String> = second
+        .history(customer.id)
+        .await
+        .into_iter()
+        .map(|c| c.call_id)
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            format!("nats-{}-2", config.stream),
+            "redelivered-1".to_owned()
+        ]
+    );
+    let mut consumer = consumer;
+    // Two deliveries to the replica that died, two redeliveries after.
+    assert!(consumer.info().await.unwrap().delivered.consumer_sequence >= 4);
     context.delete_stream(&config.stream).await.unwrap();
 }
