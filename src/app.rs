@@ -396,7 +396,13 @@ impl Application {
         let metrics_task = metrics_listener.map(|listener| {
             let (pools, calls, invoices) = (store.clone(), call_api.clone(), invoice_api.clone());
             let gauges = Arc::new(move || gauges(&pools, &calls, &invoices));
-            tokio::spawn(crate::metrics::serve(listener, gauges, stopping_rx.clone()))
+            let metrics = Arc::clone(store.metrics());
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics,
+                gauges,
+                stopping_rx.clone(),
+            ))
         });
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health_service = health_service.max_decoding_message_size(max_bytes);
@@ -468,7 +474,9 @@ impl Application {
             .concurrency_limit_per_connection(limits.max_requests_per_connection)
             .http2_max_pending_accept_reset_streams(Some(20))
             .http2_max_local_error_reset_streams(Some(1024))
-            .layer(RpcLogLayer)
+            .layer(RpcLogLayer {
+                metrics: Arc::clone(store.metrics()),
+            })
             .layer(UnaryTimeoutLayer::new(limits.unary_timeout))
             .layer(ReadinessLayer::new(database_up))
             .layer(AuthLayer::new(authentication))

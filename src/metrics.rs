@@ -1,9 +1,10 @@
 //! Prometheus metrics, served on their own listener (`serve
 //! --metrics-listen`) in the text exposition format (version 0.0.4).
 //!
-//! Counters and histograms are process-wide ([`METRICS`]): the layers that
-//! count (the RPC layer, ingestion, group commit, invoicing, delivery)
-//! record into it without being handed anything. Gauges (database pools,
+//! Counters and histograms belong to one application ([`Metrics`], held by
+//! its `Store` and handed to the RPC layer): the layers that count (the RPC
+//! layer, ingestion, group commit, invoicing, delivery) record into the
+//! store's. Gauges (database pools,
 //! open streams) are read from the application when scraped. Every label
 //! takes values from a fixed set: RPC methods are those of the served
 //! contract (anything else is `unknown`), codes the 17 gRPC codes, sources
@@ -12,8 +13,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use prost::Message;
@@ -135,7 +136,7 @@ impl Histogram {
     }
 }
 
-/// The process's counters and histograms.
+/// An application's counters and histograms.
 #[derive(Debug)]
 pub struct Metrics {
     methods: HashSet<String>,
@@ -149,11 +150,15 @@ pub struct Metrics {
     deliveries: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
-/// The process's metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Metrics {
-    fn new() -> Self {
+    /// Every counter at zero.
+    pub fn new() -> Self {
         Metrics {
             methods: contract_methods(),
             rpcs: Mutex::default(),
@@ -409,10 +414,11 @@ fn contract_methods() -> HashSet<String> {
 }
 
 /// Serves `GET /metrics` on `listener` (HTTP/1.1) until `stopping`: the
-/// counters of [`METRICS`] and the gauges `gauges` reads at each scrape.
+/// counters of `metrics` and the gauges `gauges` reads at each scrape.
 /// Anything else is 404.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
     gauges: std::sync::Arc<dyn Fn() -> Vec<Gauge> + Send + Sync>,
     mut stopping: crate::shutdown::Stopping,
 ) {
@@ -428,6 +434,7 @@ pub async fn serve(
             () = crate::shutdown::until_stopping(&mut stopping) => return,
         };
         let gauges = std::sync::Arc::clone(&gauges);
+        let metrics = std::sync::Arc::clone(&metrics);
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
@@ -437,7 +444,7 @@ pub async fn serve(
                         http::Response::builder()
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                             .body(http_body_util::Full::new(bytes::Bytes::from(
-                                METRICS.render(&gauges()),
+                                metrics.render(&gauges()),
                             )))
                     } else {
                         http::Response::builder()

@@ -27,7 +27,7 @@ use crate::domain::access::Principal;
 use crate::domain::model::{CallRecord, NewCall, StoredCall};
 use crate::error::AppError;
 use crate::grpc::pb;
-use crate::metrics::{CallResult, CallSource, METRICS};
+use crate::metrics::{CallResult, CallSource};
 use crate::service::Calls;
 use crate::service::calls::CustomerCache;
 use crate::shutdown::{Stopping, until_stopping};
@@ -130,7 +130,7 @@ async fn consume(calls: &Calls, config: &NatsIngest) -> Result<(), BoxError> {
                     message.ack_with(AckKind::Nak(Some(RETRY_PAUSE))).await?;
                     return Err(err.into());
                 }
-                Err((reason, _)) => dead_letter(&context, config, message, &reason).await?,
+                Err((reason, _)) => dead_letter(calls, &context, config, message, &reason).await?,
             }
         }
         let (messages, batch): (Vec<_>, Vec<_>) = prepared.into_iter().unzip();
@@ -139,15 +139,19 @@ async fn consume(calls: &Calls, config: &NatsIngest) -> Result<(), BoxError> {
                 for (message, outcome) in messages.into_iter().zip(outcomes) {
                     match outcome {
                         Ok(StoredCall::Inserted(_)) => {
-                            METRICS.calls(CallSource::Nats, CallResult::Accepted, 1);
+                            calls
+                                .metrics()
+                                .calls(CallSource::Nats, CallResult::Accepted, 1);
                             message.ack().await?;
                         }
                         Ok(StoredCall::Duplicate(_)) => {
-                            METRICS.calls(CallSource::Nats, CallResult::Duplicate, 1);
+                            calls
+                                .metrics()
+                                .calls(CallSource::Nats, CallResult::Duplicate, 1);
                             message.ack().await?;
                         }
                         Err(err) => {
-                            dead_letter(&context, config, message, &err.to_string()).await?
+                            dead_letter(calls, &context, config, message, &err.to_string()).await?
                         }
                     }
                 }
@@ -165,12 +169,15 @@ async fn consume(calls: &Calls, config: &NatsIngest) -> Result<(), BoxError> {
 /// Publishes `message` to the dead-letter subject with `reason`, then
 /// acknowledges it.
 async fn dead_letter(
+    calls: &Calls,
     context: &jetstream::Context,
     config: &NatsIngest,
     message: jetstream::Message,
     reason: &str,
 ) -> Result<(), BoxError> {
-    METRICS.calls(CallSource::Nats, CallResult::Rejected, 1);
+    calls
+        .metrics()
+        .calls(CallSource::Nats, CallResult::Rejected, 1);
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert("Billing-Reason", reason);
     headers.insert("Billing-Subject", message.subject.as_str());

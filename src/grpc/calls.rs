@@ -19,7 +19,7 @@ use crate::domain::model::{Call, CallRecord, NewCall, StoredCall};
 use crate::domain::paging::{self, TokenScope};
 use crate::domain::validation as valid;
 use crate::error::{AppError, AppResult};
-use crate::metrics::{CallResult, CallSource, METRICS};
+use crate::metrics::{CallResult, CallSource, Metrics};
 use crate::service::Calls;
 use crate::service::calls::CustomerCache;
 use crate::shutdown::{Stopping, until_stopping};
@@ -175,6 +175,7 @@ impl CallApi {
 struct IngestTally {
     /// Where the records come from, for the metrics.
     source: CallSource,
+    metrics: std::sync::Arc<Metrics>,
     accepted: i64,
     duplicates: i64,
     rejected: i64,
@@ -185,9 +186,10 @@ struct IngestTally {
 }
 
 impl IngestTally {
-    fn new(source: CallSource) -> Self {
+    fn new(source: CallSource, metrics: std::sync::Arc<Metrics>) -> Self {
         IngestTally {
             source,
+            metrics,
             accepted: 0,
             duplicates: 0,
             rejected: 0,
@@ -199,7 +201,7 @@ impl IngestTally {
 
     fn reject(&mut self, index: i64, call_id: String, err: &AppError) {
         self.rejected += 1;
-        METRICS.calls(self.source, CallResult::Rejected, 1);
+        self.metrics.calls(self.source, CallResult::Rejected, 1);
         let error = pb::IngestError {
             index,
             call_id: reported_call_id(call_id),
@@ -265,11 +267,11 @@ impl IngestTally {
         match outcome {
             Ok(StoredCall::Inserted(_)) => {
                 self.accepted += 1;
-                METRICS.calls(self.source, CallResult::Accepted, 1);
+                self.metrics.calls(self.source, CallResult::Accepted, 1);
             }
             Ok(StoredCall::Duplicate(_)) => {
                 self.duplicates += 1;
-                METRICS.calls(self.source, CallResult::Duplicate, 1);
+                self.metrics.calls(self.source, CallResult::Duplicate, 1);
             }
             Err(err) => self.reject(index, call_id_of(new), &err),
         }
@@ -355,8 +357,11 @@ impl Unacked {
             return None;
         }
         self.acked = next_index;
-        let source = self.settled.source;
-        let report = std::mem::replace(&mut self.settled, IngestTally::new(source)).into_response();
+        let fresh = IngestTally::new(
+            self.settled.source,
+            std::sync::Arc::clone(&self.settled.metrics),
+        );
+        let report = std::mem::replace(&mut self.settled, fresh).into_response();
         Some(pb::IngestAck {
             next_index,
             accepted: report.accepted,
@@ -395,9 +400,10 @@ impl Ingestion {
         acks: Option<&AckSink>,
     ) -> Result<IngestTally, Status> {
         let mut customers = CustomerCache::new();
-        let mut tally = IngestTally::new(self.source);
+        let metrics = self.calls.metrics();
+        let mut tally = IngestTally::new(self.source, std::sync::Arc::clone(metrics));
         let mut unacked = Unacked {
-            settled: IngestTally::new(self.source),
+            settled: IngestTally::new(self.source, std::sync::Arc::clone(metrics)),
             rejected: std::collections::VecDeque::new(),
             acked: 0,
             oldest_rejected: None,
@@ -525,7 +531,7 @@ impl CallService for CallApi {
             Ok((_, true)) => CallResult::Duplicate,
             Err(_) => CallResult::Rejected,
         };
-        METRICS.calls(CallSource::Unary, result, 1);
+        self.calls.metrics().calls(CallSource::Unary, result, 1);
         let (call, duplicate) = added?;
         Ok(Response::new(pb::AddCallResponse {
             call: Some(call.into()),

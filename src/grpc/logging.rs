@@ -5,6 +5,7 @@
 //! dropped before its end (a cancelled stream) is logged as `Cancelled`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -13,23 +14,30 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use super::auth::CallerAccount;
+use crate::metrics::Metrics;
 
-/// Wraps every RPC of a server in [`RpcLog`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcLogLayer;
+/// Wraps every RPC of a server in [`RpcLog`], counting each in `metrics`.
+#[derive(Debug, Clone)]
+pub struct RpcLogLayer {
+    pub metrics: Arc<Metrics>,
+}
 
 impl<S> Layer<S> for RpcLogLayer {
     type Service = RpcLog<S>;
 
     fn layer(&self, inner: S) -> RpcLog<S> {
-        RpcLog { inner }
+        RpcLog {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 }
 
-/// A service that logs each RPC it serves once it completes.
+/// A service that logs (and counts) each RPC it serves once it completes.
 #[derive(Debug, Clone)]
 pub struct RpcLog<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcLog<S>
@@ -49,6 +57,7 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let method = request.uri().path().to_owned();
         let started = Instant::now();
+        let metrics = Arc::clone(&self.metrics);
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -60,6 +69,7 @@ where
             Ok(response.map(|inner| LoggedBody {
                 inner,
                 pending: Some(PendingLog {
+                    metrics,
                     method,
                     account,
                     started,
@@ -73,6 +83,7 @@ where
 /// The log line of an RPC whose response is still being sent.
 #[derive(Debug)]
 struct PendingLog {
+    metrics: Arc<Metrics>,
     method: String,
     account: Option<i64>,
     started: Instant,
@@ -83,7 +94,7 @@ impl PendingLog {
     fn emit(self, fallback: Code) {
         let code = self.status.unwrap_or(fallback);
         let latency = self.started.elapsed();
-        crate::metrics::METRICS.rpc(&self.method, code, latency);
+        self.metrics.rpc(&self.method, code, latency);
         let account = self
             .account
             .map_or_else(|| "-".to_owned(), |id| id.to_string());

@@ -70,6 +70,11 @@ impl Calls {
         }
     }
 
+    /// The application's metrics.
+    pub fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
+        self.store.metrics()
+    }
+
     /// The plan of a customer the caller may see.
     async fn plan_of(&self, customer_id: i64) -> AppResult<Arc<Plan>> {
         self.plans.of_customer(customer_id).await

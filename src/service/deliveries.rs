@@ -413,7 +413,7 @@ impl Deliveries {
         };
         match self.attempt(delivery, reads).await {
             Ok(()) => {
-                crate::metrics::METRICS.delivery(channel, "delivered");
+                self.store.metrics().delivery(channel, "delivered");
                 AttemptOutcome::Delivered
             }
             Err(failure) => {
@@ -436,7 +436,7 @@ impl Deliveries {
                 } else {
                     "failed"
                 };
-                crate::metrics::METRICS.delivery(channel, status);
+                self.store.metrics().delivery(channel, status);
                 AttemptOutcome::Failed {
                     error: failure.error,
                     retry_at,

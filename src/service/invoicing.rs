@@ -484,7 +484,9 @@ impl Invoicing {
         txn.advance_invoiced_through(&through).await?;
         let newest = issued.iter().flatten().map(|invoice| invoice.id).max();
         txn.commit(newest).await?;
-        crate::metrics::METRICS.invoices_issued(issued.iter().map(Vec::len).sum::<usize>() as u64);
+        self.store
+            .metrics()
+            .invoices_issued(issued.iter().map(Vec::len).sum::<usize>() as u64);
         if !deliveries.is_empty() {
             self.store.outbox().wake.notify_one();
         }
@@ -680,7 +682,7 @@ impl Invoicing {
         }
         let existing = self.store.customers_existing_before(end).await?;
         summary.already_issued = (existing - summary.issued - summary.failed).max(0);
-        crate::metrics::METRICS.billing_cycle();
+        self.store.metrics().billing_cycle();
         Ok(summary)
     }
 

@@ -167,7 +167,7 @@ async fn write_batches(
             stored = store.store_calls_each(&calls) => stored,
             _ = futures_util::future::join_all(replies.iter_mut().map(|r| r.closed())) => continue,
         };
-        crate::metrics::METRICS.group_commit(calls.len(), began.elapsed());
+        store.metrics().group_commit(calls.len(), began.elapsed());
         tracing::debug!(
             calls = calls.len(),
             micros = began.elapsed().as_micros() as u64,

@@ -186,6 +186,9 @@ pub struct Store {
     checkpointer: Option<(DatabaseConnection, Duration)>,
     /// What writing a balance alert needs ([`Store::with_outbox`]).
     outbox: Outbox,
+    /// The application's metrics: one set per connected store, shared by
+    /// its clones, so two servers in one process count apart.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Store {
@@ -275,6 +278,7 @@ impl Store {
             listen_url: (!sqlite).then(|| Arc::from(url)),
             checkpointer,
             outbox: Outbox::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }
 
@@ -295,6 +299,7 @@ impl Store {
             listen_url: None,
             checkpointer: None,
             outbox: self.outbox.clone(),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 
@@ -309,6 +314,11 @@ impl Store {
     /// delivery worker once deliveries are committed.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    /// The application's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// How often [`Store::checkpoint_wal`] should run: `Some` on SQLite with
