@@ -1300,14 +1300,7 @@ impl Server {
 
     /// The server's peak resident set so far (VmHWM), in KiB.
     fn peak_kib(&mut self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let hwm = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        self.peak = self.peak.max(hwm);
+        self.peak = self.peak.max(peak_kib_of(self.child.id()));
         self.peak
     }
 
@@ -1317,6 +1310,17 @@ impl Server {
             self.peak_kib() as f64 / 1024.0
         );
     }
+}
+
+/// The peak resident set (VmHWM) of process `pid` so far, in KiB; 0 once
+/// it is gone.
+fn peak_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for Server {
@@ -2289,15 +2293,29 @@ async fn switch_bench(
         &[],
     )?;
     let began = Instant::now();
-    let output = Command::new(binary)
+    let mut importer = Command::new(binary)
         .args(["import-cdr", "--format", "asterisk", "--server"])
         .arg(format!("http://{}", server.addr))
         .arg(&file)
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .output()?;
+        .spawn()?;
+    // The importer's peak resident set, read while it runs.
+    let mut importer_kib = 0;
+    let status = loop {
+        importer_kib = importer_kib.max(peak_kib_of(importer.id()));
+        if let Some(status) = importer.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let imported = began.elapsed();
-    let summary = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    if !output.status.success() {
+    let mut summary = String::new();
+    if let Some(mut out) = importer.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut summary)?;
+    }
+    let summary = summary.trim().to_owned();
+    if !status.success() {
         return Err(format!("import-cdr failed: {summary}").into());
     }
     let importer_peak = server.peak_kib();
@@ -2336,8 +2354,9 @@ async fn switch_bench(
     );
     println!("import-cdr: {summary}");
     println!(
-        "server peak RSS during the import: {:.0} MB",
-        importer_peak as f64 / 1024.0
+        "peak RSS: server {:.0} MB, import-cdr {:.0} MB",
+        importer_peak as f64 / 1024.0,
+        importer_kib as f64 / 1024.0
     );
     drop(server);
 
