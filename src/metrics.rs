@@ -136,12 +136,32 @@ impl Histogram {
     }
 }
 
+/// The gRPC status codes: `Ok` (0) to `Unauthenticated` (16).
+const CODES: usize = 17;
+
+/// One method's RPCs: how many ended with each code, and their latency.
+#[derive(Debug)]
+struct RpcStats {
+    codes: [AtomicU64; CODES],
+    seconds: Mutex<Histogram>,
+}
+
+impl Default for RpcStats {
+    fn default() -> Self {
+        RpcStats {
+            codes: Default::default(),
+            seconds: Mutex::new(Histogram::new(SECONDS_BUCKETS)),
+        }
+    }
+}
+
 /// An application's counters and histograms.
 #[derive(Debug)]
 pub struct Metrics {
-    methods: HashSet<String>,
-    rpcs: Mutex<BTreeMap<(String, i32), u64>>,
-    rpc_seconds: Mutex<BTreeMap<String, Histogram>>,
+    /// Every method's label (HTTP path without its `/`), then `unknown`,
+    /// each with its statistics, made once: an RPC finds its own without
+    /// allocating or taking a lock other methods share.
+    rpcs: BTreeMap<String, RpcStats>,
     calls: [[AtomicU64; 3]; 4],
     batch_sizes: Mutex<Histogram>,
     commit_seconds: Mutex<Histogram>,
@@ -160,9 +180,11 @@ impl Metrics {
     /// Every counter at zero.
     pub fn new() -> Self {
         Metrics {
-            methods: contract_methods(),
-            rpcs: Mutex::default(),
-            rpc_seconds: Mutex::default(),
+            rpcs: contract_methods()
+                .into_iter()
+                .chain([String::from("/unknown")])
+                .map(|path| (path, RpcStats::default()))
+                .collect(),
             calls: Default::default(),
             batch_sizes: Mutex::new(Histogram::new(BATCH_BUCKETS)),
             commit_seconds: Mutex::new(Histogram::new(SECONDS_BUCKETS)),
@@ -175,19 +197,12 @@ impl Metrics {
     /// An RPC that ended with `code` after `latency`; `path` is its HTTP
     /// path (`/billing.v1.CallService/AddCall`).
     pub fn rpc(&self, path: &str, code: Code, latency: Duration) {
-        let method = if self.methods.contains(path) {
-            path.trim_start_matches('/')
-        } else {
-            "unknown"
-        };
-        if let Ok(mut rpcs) = self.rpcs.lock() {
-            *rpcs.entry((method.to_owned(), code as i32)).or_default() += 1;
-        }
-        if let Ok(mut seconds) = self.rpc_seconds.lock() {
-            seconds
-                .entry(method.to_owned())
-                .or_insert_with(|| Histogram::new(SECONDS_BUCKETS))
-                .observe(latency.as_secs_f64());
+        let stats = self.rpcs.get(path).or_else(|| self.rpcs.get("/unknown"));
+        if let Some(stats) = stats {
+            stats.codes[(code as usize).min(CODES - 1)].fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut seconds) = stats.seconds.lock() {
+                seconds.observe(latency.as_secs_f64());
+            }
         }
     }
 
@@ -245,9 +260,14 @@ impl Metrics {
             "counter",
             "RPCs served, by method and gRPC status code.",
         );
-        if let Ok(rpcs) = self.rpcs.lock() {
-            for ((method, code), count) in rpcs.iter() {
-                let code = format!("{:?}", Code::from_i32(*code));
+        for (path, stats) in &self.rpcs {
+            let method = path.trim_start_matches('/');
+            for (code, count) in stats.codes.iter().enumerate() {
+                let count = count.load(Ordering::Relaxed);
+                if count == 0 {
+                    continue;
+                }
+                let code = format!("{:?}", Code::from_i32(code as i32));
                 let _ = writeln!(
                     out,
                     "billing_rpc_requests_total{{method=\"{method}\",code=\"{}\"}} {count}",
@@ -261,12 +281,14 @@ impl Metrics {
             "histogram",
             "RPC latency, from the request to the end of the response.",
         );
-        if let Ok(seconds) = self.rpc_seconds.lock() {
-            for (method, histogram) in seconds.iter() {
-                histogram.render(
+        for (path, stats) in &self.rpcs {
+            if let Ok(seconds) = stats.seconds.lock()
+                && seconds.count > 0
+            {
+                seconds.render(
                     &mut out,
                     "billing_rpc_duration_seconds",
-                    &format!("method=\"{method}\""),
+                    &format!("method=\"{}\"", path.trim_start_matches('/')),
                 );
             }
         }

@@ -403,26 +403,8 @@ async fn main() -> Result<(), Failure> {
     // 2. Ingestion.
     println!("## Ingestion ({} records)", data.calls);
     let began = Instant::now();
-    let mut calls = CallServiceClient::connect(url.clone())
-        .await?
-        .max_encoding_message_size(64 * 1024 * 1024);
-    let mut accepted = 0;
-    let mut records = data.records().peekable();
-    while records.peek().is_some() {
-        let chunk: Vec<pb::AddCallRequest> = records
-            .by_ref()
-            .take(usize::try_from(RECORDS_PER_STREAM).unwrap_or(usize::MAX))
-            .map(|record| record.request())
-            .collect();
-        let report = calls
-            .ingest_calls(tokio_stream::iter(chunk))
-            .await?
-            .into_inner();
-        if report.rejected > 0 {
-            return Err(format!("IngestCalls rejected {} records", report.rejected).into());
-        }
-        accepted += report.accepted;
-    }
+    let accepted = ingest_all(url.clone(), data).await?;
+    let mut calls = CallServiceClient::connect(url.clone()).await?;
     let ingest = began.elapsed();
     let raw_db = connect(&raw_url).await?;
     let began = Instant::now();
@@ -2209,6 +2191,33 @@ async fn all_delivered(url: &str, expected: i64) -> Result<(Instant, i64), Failu
     }
 }
 
+/// Sends every call of `data` to the server at `url` through IngestCalls,
+/// one stream per [`RECORDS_PER_STREAM`]; the calls accepted, or an error
+/// if any record was rejected.
+async fn ingest_all(url: String, data: Data) -> Result<i64, Failure> {
+    let mut calls = CallServiceClient::connect(url)
+        .await?
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let mut accepted = 0;
+    let mut records = data.records().peekable();
+    while records.peek().is_some() {
+        let chunk: Vec<pb::AddCallRequest> = records
+            .by_ref()
+            .take(usize::try_from(RECORDS_PER_STREAM).unwrap_or(usize::MAX))
+            .map(|record| record.request())
+            .collect();
+        let report = calls
+            .ingest_calls(tokio_stream::iter(chunk))
+            .await?
+            .into_inner();
+        if report.rejected > 0 {
+            return Err(format!("IngestCalls rejected {} records", report.rejected).into());
+        }
+        accepted += report.accepted;
+    }
+    Ok(accepted)
+}
+
 /// `--switch`: `billing import-cdr` of an Asterisk file against IngestCalls
 /// of the same calls, each into a fresh database with the same customers,
 /// one after the other; then NATS ingestion.
@@ -2263,25 +2272,8 @@ async fn switch_bench(
         false,
         &[],
     )?;
-    let url = format!("http://{}", server.addr);
     let began = Instant::now();
-    let mut calls = CallServiceClient::connect(url)
-        .await?
-        .max_encoding_message_size(64 * 1024 * 1024);
-    let mut accepted = 0;
-    let mut records = data.records().peekable();
-    while records.peek().is_some() {
-        let chunk: Vec<pb::AddCallRequest> = records
-            .by_ref()
-            .take(usize::try_from(RECORDS_PER_STREAM).unwrap_or(usize::MAX))
-            .map(|record| record.request())
-            .collect();
-        let report = calls
-            .ingest_calls(tokio_stream::iter(chunk))
-            .await?
-            .into_inner();
-        accepted += report.accepted;
-    }
+    let accepted = ingest_all(format!("http://{}", server.addr), data).await?;
     let streamed = began.elapsed();
     drop(server);
 

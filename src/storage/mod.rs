@@ -549,6 +549,10 @@ enum DbErrorKind {
     OutOfRange,
     /// A `CHECK` constraint refused a row.
     CheckViolation,
+    /// A number's holding overlapped another of the same number: the
+    /// exclusion constraint (PostgreSQL) or its trigger (SQLite) of
+    /// `customer_numbers`.
+    NumberOverlap,
     /// Anything else: a fault of the service.
     Other,
 }
@@ -592,6 +596,8 @@ fn kind_of(err: &DbErr) -> DbErrorKind {
             "22003" => DbErrorKind::OutOfRange,
             // check_violation.
             "23514" => DbErrorKind::CheckViolation,
+            // exclusion_violation (the only exclusion constraint).
+            "23P01" => DbErrorKind::NumberOverlap,
             _ => DbErrorKind::Other,
         };
     }
@@ -603,6 +609,10 @@ fn kind_of(err: &DbErr) -> DbErrorKind {
             .code()
             .and_then(|code| code.parse().ok())
             .unwrap_or(0);
+        // SQLITE_CONSTRAINT_TRIGGER raised by the overlap trigger.
+        if extended == 1811 && database.message() == "customer_numbers_overlap" {
+            return DbErrorKind::NumberOverlap;
+        }
         return match extended & 0xff {
             // SQLITE_BUSY, SQLITE_LOCKED (and their extended codes).
             5 | 6 => DbErrorKind::Retryable,
@@ -631,6 +641,9 @@ impl From<DbErr> for AppError {
             ),
             DbErrorKind::CheckViolation => AppError::FailedPrecondition(
                 "the change would break a rule the database enforces".to_owned(),
+            ),
+            DbErrorKind::NumberOverlap => AppError::AlreadyExists(
+                "the number is held by another customer at that time".to_owned(),
             ),
             DbErrorKind::Other => AppError::internal(err),
         }
@@ -759,6 +772,11 @@ fn numbered_placeholders(backend: DatabaseBackend, sql: &str) -> String {
         }
     }
     numbered
+}
+
+/// Whether `err` is a holding of a number that overlaps another of it.
+fn is_number_overlap(err: &DbErr) -> bool {
+    matches!(kind_of(err), DbErrorKind::NumberOverlap)
 }
 
 /// Whether `err` is a unique-constraint violation.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, QueryResult};
 
-use super::{Store, id_list, instant, micros, statement};
+use super::{Store, id_list, instant, is_number_overlap, micros, statement};
 use crate::domain::numbers::NumberAssignment;
 use crate::error::{AppError, AppResult};
 
@@ -172,7 +172,7 @@ pub(super) async fn insert_assignment(
     let values = vec![customer_id.into(), number.into(), micros(valid_from).into()];
     match conn.execute_raw(statement(backend, sql, values)).await {
         Ok(_) => Ok(()),
-        Err(err) if is_overlap(&err) => Err(AppError::AlreadyExists(format!(
+        Err(err) if is_number_overlap(&err) => Err(AppError::AlreadyExists(format!(
             "number {number} is held by another customer at some time from {} on",
             valid_from.to_rfc3339()
         ))),
@@ -204,13 +204,6 @@ pub(super) async fn read_version(conn: &impl ConnectionTrait, hold: bool) -> Res
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("number_versions has no row".into()))?;
     row.try_get("", "version")
-}
-
-/// Whether `err` is an assignment overlapping another of its number: the
-/// exclusion constraint on PostgreSQL, the trigger on SQLite.
-fn is_overlap(err: &DbErr) -> bool {
-    let text = err.to_string();
-    text.contains("customer_numbers_overlap")
 }
 
 fn assignment_from(row: &QueryResult) -> Result<NumberAssignment, DbErr> {
