@@ -8,7 +8,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
@@ -112,18 +112,62 @@ impl CycleSummary {
 }
 
 /// What an invoice document of `customer_id` shows besides the invoice:
-/// the customer, its plan's kind and its issuer (its first operator).
+/// the customer, its plan's kind and its issuer.
 pub(crate) async fn document_parties(
     store: &Store,
     customer_id: i64,
 ) -> AppResult<(Customer, PlanKind, Option<Operator>)> {
     let customer = store.customer(customer_id).await?;
-    let plan = store.plan(customer.plan_id).await?;
-    let issuer = match customer.operator_ids.first() {
-        Some(&operator_id) => Some(store.operator(operator_id).await?),
-        None => None,
-    };
-    Ok((customer, plan.kind, issuer))
+    DocumentParties::default().of(store, customer).await
+}
+
+/// The plans' kinds and issuers documents name, each read once however
+/// many documents name it (a delivery batch's emails share a few).
+#[derive(Debug, Default)]
+pub(crate) struct DocumentParties {
+    plan_kinds: Mutex<HashMap<i64, PlanKind>>,
+    operators: Mutex<HashMap<i64, Operator>>,
+}
+
+impl DocumentParties {
+    /// What a document of `customer` shows besides the invoice: the
+    /// customer, its plan's kind and its issuer, its first operator.
+    pub(crate) async fn of(
+        &self,
+        store: &Store,
+        customer: Customer,
+    ) -> AppResult<(Customer, PlanKind, Option<Operator>)> {
+        let known = lock(&self.plan_kinds).get(&customer.plan_id).copied();
+        let plan_kind = match known {
+            Some(kind) => kind,
+            None => {
+                let kind = store.plan(customer.plan_id).await?.kind;
+                lock(&self.plan_kinds).insert(customer.plan_id, kind);
+                kind
+            }
+        };
+        let issuer = match customer.operator_ids.first() {
+            None => None,
+            Some(&operator_id) => {
+                let known = lock(&self.operators).get(&operator_id).cloned();
+                match known {
+                    Some(operator) => Some(operator),
+                    None => {
+                        let operator = store.operator(operator_id).await?;
+                        lock(&self.operators).insert(operator_id, operator.clone());
+                        Some(operator)
+                    }
+                }
+            }
+        };
+        Ok((customer, plan_kind, issuer))
+    }
+}
+
+/// A poisoned map of [`DocumentParties`] is only a cache: its contents are
+/// still sound.
+fn lock<T>(map: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The invoicing service. Cheap to clone.
