@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
@@ -155,6 +155,16 @@ impl Default for RpcStats {
     }
 }
 
+/// One RPC being handled ([`Metrics::rpc_started`]).
+#[derive(Debug)]
+pub struct InProgress(Arc<Metrics>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.rpcs_in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// An application's counters and histograms.
 #[derive(Debug)]
 pub struct Metrics {
@@ -168,6 +178,8 @@ pub struct Metrics {
     cycles: AtomicU64,
     invoices_issued: AtomicU64,
     deliveries: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// RPCs between their request and their response's headers.
+    rpcs_in_progress: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -191,7 +203,21 @@ impl Metrics {
             cycles: AtomicU64::new(0),
             invoices_issued: AtomicU64::new(0),
             deliveries: Mutex::default(),
+            rpcs_in_progress: AtomicUsize::new(0),
         }
+    }
+
+    /// An RPC being handled until the returned guard is dropped (when its
+    /// response's headers are ready: a streamed response's body is not
+    /// handling).
+    pub fn rpc_started(self: &Arc<Self>) -> InProgress {
+        self.rpcs_in_progress.fetch_add(1, Ordering::Relaxed);
+        InProgress(Arc::clone(self))
+    }
+
+    /// RPCs being handled now.
+    pub fn rpcs_in_progress(&self) -> usize {
+        self.rpcs_in_progress.load(Ordering::Relaxed)
     }
 
     /// An RPC that ended with `code` after `latency`; `path` is its HTTP
@@ -363,6 +389,13 @@ impl Metrics {
                 );
             }
         }
+        header(
+            &mut out,
+            "billing_rpcs_in_progress",
+            "gauge",
+            "RPCs being handled (until their response's headers; a streamed body is not counted).",
+        );
+        let _ = writeln!(out, "billing_rpcs_in_progress {}", self.rpcs_in_progress());
         let mut named = None;
         for gauge in gauges {
             if named != Some(gauge.name) {

@@ -2003,8 +2003,8 @@ async fn webhook_receiver() -> Result<(std::net::SocketAddr, Received), Failure>
 /// all have an email address and belong to operator 1 (with one webhook),
 /// the month's calls ingested, AddCall (2×8) and history (1×4) latency
 /// measured together, `RunBillingCycle`, and the same loads again while
-/// the invoices are delivered; and how long from the cycle's end until
-/// the last delivery was recorded.
+/// the invoices are delivered and once they all are; and how long from the
+/// cycle's end until the last delivery was recorded.
 async fn delivery_bench(
     args: &Args,
     binary: &PathBuf,
@@ -2088,6 +2088,9 @@ async fn delivery_bench(
     let delivered = tokio::spawn(async move { all_delivered(&watcher_url, expected).await });
     let during = delivery_loads(&url, data, seconds, 3).await?;
     let (last, failed) = delivered.await??;
+    // The same loads once every delivery is done: the database as the
+    // cycle left it (its new rows, their vacuum), without the worker.
+    let after = delivery_loads(&url, data, seconds, 5).await?;
     let delivery_seconds = (last - cycle_end).as_secs_f64();
     let (ids, repeats) = received
         .lock()
@@ -2120,11 +2123,15 @@ async fn delivery_bench(
         "AddCall 1,000/s",
         "GetCallHistory 400/s",
     ];
-    for ((label, before), during) in labels.iter().zip(&before).zip(&during) {
+    for (((label, before), during), after) in labels.iter().zip(&before).zip(&during).zip(&after) {
         before.print36(&format!("{label}, before"), None);
         during.print36(
             &format!("{label}, delivering"),
             Some(during.percentile(0.99) / before.percentile(0.99).max(1e-9)),
+        );
+        after.print36(
+            &format!("{label}, after"),
+            Some(after.percentile(0.99) / before.percentile(0.99).max(1e-9)),
         );
     }
     server.memory("after delivery");

@@ -58,9 +58,12 @@ where
         let method = request.uri().path().to_owned();
         let started = Instant::now();
         let metrics = Arc::clone(&self.metrics);
+        let in_progress = metrics.rpc_started();
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = response.await?;
+            let response = response.await;
+            drop(in_progress);
+            let response = response?;
             let status = status_in(response.headers());
             let account = response
                 .extensions()

@@ -7,13 +7,14 @@
 //! again once its lease lapses, with the same `Billing-Delivery-Id`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::TimeDelta;
 use chrono_tz::Tz;
-use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Notify;
 
 use super::Access;
@@ -33,6 +34,7 @@ use crate::domain::invoice::Invoice;
 use crate::domain::model::{Customer, Operator};
 use crate::domain::plan::PlanKind;
 use crate::error::{AppError, AppResult};
+use crate::service::invoicing::DocumentParties;
 use crate::shutdown::{Stopping, until_stopping};
 use crate::storage::{AttemptOutcome, Delivery, DeliveryFilter, Store};
 
@@ -64,6 +66,14 @@ pub const DELIVERY_BATCH: u64 = 64;
 /// BENCHMARKS.md): 16 at once doubled their p99 latency, 4 took over two
 /// minutes for 10,000 invoices.
 pub const DELIVERY_CONCURRENCY: usize = 8;
+/// Deliveries a worker sends at once while its replica is busy serving
+/// requests ([`BUSY_RPCS`]): requests come first, and deliveries, which
+/// nobody waits on, take what is left without stopping.
+pub const DELIVERY_CONCURRENCY_BUSY: usize = 2;
+/// RPCs being handled at once (`billing_rpcs_in_progress`) from which a
+/// replica counts as busy: a few at a time is light traffic, whose
+/// requests the deliveries do not slow.
+pub const BUSY_RPCS: usize = 4;
 /// How long a claim lasts: longer than any attempt (webhooks time out after
 /// 10 s, emails after 30 s), so a live worker's delivery is never taken by
 /// another; a dead worker's is taken once it lapses.
@@ -274,29 +284,7 @@ impl Deliveries {
                 .await
             {
                 Ok(claimed) if !claimed.is_empty() => {
-                    // Outcomes are recorded as they come, those finished
-                    // together in one write.
-                    let this = &self;
-                    let reads = &self.batch_reads(&claimed).await;
-                    let attempts = futures_util::stream::iter(claimed)
-                        .map(|delivery| async move {
-                            let outcome = this.outcome(&delivery, reads).await;
-                            (delivery.id, outcome)
-                        })
-                        .buffer_unordered(DELIVERY_CONCURRENCY)
-                        .ready_chunks(DELIVERY_CONCURRENCY);
-                    let mut attempts = std::pin::pin!(attempts);
-                    while let Some(finished) = attempts.next().await {
-                        if let Err(err) = self
-                            .store
-                            .finish_deliveries(&finished, self.clock.now())
-                            .await
-                        {
-                            // The leases lapse and the deliveries are
-                            // attempted again.
-                            tracing::warn!(deliveries = finished.len(), error = %err.detail(), "deliveries: cannot record attempts");
-                        }
-                    }
+                    self.send(claimed).await;
                     continue;
                 }
                 Ok(_) => {}
@@ -315,6 +303,46 @@ impl Deliveries {
                 () = tokio::time::sleep(wait) => {}
                 () = self.wake.notified() => {}
                 () = until_stopping(&mut stopping) => return,
+            }
+        }
+    }
+
+    /// Sends `claimed`, [`DELIVERY_CONCURRENCY`] at once, or
+    /// [`DELIVERY_CONCURRENCY_BUSY`] while the replica is busy, recording
+    /// the outcomes as they come, those finished together in one write.
+    async fn send(&self, claimed: Vec<Delivery>) {
+        let reads = &self.batch_reads(&claimed).await;
+        let mut waiting = claimed.into_iter();
+        let mut sending = FuturesUnordered::new();
+        loop {
+            let limit = if self.store.metrics().rpcs_in_progress() >= BUSY_RPCS {
+                DELIVERY_CONCURRENCY_BUSY
+            } else {
+                DELIVERY_CONCURRENCY
+            };
+            while sending.len() < limit {
+                let Some(delivery) = waiting.next() else {
+                    break;
+                };
+                sending.push(async move {
+                    let outcome = self.outcome(&delivery, reads).await;
+                    (delivery.id, outcome)
+                });
+            }
+            let Some(first) = sending.next().await else {
+                return;
+            };
+            let mut finished = vec![first];
+            while let Some(Some(more)) = sending.next().now_or_never() {
+                finished.push(more);
+            }
+            if let Err(err) = self
+                .store
+                .finish_deliveries(&finished, self.clock.now())
+                .await
+            {
+                // The leases lapse and the deliveries are attempted again.
+                tracing::warn!(deliveries = finished.len(), error = %err.detail(), "deliveries: cannot record attempts");
             }
         }
     }
@@ -368,8 +396,8 @@ impl Deliveries {
             .ok_or_else(|| Failure::permanent("the invoice does not exist"))
     }
 
-    /// Who an email's document names: the customer, its plan's kind and
-    /// its issuer (each plan and operator read once per batch).
+    /// Who an email's document names (each plan and operator read once
+    /// per batch).
     async fn parties(
         &self,
         customer_id: i64,
@@ -379,30 +407,11 @@ impl Deliveries {
             Some(customer) => customer.clone(),
             None => self.store.customer(customer_id).await?,
         };
-        let known = reads.lock_plans().get(&customer.plan_id).copied();
-        let plan_kind = match known {
-            Some(kind) => kind,
-            None => {
-                let kind = self.store.plan(customer.plan_id).await?.kind;
-                reads.lock_plans().insert(customer.plan_id, kind);
-                kind
-            }
-        };
-        let issuer = match customer.operator_ids.first() {
-            None => None,
-            Some(&operator_id) => {
-                let known = reads.lock_operators().get(&operator_id).cloned();
-                match known {
-                    Some(operator) => Some(operator),
-                    None => {
-                        let operator = self.store.operator(operator_id).await?;
-                        reads.lock_operators().insert(operator_id, operator.clone());
-                        Some(operator)
-                    }
-                }
-            }
-        };
-        Ok((customer, plan_kind, issuer))
+        reads
+            .parties
+            .of(&self.store, customer)
+            .await
+            .map_err(Failure::from)
     }
 
     /// One attempt at `delivery`, and how it ended.
@@ -561,19 +570,7 @@ struct BatchReads {
     /// Each webhook as read (`None`: deleted).
     webhooks: HashMap<i64, Option<(Webhook, String)>>,
     /// Filled as the batch's emails first need them.
-    plan_kinds: Mutex<HashMap<i64, PlanKind>>,
-    operators: Mutex<HashMap<i64, Operator>>,
-}
-
-impl BatchReads {
-    // A poisoned map is only a cache: its contents are still sound.
-    fn lock_plans(&self) -> std::sync::MutexGuard<'_, HashMap<i64, PlanKind>> {
-        self.plan_kinds.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_operators(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Operator>> {
-        self.operators.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    parties: DocumentParties,
 }
 
 fn random_hex<const N: usize>() -> AppResult<String> {

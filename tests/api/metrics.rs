@@ -65,8 +65,8 @@ fn parse(text: &str) -> HashMap<String, f64> {
     samples
 }
 
-#[tokio::test]
-async fn metrics_are_served_on_their_own_port_and_count_calls_as_they_arrive() {
+/// A server with a metrics listener, and that listener's address.
+async fn app_with_metrics() -> (crate::helpers::TestApp, SocketAddr) {
     let app = spawn_app_with(AppOptions {
         clock: billing::clock::Clock::starting_at(crate::helpers::at(crate::helpers::TEST_NOW)),
         metrics: true,
@@ -74,6 +74,12 @@ async fn metrics_are_served_on_their_own_port_and_count_calls_as_they_arrive() {
     })
     .await;
     let metrics = app.metrics_addr.expect("a metrics listener");
+    (app, metrics)
+}
+
+#[tokio::test]
+async fn metrics_are_served_on_their_own_port_and_count_calls_as_they_arrive() {
+    let (app, metrics) = app_with_metrics().await;
     assert_ne!(metrics.port(), app.addr.port());
     let (status, body) = get(metrics, "/metrics").await;
     assert!(status.contains(" 200 "), "{status}");
@@ -150,4 +156,36 @@ async fn metrics_are_served_on_their_own_port_and_count_calls_as_they_arrive() {
 async fn without_the_flag_no_metrics_are_served() {
     let app = spawn_app_with(AppOptions::default()).await;
     assert!(app.metrics_addr.is_none());
+}
+
+#[tokio::test]
+async fn an_rpc_counts_as_in_progress_until_it_is_answered() {
+    let (app, metrics) = app_with_metrics().await;
+    let in_progress =
+        || async move { parse(&get(metrics, "/metrics").await.1)["billing_rpcs_in_progress"] };
+    assert_eq!(in_progress().await, 0.0);
+    let plan = app.plan(PlanKind::Postpaid, 60_000, 1).await;
+    let customer = app.long_standing_customer(plan.id, 1, vec![]).await;
+
+    // An upload is being handled until its stream ends and it is answered.
+    let (records, stream) = tokio::sync::mpsc::channel(4);
+    let mut calls = app.calls.clone();
+    let upload = tokio::spawn(async move {
+        calls
+            .ingest_calls(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+    });
+    records.send(call(customer.id, 60)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while in_progress().await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the open upload was never counted"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(records);
+    let report = upload.await.unwrap().unwrap().into_inner();
+    assert_eq!(report.accepted, 1);
+    assert_eq!(in_progress().await, 0.0);
 }
