@@ -109,7 +109,7 @@ pub fn invoice_email(source: DocumentSource<'_>) -> EmailText {
             vec![
                 format!("Hello {},", customer.name),
                 format!(
-                    "your {} {} for {period} is attached. Total: {}.",
+                    "Your {} {} for {period} is attached. Total: {}.",
                     statement.title.to_lowercase(),
                     statement.number,
                     statement.total
@@ -155,7 +155,7 @@ pub fn balance_email(event: Event, customer: &Customer, alert: &BalanceAlert) ->
             vec![
                 format!("Hello {},", customer.name),
                 format!(
-                    "your prepaid balance is {balance}, below {threshold}. Top up to keep calling."
+                    "Your prepaid balance is {balance}, below {threshold}. Top up to keep calling."
                 ),
             ],
         ),
@@ -163,7 +163,7 @@ pub fn balance_email(event: Event, customer: &Customer, alert: &BalanceAlert) ->
             format!("Your balance is back above {threshold}"),
             vec![
                 format!("Hello {},", customer.name),
-                format!("your prepaid balance is {balance} again, at or above {threshold}."),
+                format!("Your prepaid balance is {balance} again, at or above {threshold}."),
             ],
         ),
         (Language::De, false) => (
