@@ -115,22 +115,22 @@ async fn consume(calls: &Calls, config: &NatsIngest) -> Result<(), BoxError> {
             continue;
         }
         let mut prepared: Vec<(jetstream::Message, NewCall)> = Vec::with_capacity(messages.len());
-        for message in messages {
-            let record = record_of(&message).map_err(|reason| (reason, None));
-            let prepared_call = match record {
-                Ok(record) => calls
-                    .prepare(&principal, record, &mut customers)
-                    .await
-                    .map_err(|err| (err.to_string(), Some(err))),
-                Err(failure) => Err(failure),
-            };
-            match prepared_call {
+        let mut unread = messages.into_iter();
+        while let Some(message) = unread.next() {
+            match prepare(calls, &principal, &message, &mut customers).await {
                 Ok(new) => prepared.push((message, new)),
-                Err((_, Some(err @ AppError::Unavailable(_)))) => {
-                    message.ack_with(AckKind::Nak(Some(RETRY_PAUSE))).await?;
+                Err(Unstorable::Invalid(reason)) => {
+                    dead_letter(calls, &context, config, message, &reason).await?
+                }
+                Err(Unstorable::NotNow(err)) => {
+                    // The whole batch comes back after the pause, not after
+                    // the ack wait.
+                    let batch = prepared.into_iter().map(|(m, _)| m);
+                    for message in batch.chain([message]).chain(unread) {
+                        message.ack_with(AckKind::Nak(Some(RETRY_PAUSE))).await?;
+                    }
                     return Err(err.into());
                 }
-                Err((reason, _)) => dead_letter(calls, &context, config, message, &reason).await?,
             }
         }
         let (messages, batch): (Vec<_>, Vec<_>) = prepared.into_iter().unzip();
@@ -150,6 +150,11 @@ async fn consume(calls: &Calls, config: &NatsIngest) -> Result<(), BoxError> {
                                 .calls(CallSource::Nats, CallResult::Duplicate, 1);
                             message.ack().await?;
                         }
+                        // Numbers kept changing hands while the call was
+                        // charged: it is charged again when redelivered.
+                        Err(AppError::Aborted(_)) => {
+                            message.ack_with(AckKind::Nak(Some(RETRY_PAUSE))).await?;
+                        }
                         Err(err) => {
                             dead_letter(calls, &context, config, message, &err.to_string()).await?
                         }
@@ -164,6 +169,31 @@ async fn consume(calls: &Calls, config: &NatsIngest) -> Result<(), BoxError> {
             }
         }
     }
+}
+
+/// Why a message's call cannot be stored.
+enum Unstorable {
+    /// Never: the message goes to the dead letter with this reason.
+    Invalid(String),
+    /// Not now (the database is unavailable): redelivered after a pause.
+    NotNow(AppError),
+}
+
+/// The call `message` carries, read, checked and charged.
+async fn prepare(
+    calls: &Calls,
+    principal: &Principal,
+    message: &jetstream::Message,
+    customers: &mut CustomerCache,
+) -> Result<NewCall, Unstorable> {
+    let record = record_of(message).map_err(Unstorable::Invalid)?;
+    calls
+        .prepare(principal, record, customers)
+        .await
+        .map_err(|err| match err {
+            AppError::Unavailable(_) => Unstorable::NotNow(err),
+            err => Unstorable::Invalid(err.to_string()),
+        })
 }
 
 /// Publishes `message` to the dead-letter subject with `reason`, then
