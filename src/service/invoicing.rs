@@ -137,30 +137,30 @@ impl DocumentParties {
         store: &Store,
         customer: Customer,
     ) -> AppResult<(Customer, PlanKind, Option<Operator>)> {
-        let known = lock(&self.plan_kinds).get(&customer.plan_id).copied();
-        let plan_kind = match known {
-            Some(kind) => kind,
-            None => {
-                let kind = store.plan(customer.plan_id).await?.kind;
-                lock(&self.plan_kinds).insert(customer.plan_id, kind);
-                kind
-            }
-        };
+        let plan_kind = self.plan_kind(store, customer.plan_id).await?;
         let issuer = match customer.operator_ids.first() {
+            Some(&operator_id) => Some(self.operator(store, operator_id).await?),
             None => None,
-            Some(&operator_id) => {
-                let known = lock(&self.operators).get(&operator_id).cloned();
-                match known {
-                    Some(operator) => Some(operator),
-                    None => {
-                        let operator = store.operator(operator_id).await?;
-                        lock(&self.operators).insert(operator_id, operator.clone());
-                        Some(operator)
-                    }
-                }
-            }
         };
         Ok((customer, plan_kind, issuer))
+    }
+
+    async fn plan_kind(&self, store: &Store, plan_id: i64) -> AppResult<PlanKind> {
+        if let Some(&kind) = lock(&self.plan_kinds).get(&plan_id) {
+            return Ok(kind);
+        }
+        let kind = store.plan(plan_id).await?.kind;
+        lock(&self.plan_kinds).insert(plan_id, kind);
+        Ok(kind)
+    }
+
+    async fn operator(&self, store: &Store, operator_id: i64) -> AppResult<Operator> {
+        if let Some(operator) = lock(&self.operators).get(&operator_id) {
+            return Ok(operator.clone());
+        }
+        let operator = store.operator(operator_id).await?;
+        lock(&self.operators).insert(operator_id, operator.clone());
+        Ok(operator)
     }
 }
 
